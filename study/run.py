@@ -1,0 +1,53 @@
+"""A single trial from the command line, for people who want one number.
+
+    python -m study.run --dataset digits --selector random --ipc 10 --regime hl --steps 300
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from study.cli import friendly_errors
+from study.config import TrialConfig
+from study.validate import validate_trial
+
+
+def parse(argv=None) -> argparse.Namespace:
+    d = TrialConfig()
+    p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default=d.dataset)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--selector", default=d.selector)
+    p.add_argument("--ipc", type=int, default=d.ipc)
+    p.add_argument("--regime", default=d.regime)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--recipe", default=d.recipe)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--cache-dir", default=None, help="preparation cache (default ~/.cache/hardtruths)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print the full outcome as JSON")
+    return p.parse_args(argv)
+
+
+@friendly_errors
+def main(argv=None) -> None:
+    a = parse(argv)
+    cfg = TrialConfig(dataset=a.dataset, data_root=a.data_root, model=a.model, selector=a.selector, ipc=a.ipc,
+                      regime=a.regime, steps=a.steps, batch_size=a.batch_size, recipe=a.recipe, seeds=a.seeds)
+    validate_trial(cfg)
+    from study.trial import run_trial
+
+    outcome = run_trial(cfg, a.cache_dir, a.device)
+    m = outcome.metrics()
+    if a.json:
+        print(json.dumps({"config": outcome.config, "hash": outcome.config_hash, **m}, indent=1))
+    else:
+        print(f"{cfg.label()}: test accuracy {100 * m['test_acc_mean']:.2f}% "
+              f"(+- {100 * m['test_acc_std']:.2f} over {cfg.seeds} seed(s)), {m['wall_seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

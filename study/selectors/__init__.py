@@ -1,0 +1,16 @@
+"""Selector registry. Importing this package registers every selector."""
+from study.selectors import random  # noqa: F401
+from study.selectors.base import (  # noqa: F401
+    SELECTORS, Budget, Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector,
+)
+
+
+def list_selectors() -> list[str]:
+    return SELECTORS.names()
+
+
+def build_selector(name: str, **params) -> Selector:
+    """Build a registered selector; ``kind:ARG`` names pass ARG as the ``arg`` parameter."""
+    kind, _, arg = name.partition(":")
+    cls = SELECTORS.get(kind)
+    return cls(arg=arg, **params) if arg else cls(**params)

@@ -1,0 +1,99 @@
+"""One trial, start to finish, in a plain Python process.
+
+Both executors (inline in a Tune trial, or a Ray Train worker) call
+:func:`run_trial`; it loads the data, gets the teacher when the regime or the
+selector needs one, selects a subset per repeat, trains a student per repeat
+under the budget and returns plain numbers.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from study.cache import Cache
+from study.config import TrialConfig
+from study.data import Dataset, load_dataset
+from study.regimes import REGIMES
+from study.selectors import Budget, Selection, SelectionContext, build_selector
+from study.teacher import TeacherSpec, get_teacher
+from study.train import default_device, train_student
+
+
+@lru_cache(maxsize=4)
+def cached_dataset(name: str, data_root: str | None) -> Dataset:
+    return load_dataset(name, data_root)
+
+
+@dataclass
+class TrialOutcome:
+    config: dict
+    config_hash: str
+    per_seed: list[dict]
+    selections: list[Selection] = field(repr=False, default_factory=list)
+    teacher_test_acc: float | None = None
+    wall_seconds: float = 0.0
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [s["test_acc"] for s in self.per_seed]
+
+    def metrics(self) -> dict:
+        accs = self.accuracies
+        first = self.per_seed[0]
+        out = {
+            "test_acc_mean": statistics.fmean(accs),
+            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "val_acc_mean": statistics.fmean(s["val_acc"] for s in self.per_seed),
+            "wall_seconds": self.wall_seconds,
+            "train_seconds": sum(s["train_seconds"] for s in self.per_seed),
+            "select_seconds": sum(s["select_seconds"] for s in self.per_seed),
+            "flops": first["flops"],
+            "samples_seen": first["samples_seen"],
+            "epochs_equivalent": first["epochs_equivalent"],
+            "train_size": first["train_size"],
+        }
+        out.update({f"test_acc_seed{s['repeat']}": s["test_acc"] for s in self.per_seed})
+        if self.teacher_test_acc is not None:
+            out["teacher_test_acc"] = self.teacher_test_acc
+        return out
+
+
+def budget_of(cfg: TrialConfig) -> Budget:
+    return Budget(cfg.steps, cfg.batch_size, cfg.regime, cfg.model, cfg.model_kwargs, cfg.recipe, cfg.lr,
+                  cfg.temperature)
+
+
+def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str | None = None,
+              on_seed: Callable[[dict], None] | None = None) -> TrialOutcome:
+    start = time.perf_counter()
+    device = device or default_device()
+    data = cached_dataset(cfg.dataset, cfg.data_root)
+    cache = Cache(cache_dir)
+    spec = TeacherSpec(**cfg.teacher)
+    ctx = SelectionContext(data, cache, device, budget_of(cfg), lambda: get_teacher(data, spec, cache, device))
+    selector = build_selector(cfg.selector, **cfg.selector_params)
+    teacher = ctx.teacher if REGIMES.get(cfg.regime).needs_teacher else None
+
+    per_seed, selections = [], []
+    for repeat in range(cfg.seeds):
+        t0 = time.perf_counter()
+        selection = selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat))
+        t1 = time.perf_counter()
+        result = train_student(
+            selection.images, selection.labels, data, steps=cfg.steps, batch_size=cfg.batch_size, model=cfg.model,
+            model_kwargs=cfg.model_kwargs, regime=cfg.regime, recipe=cfg.recipe, lr=cfg.lr,
+            temperature=cfg.temperature, t2_scale=cfg.t2_scale, cutmix_prob=cfg.cutmix_prob,
+            teacher=teacher.model if teacher is not None else None, seed=cfg.train_seed(repeat), device=device,
+        )
+        record = {"repeat": repeat, "selection_seed": cfg.selection_seed(repeat), "train_seed": cfg.train_seed(repeat),
+                  "select_seconds": t1 - t0, "train_seconds": result.wall_seconds, **result.to_dict()}
+        per_seed.append(record)
+        selections.append(selection)
+        if on_seed is not None:
+            on_seed(record)
+    teacher_acc = ctx.teacher.test_acc if "teacher" in ctx.__dict__ else None
+    return TrialOutcome(cfg.to_dict(), cfg.hash, per_seed, selections, teacher_acc, time.perf_counter() - start)

@@ -1,0 +1,33 @@
+"""Checks that run before any compute: every mistake a user can make is one sentence, up front."""
+from __future__ import annotations
+
+from study.config import TrialConfig
+from study.errors import StudyError
+from study.models import MODELS
+from study.recipes import RECIPES
+from study.regimes import REGIMES
+from study.selectors import SELECTORS
+
+
+def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) -> None:
+    """Raise StudyError for the first problem in ``cfg``; ``class_sizes`` maps dataset -> smallest class."""
+    SELECTORS.get(cfg.selector.partition(":")[0])
+    REGIMES.get(cfg.regime)
+    MODELS.get(cfg.model.partition(":")[0])
+    RECIPES.get(cfg.recipe)
+    from study.data import DATASETS
+
+    DATASETS.get(cfg.dataset.partition(":")[0])
+    if cfg.steps < 1:
+        raise StudyError(f"The budget must be a positive number of steps, not {cfg.steps}.")
+    if cfg.batch_size < 1:
+        raise StudyError(f"The batch size must be positive, not {cfg.batch_size}.")
+    if cfg.seeds < 1:
+        raise StudyError(f"A trial needs at least one seed, not {cfg.seeds}.")
+    if cfg.temperature <= 0:
+        raise StudyError(f"The soft-label temperature must be positive, not {cfg.temperature}.")
+    if not cfg.is_full_data:
+        smallest = (class_sizes or {}).get(cfg.dataset)
+        if cfg.ipc < 1 or (smallest is not None and cfg.ipc > smallest):
+            limit = f" and at most {smallest}, the smallest class of {cfg.dataset}" if smallest else ""
+            raise StudyError(f"IPC must be at least 1{limit}; got {cfg.ipc}.")

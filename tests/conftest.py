@@ -1,0 +1,31 @@
+"""Shared fixtures: real data, a per-session cache, and a real local Ray that is always shut down."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from study.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(digits, cache_dir):
+    from study.cache import Cache
+    from study.teacher import TeacherSpec, get_teacher
+
+    return get_teacher(digits, TeacherSpec(**TEST_TEACHER), Cache(cache_dir), device="cpu")
+
+
+TEST_TEACHER = {"model": "convnet", "model_kwargs": {"width": 32}, "epochs": 30}
