@@ -67,21 +67,53 @@ def budget_of(cfg: TrialConfig) -> Budget:
                   cfg.temperature)
 
 
+def selection_key(cfg: TrialConfig, selector, repeat: int) -> dict:
+    """What a selection depends on: the data and selector always, the teacher and budget only if it reads them."""
+    key = {"dataset": cfg.dataset, "selector": cfg.selector, "params": cfg.selector_params, "ipc": cfg.ipc,
+           "seed": cfg.selection_seed(repeat)}
+    if selector.needs_teacher:
+        key["teacher"] = cfg.teacher
+    if selector.budget_aware:
+        key["budget"] = vars(budget_of(cfg))
+    return key
+
+
+def get_selection(ctx: SelectionContext, selector, cfg: TrialConfig, repeat: int) -> Selection:
+    if cfg.is_full_data:
+        return selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat))
+    return ctx.cache.get_or_compute("selections", selection_key(cfg, selector, repeat),
+                                    lambda: selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat)))
+
+
+def context_for(cfg: TrialConfig, cache_dir, device: str) -> SelectionContext:
+    data = cached_dataset(cfg.dataset, cfg.data_root)
+    cache = Cache(cache_dir)
+    spec = TeacherSpec(**cfg.teacher)
+    return SelectionContext(data, cache, device, budget_of(cfg), lambda: get_teacher(data, spec, cache, device))
+
+
+def prepare_selections(cfg: TrialConfig, cache_dir=None, device: str | None = None) -> int:
+    """Make and cache every repeat's selection of a cell ahead of training (a study's preparation step)."""
+    ctx = context_for(cfg, cache_dir, device or default_device())
+    selector = build_selector(cfg.selector, **cfg.selector_params)
+    for repeat in range(cfg.seeds):
+        get_selection(ctx, selector, cfg, repeat)
+    return cfg.seeds
+
+
 def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str | None = None,
               on_seed: Callable[[dict], None] | None = None) -> TrialOutcome:
     start = time.perf_counter()
     device = device or default_device()
-    data = cached_dataset(cfg.dataset, cfg.data_root)
-    cache = Cache(cache_dir)
-    spec = TeacherSpec(**cfg.teacher)
-    ctx = SelectionContext(data, cache, device, budget_of(cfg), lambda: get_teacher(data, spec, cache, device))
+    ctx = context_for(cfg, cache_dir, device)
+    data = ctx.data
     selector = build_selector(cfg.selector, **cfg.selector_params)
     teacher = ctx.teacher if REGIMES.get(cfg.regime).needs_teacher else None
 
     per_seed, selections = [], []
     for repeat in range(cfg.seeds):
         t0 = time.perf_counter()
-        selection = selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat))
+        selection = get_selection(ctx, selector, cfg, repeat)
         t1 = time.perf_counter()
         result = train_student(
             selection.images, selection.labels, data, steps=cfg.steps, batch_size=cfg.batch_size, model=cfg.model,

@@ -99,6 +99,7 @@ class Selector:
     name = "selector"
     stochastic = True
     needs_teacher = False
+    budget_aware = False
 
     def __init__(self, **params):
         self.params = params

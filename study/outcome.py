@@ -1,0 +1,82 @@
+"""A finished (or failed) trial as plain data: the record MLflow and the ledger are written from.
+
+The trainable writes the record and the selection artifacts into one folder
+(a Ray checkpoint), so the driver can log them wherever the trial ran.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import traceback
+from pathlib import Path
+
+import torch
+
+from study.cache import atomic_write_text
+from study.config import TrialConfig
+from study.trial import TrialOutcome
+
+RECORD_FILE = "record.json"
+
+
+def mean_curve(per_seed: list[dict], key: str) -> list[tuple[int, float]]:
+    curves = [s[key] for s in per_seed]
+    return [(step, sum(c[i][1] for c in curves) / len(curves)) for i, (step, _) in enumerate(curves[0])]
+
+
+def loss_points(per_seed: list[dict], points: int = 50) -> list[tuple[int, float]]:
+    """The seed-averaged training loss at about ``points`` evenly spaced steps."""
+    n = len(per_seed[0]["loss_curve"])
+    stride = max(1, n // points)
+    return [(i + 1, sum(s["loss_curve"][i] for s in per_seed) / len(per_seed)) for i in range(stride - 1, n, stride)]
+
+
+def success_record(outcome: TrialOutcome, tags: dict) -> dict:
+    cfg = TrialConfig.from_dict(outcome.config)
+    return {
+        "config": outcome.config,
+        "config_hash": outcome.config_hash,
+        "label": cfg.label(),
+        "status": "FINISHED",
+        "metrics": outcome.metrics(),
+        "curves": {"val_acc": mean_curve(outcome.per_seed, "val_curve"), "train_loss": loss_points(outcome.per_seed)},
+        "tags": {"host": platform.node(), **tags},
+    }
+
+
+def failure_record(cfg: TrialConfig, error: BaseException | str, tags: dict | None = None) -> dict:
+    text = error if isinstance(error, str) else "".join(traceback.format_exception(error))
+    return {"config": cfg.to_dict(), "config_hash": cfg.hash, "label": cfg.label(), "status": "FAILED",
+            "metrics": {}, "curves": {}, "error": text.strip(), "tags": tags or {}}
+
+
+def write_outcome(outcome: TrialOutcome, record: dict, folder: Path, data=None) -> Path:
+    """The record plus each seed's selected indices (or synthetic images) and a picture grid."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s, selection in zip(outcome.per_seed, outcome.selections):
+        payload = {"labels": selection.labels, "provenance": selection.provenance}
+        if selection.indices is not None:
+            payload["indices"] = selection.indices
+        else:
+            payload["images"] = selection.images
+        torch.save(payload, folder / f"selection_seed{s['repeat']}.pt")
+    if data is not None and outcome.selections:
+        save_grid(outcome.selections[0], data, folder / "selection_seed0.png")
+    atomic_write_text(folder / RECORD_FILE, json.dumps(record, default=str))
+    return folder
+
+
+def save_grid(selection, data, path: Path, per_class: int = 8) -> None:
+    """A picture of up to ``per_class`` selected images per class, one row per class."""
+    from torchvision.utils import save_image
+
+    rows = []
+    for c in range(data.num_classes):
+        imgs = selection.images[selection.labels == c][:per_class]
+        pad = torch.zeros((per_class - len(imgs), *imgs.shape[1:]), dtype=imgs.dtype)
+        rows.append(torch.cat([imgs, pad]))
+    save_image(torch.cat(rows).float() / 255, path, nrow=per_class, padding=1)
+
+
+def read_record(folder: Path) -> dict:
+    return json.loads((Path(folder) / RECORD_FILE).read_text())

@@ -1,0 +1,161 @@
+"""Run a whole scaling study: selectors x IPC x label regime x compute budget x seeds.
+
+    python -m study.scaling                         # the `quick` space on digits, minutes on a laptop
+    python -m study.scaling --space paper --preset fashion-mnist --dry-run
+    python -m study.scaling --selectors random,herding --ipc 1,10 --regimes hl,sl_kd --budgets 500
+    RAY_ADDRESS=ray://head:10001 python -m study.scaling --space paper --tracking-uri http://head:5000
+
+Every trial is a child run under one MLflow parent run; results.csv and
+summary.csv land in --out. Running the same command again runs only the trials
+that have not finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from search_spaces import PRESETS, SPACES
+from study.cli import friendly_errors
+from study.errors import StudyError
+from study.spec import StudySpec, resolve_spec, validate_spec
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m study.scaling", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--space", default="quick", help=f"study space: {', '.join(SPACES)} (default quick)")
+    g.add_argument("--preset", default=None, help=f"dataset protocol: {', '.join(PRESETS)} (default: the space's)")
+    g.add_argument("--dataset", default=None, help="override the preset's dataset (e.g. imagefolder:/data/tin)")
+    g.add_argument("--data-root", default=None, help="folder holding torchvision / IDX datasets")
+    g.add_argument("--model", default=None, help="student model: convnet, resnet18, timm:<name>")
+    g.add_argument("--selectors", default=None, help="comma-separated selectors, or 'all'")
+    g.add_argument("--ipc", default=None, help="comma-separated images per class, e.g. 1,10,50")
+    g.add_argument("--regimes", default=None, help="comma-separated label regimes: hl, sl, sl_kd")
+    g.add_argument("--budgets", default=None, help="comma-separated student step budgets")
+    g.add_argument("--seeds", type=int, default=None, help="repeats per trial")
+    g.add_argument("--num-samples", type=int, default=None, help="Optuna trials per cell group (optuna spaces)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a protocol setting, e.g. --set temperature=2 --set model_kwargs.width=64")
+    r = p.add_argument_group("where and how")
+    r.add_argument("--out", default=None, help="output folder (default studies/<space>-<hash>)")
+    r.add_argument("--cache-dir", default=None,
+                   help="preparation cache (default ~/.cache/hardtruths; on a cluster: shared storage)")
+    r.add_argument("--address", default=None, help="Ray cluster address (default RAY_ADDRESS, else local Ray)")
+    r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite in --out)")
+    r.add_argument("--experiment", default="hardtruths", help="MLflow experiment name")
+    r.add_argument("--executor", default="auto", choices=["auto", "inline", "ray-train"],
+                   help="auto: Ray Train TorchTrainer when the cluster has GPUs, else inline in the Tune trial")
+    r.add_argument("--max-concurrent", type=int, default=None, help="concurrent trials (default: fill the cluster)")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0)
+    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
+    r.add_argument("--workers-per-trial", type=int, default=1, help="DDP workers per trial (ray-train executor)")
+    r.add_argument("--max-failures", type=int, default=1, help="retries of a failing trial")
+    r.add_argument("--dry-run", action="store_true", help="print the trial table and exit")
+    r.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    r.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    return p.parse_args(argv)
+
+
+def spec_from_args(a: argparse.Namespace) -> StudySpec:
+    from study.selectors import SELECTORS
+
+    overrides = list(a.overrides)
+    if a.model:
+        overrides.append(f"model={a.model}")
+    if a.num_samples is not None:
+        overrides.append(f"num_samples={a.num_samples}")
+    return resolve_spec(a.space, a.preset, a.dataset, a.selectors, a.ipc, a.regimes, a.budgets, a.seeds,
+                        overrides, a.data_root, all_selectors=SELECTORS.names())
+
+
+def smallest_class(spec: StudySpec) -> int:
+    from study.trial import cached_dataset
+
+    return int(cached_dataset(spec.protocol["dataset"], spec.protocol["data_root"]).class_counts().min())
+
+
+def print_dry_run(spec: StudySpec) -> None:
+    cells = spec.cells()
+    print(f"space {spec.space}, preset {spec.preset}, dataset {spec.protocol['dataset']}: "
+          f"{spec.trial_count()} trials x {spec.seeds} seed(s)")
+    for c in cells:
+        print(f"  {c.hash}  {c.label()}")
+    if spec.kind == "optuna":
+        print(f"  each of the {len(cells)} groups runs {spec.num_samples} Optuna trials over {', '.join(spec.search)}")
+    print(f"total: {spec.trial_count()} trials")
+
+
+def print_summary(ledger) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from study.ledger import summarise
+
+    frame = ledger.frame()
+    if frame.empty:
+        return
+    summary = summarise(frame)
+    console = Console()
+    for (regime, steps), part in summary.groupby(["regime", "steps"]):
+        ipcs = sorted(part["ipc"].unique())
+        table = Table(title=f"test accuracy %, regime {regime}, {steps} steps (mean +- std over seeds)")
+        table.add_column("selector")
+        for ipc in ipcs:
+            table.add_column("full data" if ipc == 0 else f"IPC {ipc}", justify="right")
+        for selector, rows in part.groupby("selector"):
+            by_ipc = {r.ipc: f"{100 * r.test_acc_mean:.1f} +- {100 * r.test_acc_std:.1f}" for r in rows.itertuples()}
+            table.add_row(selector, *[by_ipc.get(i, "") for i in ipcs])
+        console.print(table)
+
+
+@friendly_errors
+def main(argv=None) -> int:
+    a = parse(argv)
+    spec = spec_from_args(a)
+    validate_spec(spec)
+    if a.dry_run:
+        print_dry_run(spec)
+        return 0
+    validate_spec(spec, smallest_class(spec))
+    out = Path(a.out or Path("studies") / f"{spec.space}-{spec.hash}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study_spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
+
+    from study.tracking import Tracker, default_tracking_uri
+
+    tracker = Tracker(a.tracking_uri or default_tracking_uri(out), a.experiment,
+                      artifact_root=None if a.tracking_uri else str((out / "mlartifacts").resolve()))
+    parent = tracker.study_run(spec.hash, f"{spec.space}-{spec.hash}", spec.to_dict())
+    print(f"study {spec.space}-{spec.hash}: {spec.trial_count()} trials; output in {out}; "
+          f"MLflow {tracker.uri} (parent run {parent})", flush=True)
+
+    from trainables.tune_study import RunOptions, run_study
+
+    options = RunOptions(out_dir=out, cache_dir=a.cache_dir, executor=a.executor, max_concurrent=a.max_concurrent,
+                         cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
+                         workers_per_trial=a.workers_per_trial, max_failures=a.max_failures, address=a.address,
+                         verbose=a.verbose)
+    try:
+        ledger = run_study(spec, tracker, parent, options)
+    finally:
+        import ray
+
+        ray.shutdown()
+    frame = ledger.frame()
+    from study.ledger import summarise
+    from study.cache import atomic_write_text
+
+    atomic_write_text(out / "summary.csv", summarise(frame).to_csv(index=False) if not frame.empty else "")
+    print_summary(ledger)
+    failed = int((frame["status"] == "FAILED").sum()) if not frame.empty else 0
+    tracker.finish_study(parent, "FAILED" if failed else "FINISHED", metrics={"trials_failed": failed})
+    print(f"results: {out / 'results.csv'}  summary: {out / 'summary.csv'}  failed trials: {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The study driver's Tune callback: every finished or failed trial goes to MLflow, the ledger and the terminal.
+
+It runs in the driver process only, so there is one writer to the tracking
+store whatever the number of concurrent trials.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from ray import tune
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+from study.config import TrialConfig
+from study.ledger import Ledger
+from study.outcome import failure_record, read_record
+from study.tracking import Tracker
+from trainables.trial import apply_choices
+
+
+class StudyLogger(tune.Callback):
+    def __init__(self, tracker: Tracker, parent_id: str, ledger: Ledger, cells: list[dict], total: int,
+                 done_before: int = 0, stream=sys.stdout):
+        self.tracker, self.parent_id, self.ledger, self.cells = tracker, parent_id, ledger, cells
+        self.total, self.done, self.failed = total, done_before, 0
+        self.stream = stream
+        self.started = time.perf_counter()
+
+    def trial_config(self, trial) -> TrialConfig:
+        choices = {k: v for k, v in trial.config.items() if k != "cell"}
+        return TrialConfig.from_dict(apply_choices(self.cells[trial.config["cell"]], choices))
+
+    def log(self, record: dict, artifacts=None) -> None:
+        self.tracker.log_trial(self.parent_id, record, artifacts)
+        self.ledger.add(record)
+        self.done += 1
+        m = record["metrics"]
+        if record["status"] == "FINISHED":
+            what = (f"{100 * m['test_acc_mean']:.1f} +- {100 * m['test_acc_std']:.1f} % test "
+                    f"({m['wall_seconds']:.1f} s)")
+        else:
+            self.failed += 1
+            what = "FAILED: " + record.get("error", "").strip().splitlines()[-1][:200]
+        elapsed = time.perf_counter() - self.started
+        print(f"[{self.done}/{self.total}] {record['label']}: {what}  [{elapsed:.0f} s]", file=self.stream, flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        path = trial.last_result.get(CHECKPOINT_PATH_KEY) or (trial.checkpoint.path if trial.checkpoint else None)
+        if path is None:
+            self.log(failure_record(self.trial_config(trial), "the trial reported no result"))
+            return
+        checkpoint = tune.Checkpoint(path)
+        with checkpoint.as_directory() as folder:
+            self.log(read_record(folder), folder)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = trial.get_error() or "the trial failed without an error message"
+        self.log(failure_record(self.trial_config(trial), str(error), {"tune_trial": trial.trial_id}))

@@ -1,0 +1,48 @@
+"""Study preparation as Ray tasks: the teacher once, then every selection once, all cached by content hash.
+
+Trials then only read the cache, so concurrent trials never race to train the
+same teacher, and a second study with the same inputs reuses everything.
+"""
+from __future__ import annotations
+
+import ray
+
+from study.config import TrialConfig
+from study.regimes import REGIMES
+from study.seeding import canonical_json
+from study.selectors import build_selector
+from study.train import default_device
+from study.trial import context_for, prepare_selections, selection_key
+
+
+@ray.remote
+def prepare_teacher(cfg_dict: dict, cache_dir: str | None) -> float:
+    cfg = TrialConfig.from_dict(cfg_dict)
+    return context_for(cfg, cache_dir, default_device()).teacher.test_acc
+
+
+@ray.remote
+def prepare_cell(cfg_dict: dict, cache_dir: str | None) -> int:
+    return prepare_selections(TrialConfig.from_dict(cfg_dict), cache_dir)
+
+
+def needs_teacher(cells: list[TrialConfig]) -> bool:
+    return any(REGIMES.get(c.regime).needs_teacher or selector_of(c).needs_teacher for c in cells)
+
+
+def selector_of(cfg: TrialConfig):
+    return build_selector(cfg.selector, **cfg.selector_params)
+
+
+def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) -> float | None:
+    """Train (or load) the teacher, then make each distinct selection in parallel tasks."""
+    teacher_acc = None
+    if cells and needs_teacher(cells):
+        say("preparing: teacher ...")
+        teacher_acc = ray.get(prepare_teacher.remote(cells[0].to_dict(), cache_dir))
+        say(f"preparing: teacher test accuracy {100 * teacher_acc:.1f}%")
+    distinct = {canonical_json(selection_key(c, selector_of(c), 0)): c for c in cells if not c.is_full_data}
+    if distinct:
+        say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")
+        ray.get([prepare_cell.remote(c.to_dict(), cache_dir) for c in distinct.values()])
+    return teacher_acc

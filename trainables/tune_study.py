@@ -1,0 +1,172 @@
+"""Run a resolved study on Ray: preparation tasks, then Ray Tune with OptunaSearch over the cells.
+
+One code path serves both kinds of space. A grid space is an Optuna
+``GridSampler`` over the indices of the cells still to run (finished cells are
+dropped before Tune starts, so a rerun starts no trial for them). An optuna
+space runs one TPE search per cell group over the space's parameters; trials
+it already finished are handed to Optuna as evaluated points and not rerun.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from study.config import TrialConfig
+from study.errors import StudyError
+from study.ledger import Ledger
+from study.spec import StudySpec
+from study.tracking import Tracker
+from trainables.callbacks import StudyLogger
+from trainables.prepare import prepare_study
+from trainables.trial import study_trial
+
+EXECUTORS = ("auto", "inline", "ray-train")
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    cache_dir: str | None = None
+    executor: str = "auto"
+    max_concurrent: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1
+    max_failures: int = 0
+    address: str | None = None
+    verbose: bool = False
+
+
+def connect(options: RunOptions) -> None:
+    """Join the cluster at --address / RAY_ADDRESS, or start a local Ray; one sentence if it does not answer."""
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    kwargs = {"log_to_driver": options.verbose, "configure_logging": True,
+              "logging_level": "INFO" if options.verbose else "ERROR"}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise StudyError(f"Could not reach a Ray cluster at {address or 'a new local instance'} ({err}).") from None
+
+
+def resolve_executor(options: RunOptions) -> str:
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if options.gpus_per_trial > 0 and gpus == 0:
+        raise StudyError(f"--gpus-per-trial {options.gpus_per_trial} was asked for, but the Ray cluster has no GPUs.")
+    if options.workers_per_trial > 1 and options.executor == "inline":
+        raise StudyError("--workers-per-trial above 1 needs the ray-train executor.")
+    if options.executor == "auto":
+        return "ray-train" if gpus > 0 or options.workers_per_trial > 1 else "inline"
+    return options.executor
+
+
+def concurrency(options: RunOptions, executor: str) -> int:
+    if options.max_concurrent:
+        return options.max_concurrent
+    per_trial_cpus = options.cpus_per_trial * options.workers_per_trial
+    slots = int(ray.cluster_resources().get("CPU", 1) // max(per_trial_cpus, 1e-3))
+    if options.gpus_per_trial > 0:
+        gpu_slots = int(ray.cluster_resources().get("GPU", 0) // (options.gpus_per_trial * options.workers_per_trial))
+        slots = min(slots, gpu_slots)
+    return max(1, slots)
+
+
+def trainable_for(executor: str, options: RunOptions, cells: list[dict], storage: str):
+    resources = {"CPU": options.cpus_per_trial, "GPU": options.gpus_per_trial, "workers": options.workers_per_trial}
+    settings = {"executor": executor, "cache_dir": options.cache_dir, "resources": resources,
+                "storage_path": storage}
+    fn = tune.with_parameters(study_trial, cells=cells, options=settings)
+    if executor == "ray-train":
+        return tune.with_resources(fn, {"cpu": 0})
+    return tune.with_resources(fn, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
+
+
+def optuna_distribution(spec: dict):
+    kind = spec["type"]
+    if kind == "uniform":
+        return optuna.distributions.FloatDistribution(spec["low"], spec["high"])
+    if kind == "loguniform":
+        return optuna.distributions.FloatDistribution(spec["low"], spec["high"], log=True)
+    if kind == "int":
+        return optuna.distributions.IntDistribution(spec["low"], spec["high"])
+    if kind == "categorical":
+        return optuna.distributions.CategoricalDistribution(spec["choices"])
+    raise StudyError(f"Unknown search distribution {kind!r}; use uniform, loguniform, int or categorical.")
+
+
+def run_tuner(trainable, searcher: OptunaSearch, num_samples: int, name: str, storage: str, callbacks,
+              max_concurrent: int, max_failures: int) -> None:
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples,
+                                    max_concurrent_trials=max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
+    )
+    tuner.fit()
+
+
+def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOptions, say=print) -> Ledger:
+    """Run every unfinished cell of ``spec``; finished ones (by config hash, in MLflow or the ledger) are skipped."""
+    connect(options)
+    executor = resolve_executor(options)
+    ledger = Ledger(options.out_dir)
+    stale = tracker.close_stale(parent_id)
+    if stale:
+        say(f"marked {stale} trial run(s) left running by an interrupted study as KILLED; they will run again")
+    finished = tracker.finished_hashes(parent_id) | ledger.finished_hashes()
+    storage = str((options.out_dir / "ray").resolve()) if "://" not in str(options.out_dir) else str(options.out_dir)
+    cells = spec.cells()
+    max_concurrent = concurrency(options, executor)
+    say(f"executor {executor}, up to {max_concurrent} concurrent trial(s), Ray resources {ray.cluster_resources()}")
+
+    if spec.kind == "grid":
+        pending = [c for c in cells if c.hash not in finished]
+        say(f"{len(cells)} trial(s) in the study, {len(cells) - len(pending)} already finished, {len(pending)} to run")
+        if not pending:
+            return ledger
+        prepare_study(pending, options.cache_dir, say)
+        dicts = [c.to_dict() for c in pending]
+        logger = StudyLogger(tracker, parent_id, ledger, dicts, total=len(cells), done_before=len(cells) - len(pending))
+        index = list(range(len(dicts)))
+        searcher = OptunaSearch(space={"cell": optuna.distributions.CategoricalDistribution(index)},
+                                sampler=optuna.samplers.GridSampler({"cell": index}, seed=0),
+                                metric=spec.metric, mode=spec.mode)
+        run_tuner(trainable_for(executor, options, dicts, storage), searcher, len(dicts), f"study-{spec.hash}",
+                  storage, [logger], max_concurrent, options.max_failures)
+        return ledger
+
+    prepare_study(cells, options.cache_dir, say)
+    space = {k: optuna_distribution(v) for k, v in spec.search.items()}
+    total = len(cells) * spec.num_samples
+    logger = StudyLogger(tracker, parent_id, ledger, [], total=total)
+    for group, cell in enumerate(cells):
+        earlier = searched_points(ledger, cell, spec)
+        remaining = spec.num_samples - len(earlier)
+        logger.done += len(earlier)
+        if remaining <= 0:
+            continue
+        logger.cells = [cell.to_dict()]
+        searcher = OptunaSearch(space={"cell": optuna.distributions.CategoricalDistribution([0]), **space},
+                                metric=spec.metric, mode=spec.mode, seed=group,
+                                points_to_evaluate=[{"cell": 0, **p} for p, _ in earlier] or None,
+                                evaluated_rewards=[r for _, r in earlier] or None)
+        run_tuner(trainable_for(executor, options, logger.cells, storage), searcher, remaining,
+                  f"study-{spec.hash}-group{group}", storage, [logger], max_concurrent, options.max_failures)
+    return ledger
+
+
+def searched_points(ledger: Ledger, cell: TrialConfig, spec: StudySpec) -> list[tuple[dict, float]]:
+    """Optuna choices and rewards of this group's finished trials, read back from the ledger."""
+    return [({k: row[k] for k in spec.search}, row[spec.metric]) for row in ledger.rows.values()
+            if row.get("status") == "FINISHED" and row.get("search_group") == cell.hash]
