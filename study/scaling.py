@@ -139,12 +139,7 @@ def main(argv=None) -> int:
                          cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
                          workers_per_trial=a.workers_per_trial, max_failures=a.max_failures, address=a.address,
                          verbose=a.verbose)
-    try:
-        ledger = run_study(spec, tracker, parent, options)
-    finally:
-        import ray
-
-        ray.shutdown()
+    ledger = run_study(spec, tracker, parent, options)
     frame = ledger.frame()
     from study.ledger import summarise
     from study.cache import atomic_write_text

@@ -5,7 +5,6 @@ store whatever the number of concurrent trials.
 """
 from __future__ import annotations
 
-import sys
 import time
 
 from ray import tune
@@ -20,10 +19,9 @@ from trainables.trial import apply_choices
 
 class StudyLogger(tune.Callback):
     def __init__(self, tracker: Tracker, parent_id: str, ledger: Ledger, cells: list[dict], total: int,
-                 done_before: int = 0, stream=sys.stdout):
+                 done_before: int = 0):
         self.tracker, self.parent_id, self.ledger, self.cells = tracker, parent_id, ledger, cells
         self.total, self.done, self.failed = total, done_before, 0
-        self.stream = stream
         self.started = time.perf_counter()
 
     def trial_config(self, trial) -> TrialConfig:
@@ -42,7 +40,7 @@ class StudyLogger(tune.Callback):
             self.failed += 1
             what = "FAILED: " + record.get("error", "").strip().splitlines()[-1][:200]
         elapsed = time.perf_counter() - self.started
-        print(f"[{self.done}/{self.total}] {record['label']}: {what}  [{elapsed:.0f} s]", file=self.stream, flush=True)
+        print(f"[{self.done}/{self.total}] {record['label']}: {what}  [{elapsed:.0f} s]", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         path = trial.last_result.get(CHECKPOINT_PATH_KEY) or (trial.checkpoint.path if trial.checkpoint else None)

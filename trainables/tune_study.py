@@ -12,21 +12,25 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
-import ray
-from ray import tune
-from ray.tune.search.optuna import OptunaSearch
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from study.config import TrialConfig
-from study.errors import StudyError
-from study.ledger import Ledger
-from study.spec import StudySpec
-from study.tracking import Tracker
-from trainables.callbacks import StudyLogger
-from trainables.prepare import prepare_study
-from trainables.trial import study_trial
+import optuna  # noqa: E402
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-EXECUTORS = ("auto", "inline", "ray-train")
+from study.config import TrialConfig  # noqa: E402
+from study.errors import StudyError  # noqa: E402
+from study.ledger import Ledger  # noqa: E402
+from study.spec import StudySpec  # noqa: E402
+from study.tracking import Tracker  # noqa: E402
+from trainables.callbacks import StudyLogger  # noqa: E402
+from trainables.prepare import prepare_study  # noqa: E402
+from trainables.trial import study_trial  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @dataclass
@@ -43,20 +47,21 @@ class RunOptions:
     verbose: bool = False
 
 
-def connect(options: RunOptions) -> None:
-    """Join the cluster at --address / RAY_ADDRESS, or start a local Ray; one sentence if it does not answer."""
+def connect(options: RunOptions) -> bool:
+    """Join the cluster at --address / RAY_ADDRESS, or start a local Ray; True if this call started it."""
     address = options.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
-        return
+        return False
     kwargs = {"log_to_driver": options.verbose, "configure_logging": True,
               "logging_level": "INFO" if options.verbose else "ERROR"}
     try:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(include_dashboard=False, **kwargs)
+            ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise StudyError(f"Could not reach a Ray cluster at {address or 'a new local instance'} ({err}).") from None
+    return True
 
 
 def resolve_executor(options: RunOptions) -> str:
@@ -87,7 +92,7 @@ def trainable_for(executor: str, options: RunOptions, cells: list[dict], storage
                 "storage_path": storage}
     fn = tune.with_parameters(study_trial, cells=cells, options=settings)
     if executor == "ray-train":
-        return tune.with_resources(fn, {"cpu": 0})
+        return tune.with_resources(fn, {"cpu": 0.01})
     return tune.with_resources(fn, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
 
 
@@ -118,23 +123,32 @@ def run_tuner(trainable, searcher: OptunaSearch, num_samples: int, name: str, st
 
 def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOptions, say=print) -> Ledger:
     """Run every unfinished cell of ``spec``; finished ones (by config hash, in MLflow or the ledger) are skipped."""
-    connect(options)
-    executor = resolve_executor(options)
     ledger = Ledger(options.out_dir)
     stale = tracker.close_stale(parent_id)
     if stale:
         say(f"marked {stale} trial run(s) left running by an interrupted study as KILLED; they will run again")
     finished = tracker.finished_hashes(parent_id) | ledger.finished_hashes()
-    storage = str((options.out_dir / "ray").resolve()) if "://" not in str(options.out_dir) else str(options.out_dir)
     cells = spec.cells()
-    max_concurrent = concurrency(options, executor)
-    say(f"executor {executor}, up to {max_concurrent} concurrent trial(s), Ray resources {ray.cluster_resources()}")
+    pending = [c for c in cells if c.hash not in finished]
+    say(f"{len(cells)} cell(s) in the study, {len(cells) - len(pending)} already finished")
+    if spec.kind == "grid" and not pending:
+        return ledger
+    started = connect(options)
+    try:
+        run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options, say)
+    finally:
+        if started:
+            ray.shutdown()
+    return ledger
 
+
+def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOptions, say) -> None:
+    executor = resolve_executor(options)
+    storage = str(Path(options.out_dir, "ray").resolve())
+    max_concurrent = concurrency(options, executor)
+    say(f"executor {executor}, up to {max_concurrent} concurrent trial(s) on {ray.cluster_resources().get('CPU', 0):.0f} "
+        f"CPU(s) and {ray.cluster_resources().get('GPU', 0):.0f} GPU(s)")
     if spec.kind == "grid":
-        pending = [c for c in cells if c.hash not in finished]
-        say(f"{len(cells)} trial(s) in the study, {len(cells) - len(pending)} already finished, {len(pending)} to run")
-        if not pending:
-            return ledger
         prepare_study(pending, options.cache_dir, say)
         dicts = [c.to_dict() for c in pending]
         logger = StudyLogger(tracker, parent_id, ledger, dicts, total=len(cells), done_before=len(cells) - len(pending))
@@ -144,7 +158,7 @@ def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOpt
                                 metric=spec.metric, mode=spec.mode)
         run_tuner(trainable_for(executor, options, dicts, storage), searcher, len(dicts), f"study-{spec.hash}",
                   storage, [logger], max_concurrent, options.max_failures)
-        return ledger
+        return
 
     prepare_study(cells, options.cache_dir, say)
     space = {k: optuna_distribution(v) for k, v in spec.search.items()}
@@ -163,7 +177,6 @@ def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOpt
                                 evaluated_rewards=[r for _, r in earlier] or None)
         run_tuner(trainable_for(executor, options, logger.cells, storage), searcher, remaining,
                   f"study-{spec.hash}-group{group}", storage, [logger], max_concurrent, options.max_failures)
-    return ledger
 
 
 def searched_points(ledger: Ledger, cell: TrialConfig, spec: StudySpec) -> list[tuple[dict, float]]:

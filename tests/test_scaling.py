@@ -1,0 +1,125 @@
+"""The study command end to end: real Ray, a real MLflow SQLite store, real digits data."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from study.config import TrialConfig
+from study.scaling import main
+from study.spec import resolve_spec
+from study.tracking import Tracker, default_tracking_uri
+from trainables.tune_study import RunOptions, run_study
+
+SMALL = ["--selectors", "random,full", "--ipc", "1,3", "--regimes", "hl,sl_kd", "--budgets", "30", "--seeds", "2",
+         "--space", "smoke", "--no-report"]
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    ray.init(num_cpus=2, log_to_driver=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield
+    ray.shutdown()
+
+
+def child_runs(out):
+    client = MlflowClient(default_tracking_uri(out))
+    exp = client.get_experiment_by_name("hardtruths")
+    parents = client.search_runs([exp.experiment_id], "tags.`hardtruths.kind` = 'study'")
+    assert len(parents) == 1
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    return client, runs
+
+
+def test_small_study_logs_every_trial_once_and_resumes(local_ray, tmp_path, cache_dir, capsys):
+    out = tmp_path / "study"
+    argv = SMALL + ["--out", str(out), "--cache-dir", str(cache_dir)]
+    assert main(argv) == 0
+    client, runs = child_runs(out)
+    # 2 selectors x 2 IPC x 2 regimes, the 'full' selector collapses to one cell per regime: 4 + 2 random... see spec
+    expected = {c.hash for c in resolve_spec("smoke", selectors="random,full", ipc="1,3", regimes="hl,sl_kd",
+                                             budgets="30", seeds=2).cells()}
+    assert {r.data.tags["config_hash"] for r in runs} == expected
+    assert len(runs) == len(expected)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:
+        assert 0.0 <= r.data.metrics["test_acc_mean"] <= 1.0
+        assert r.data.params["steps"] == "30" and r.data.params["seeds"] == "2"
+        assert r.data.tags["regime"] in {"hl", "sl_kd"}
+    results = pd.read_csv(out / "results.csv")
+    by_hash = {r.data.tags["config_hash"]: r.data.metrics["test_acc_mean"] for r in runs}
+    assert len(results) == len(runs)
+    for row in results.itertuples():
+        assert row.test_acc_mean == pytest.approx(by_hash[row.config_hash])
+
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "0 to run" in capsys.readouterr().out or len(child_runs(out)[1]) == len(runs)
+    assert len(child_runs(out)[1]) == len(runs)
+
+    victim = runs[0]
+    client.delete_run(victim.info.run_id)
+    results[results.config_hash != victim.data.tags["config_hash"]].to_csv(out / "results.csv", index=False)
+    assert main(argv) == 0
+    _, rerun = child_runs(out)
+    assert len(rerun) == len(runs)
+    assert victim.data.tags["config_hash"] in {r.data.tags["config_hash"] for r in rerun}
+
+
+def test_failing_trial_is_recorded_and_others_finish(local_ray, tmp_path, cache_dir):
+    spec = resolve_spec("smoke", selectors="random", ipc="2", regimes="hl", budgets="20", seeds=1)
+    good = spec.cells()
+    bad = TrialConfig(**{**good[0].to_dict(), "model_kwargs": {"width": 0}})
+    spec.cells = lambda: good + [bad]
+    out = tmp_path / "fail"
+    tracker = Tracker(default_tracking_uri(out), "hardtruths")
+    parent = tracker.study_run(spec.hash, "fail", spec.to_dict())
+    ledger = run_study(spec, tracker, parent, RunOptions(out_dir=out, cache_dir=str(cache_dir), max_failures=1))
+    status = {r.data.tags["config_hash"]: r for r in tracker.children(parent)}
+    assert status[bad.hash].info.status == "FAILED"
+    assert "error" in status[bad.hash].data.tags
+    assert all(status[c.hash].info.status == "FINISHED" for c in good)
+    assert set(ledger.frame()["status"]) == {"FINISHED", "FAILED"}
+
+
+def test_both_executors_agree(local_ray, tmp_path, cache_dir):
+    accs = {}
+    for executor in ("inline", "ray-train"):
+        out = tmp_path / executor
+        assert main(["--space", "smoke", "--selectors", "random", "--ipc", "2", "--regimes", "hl", "--budgets", "25",
+                     "--seeds", "1", "--no-report", "--executor", executor, "--out", str(out),
+                     "--cache-dir", str(cache_dir)]) == 0
+        _, runs = child_runs(out)
+        assert [r.data.tags["executor"] for r in runs] == [executor]
+        accs[executor] = runs[0].data.metrics["test_acc_seed0"]
+    assert accs["inline"] == accs["ray-train"]
+
+
+def test_dry_run_paper_counts_every_trial(capsys):
+    assert main(["--space", "paper", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    from study.selectors import SELECTORS
+
+    spec = resolve_spec("paper", all_selectors=SELECTORS.names())
+    assert f"total: {spec.trial_count()} trials" in out
+    assert spec.trial_count() == (len(spec.selectors) * 4 * 3 * len(spec.budgets)) + 3 * len(spec.budgets)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--selectors", "nope"], "Unknown selector 'nope'"),
+    (["--ipc", "0"], "IPC must be at least 1"),
+    (["--budgets", "0"], "positive number of steps"),
+    (["--seeds", "0"], "at least one seed"),
+    (["--regimes", "xx"], "Unknown label regime"),
+    (["--space", "nope"], "Unknown space"),
+    (["--set", "bogus=1"], "Unknown override"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "does not answer"),
+])
+def test_bad_input_fails_before_compute(argv, needle, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
