@@ -64,26 +64,32 @@ def connect(options: RunOptions) -> bool:
     return True
 
 
-def resolve_executor(options: RunOptions) -> str:
+def remote(options: RunOptions) -> bool:
+    return bool(options.address or os.environ.get("RAY_ADDRESS"))
+
+
+def resolve_executor(options: RunOptions, say=print) -> str:
     gpus = ray.cluster_resources().get("GPU", 0)
     if options.gpus_per_trial > 0 and gpus == 0:
-        raise StudyError(f"--gpus-per-trial {options.gpus_per_trial} was asked for, but the Ray cluster has no GPUs.")
+        if not remote(options):
+            raise StudyError(f"--gpus-per-trial {options.gpus_per_trial} was asked for, but this machine has no GPUs.")
+        say("the cluster has no GPU node yet; trials will wait for the autoscaler to add one")
     if options.workers_per_trial > 1 and options.executor == "inline":
         raise StudyError("--workers-per-trial above 1 needs the ray-train executor.")
     if options.executor == "auto":
-        return "ray-train" if gpus > 0 or options.workers_per_trial > 1 else "inline"
+        return "ray-train" if gpus > 0 or options.gpus_per_trial > 0 or options.workers_per_trial > 1 else "inline"
     return options.executor
 
 
-def concurrency(options: RunOptions, executor: str) -> int:
+def concurrency(options: RunOptions) -> int | None:
+    """Trials at once: what fits the nodes that exist now on a fixed local Ray; on a cluster, as many as the
+    autoscaler can place (None), since sizing by the nodes present at start would never scale up."""
     if options.max_concurrent:
         return options.max_concurrent
+    if remote(options):
+        return None
     per_trial_cpus = options.cpus_per_trial * options.workers_per_trial
-    slots = int(ray.cluster_resources().get("CPU", 1) // max(per_trial_cpus, 1e-3))
-    if options.gpus_per_trial > 0:
-        gpu_slots = int(ray.cluster_resources().get("GPU", 0) // (options.gpus_per_trial * options.workers_per_trial))
-        slots = min(slots, gpu_slots)
-    return max(1, slots)
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // max(per_trial_cpus, 1e-3)))
 
 
 def trainable_for(executor: str, options: RunOptions, cells: list[dict], storage: str):
@@ -110,7 +116,7 @@ def optuna_distribution(spec: dict):
 
 
 def run_tuner(trainable, searcher: OptunaSearch, num_samples: int, name: str, storage: str, callbacks,
-              max_concurrent: int, max_failures: int) -> None:
+              max_concurrent: int | None, max_failures: int) -> None:
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples,
@@ -143,11 +149,12 @@ def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOpt
 
 
 def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOptions, say) -> None:
-    executor = resolve_executor(options)
+    executor = resolve_executor(options, say)
     storage = str(Path(options.out_dir, "ray").resolve())
-    max_concurrent = concurrency(options, executor)
-    say(f"executor {executor}, up to {max_concurrent} concurrent trial(s) on {ray.cluster_resources().get('CPU', 0):.0f} "
-        f"CPU(s) and {ray.cluster_resources().get('GPU', 0):.0f} GPU(s)")
+    max_concurrent = concurrency(options)
+    res = ray.cluster_resources()
+    say(f"executor {executor}, {max_concurrent or 'unbounded'} concurrent trial(s), cluster has "
+        f"{res.get('CPU', 0):.0f} CPU(s) and {res.get('GPU', 0):.0f} GPU(s)")
     if spec.kind == "grid":
         prepare_study(pending, options.cache_dir, say)
         dicts = [c.to_dict() for c in pending]
