@@ -6,13 +6,16 @@ config field as a param, the axes as tags (so the MLflow UI can filter and
 group by selector, IPC, regime and budget), per-step validation curves,
 final metrics and its artifacts. Only the study driver writes, one process,
 so a local SQLite store never sees concurrent writers; calls that fail
-because a server is briefly away are retried with a growing wait.
+because a server is briefly away are retried with a growing wait, and a trial
+that still cannot be logged is kept in a local journal (record plus artifacts)
+and replayed when the study next talks to the server.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import urllib.error
@@ -62,6 +65,38 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 def chunks(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def open_experiment(tracking_uri: str, experiment: str) -> "Tracker":
+    """A Tracker on an experiment that must already exist (reading never creates one)."""
+    check_server(tracking_uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(experiment) is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise StudyError(f"The MLflow store {tracking_uri} has no experiment {experiment!r}; "
+                         f"it has: {', '.join(names) or 'none'}.")
+    return Tracker(tracking_uri, experiment)
+
+
+def tracker_for_run(tracking_uri: str, run_id: str) -> "Tracker":
+    """A Tracker on the experiment that holds ``run_id``."""
+    check_server(tracking_uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise StudyError(f"The MLflow store {tracking_uri} has no run {run_id!r}.") from None
+    return Tracker(tracking_uri, client.get_experiment(run.info.experiment_id).name)
+
+
+def find_parent(tracking_uri: str, experiment: str, parent_run: str | None = None) -> tuple["Tracker", str]:
+    """(tracker, parent run id): the given study run, or the latest one in the experiment."""
+    tracker = open_experiment(tracking_uri, experiment)
+    return tracker, tracker.find_parent(parent_run)
 
 
 class Tracker:
@@ -166,6 +201,95 @@ class Tracker:
             self.call(self.client.log_text, run_id, str(record.get("error", "")), "error.txt")
         self.call(self.client.set_terminated, run_id, status=record["status"])
         return run_id
+
+    # ---------------------------------------------------------------- reading (reports)
+
+    def find_parent(self, parent_run: str | None = None) -> str:
+        """The study (parent) run: ``parent_run`` checked to be one, or the latest study run of the experiment."""
+        if parent_run:
+            try:
+                run = self.call(self.client.get_run, parent_run)
+            except Exception:
+                raise StudyError(f"There is no run {parent_run!r} in the MLflow store {self.uri}.") from None
+            if run.info.experiment_id != self.experiment_id or run.data.tags.get(KIND) != "study":
+                raise StudyError(f"Run {parent_run} is not a study (parent) run of this experiment; "
+                                 f"leave --parent-run out to use the latest study.")
+            return parent_run
+        found = self.call(self.client.search_runs, [self.experiment_id], filter_string=f"tags.`{KIND}` = 'study'",
+                          order_by=["attributes.start_time DESC"], max_results=1)
+        if not found:
+            raise StudyError(f"The experiment has no study run in {self.uri}; run python -m study.scaling first.")
+        return found[0].info.run_id
+
+    def run_name(self, run_id: str) -> str:
+        return self.call(self.client.get_run, run_id).info.run_name or run_id
+
+    def trials_frame(self, parent_id: str) -> "pd.DataFrame":
+        """Every child run of a study as one row: run_id, run_name, status, start_time, end_time, then
+        ``tags.<k>``, ``params.<k>`` and ``metrics.<k>`` (latest value of each metric) columns.
+        Rows are ordered by (start_time, run_id), columns by name after the fixed ones."""
+        import pandas as pd
+
+        rows = []
+        for r in self.children(parent_id):
+            row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+                   "start_time": r.info.start_time, "end_time": r.info.end_time}
+            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+            row.update({f"params.{k}": v for k, v in r.data.params.items()})
+            row.update({f"metrics.{k}": float(v) for k, v in r.data.metrics.items()})
+            rows.append(row)
+        fixed = ["run_id", "run_name", "status", "start_time", "end_time"]
+        if not rows:
+            return pd.DataFrame(columns=fixed)
+        frame = pd.DataFrame(rows)
+        frame = frame[fixed + sorted(c for c in frame.columns if c not in fixed)]
+        return frame.sort_values(["start_time", "run_id"], kind="stable").reset_index(drop=True)
+
+    def artifact_names(self, run_id: str, path: str | None = None) -> list[str]:
+        return [f.path for f in self.call(self.client.list_artifacts, run_id, path)]
+
+    def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path | None:
+        """Download one artifact of a run into ``dst``; None when the run has no such artifact."""
+        folder = str(Path(path).parent) if "/" in path else None
+        if path not in self.artifact_names(run_id, folder):
+            return None
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        return Path(self.call(self.client.download_artifacts, run_id, path, str(dst)))
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        """Log a folder (e.g. a study's report) as artifacts of a run that may already be finished."""
+        self.call(self.client.log_artifacts, run_id, str(folder), artifact_path)
+
+    def log_or_journal(self, parent_id: str, record: dict, artifacts: Path | None, journal: Path) -> bool:
+        """Log a trial, or keep it in ``journal`` if the server stays away; True if it reached MLflow."""
+        try:
+            self.log_trial(parent_id, record, artifacts)
+            return True
+        except Exception as err:  # any failure to reach the store: keep the trial, never lose it
+            log.warning("MLflow is unreachable (%s); trial %s kept in %s for replay.", err, record["config_hash"],
+                        journal)
+            folder = journal / record["config_hash"]
+            if folder.exists():
+                shutil.rmtree(folder)
+            if artifacts is not None and Path(artifacts).exists():
+                shutil.copytree(artifacts, folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "journal_record.json").write_text(json.dumps(record, default=str))
+            return False
+
+    def replay(self, parent_id: str, journal: Path) -> int:
+        """Log every journalled trial not already in MLflow; return how many were replayed."""
+        if not journal.exists():
+            return 0
+        present = self.finished_hashes(parent_id)
+        replayed = 0
+        for folder in sorted(p for p in journal.iterdir() if (p / "journal_record.json").exists()):
+            record = json.loads((folder / "journal_record.json").read_text())
+            if record["config_hash"] not in present:
+                self.log_trial(parent_id, record, folder)
+                replayed += 1
+            shutil.rmtree(folder)
+        return replayed
 
     def finish_study(self, parent_id: str, status: str = "FINISHED", artifacts: Path | None = None,
                      metrics: dict | None = None) -> None:

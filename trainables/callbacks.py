@@ -21,6 +21,7 @@ class StudyLogger(tune.Callback):
     def __init__(self, tracker: Tracker, parent_id: str, ledger: Ledger, cells: list[dict], total: int,
                  done_before: int = 0):
         self.tracker, self.parent_id, self.ledger, self.cells = tracker, parent_id, ledger, cells
+        self.journal = ledger.path.parent / "mlflow_journal"
         self.total, self.done, self.failed = total, done_before, 0
         self.started = time.perf_counter()
 
@@ -29,8 +30,8 @@ class StudyLogger(tune.Callback):
         return TrialConfig.from_dict(apply_choices(self.cells[trial.config["cell"]], choices))
 
     def log(self, record: dict, artifacts=None) -> None:
-        self.tracker.log_trial(self.parent_id, record, artifacts)
         self.ledger.add(record)
+        self.tracker.log_or_journal(self.parent_id, record, artifacts, self.journal)
         self.done += 1
         m = record["metrics"]
         if record["status"] == "FINISHED":

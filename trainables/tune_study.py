@@ -130,6 +130,9 @@ def run_tuner(trainable, searcher: OptunaSearch, num_samples: int, name: str, st
 def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOptions, say=print) -> Ledger:
     """Run every unfinished cell of ``spec``; finished ones (by config hash, in MLflow or the ledger) are skipped."""
     ledger = Ledger(options.out_dir)
+    replayed = tracker.replay(parent_id, options.out_dir / "mlflow_journal")
+    if replayed:
+        say(f"logged {replayed} trial(s) that finished while MLflow was unreachable")
     stale = tracker.close_stale(parent_id)
     if stale:
         say(f"marked {stale} trial run(s) left running by an interrupted study as KILLED; they will run again")
@@ -145,6 +148,7 @@ def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOpt
     finally:
         if started:
             ray.shutdown()
+    tracker.replay(parent_id, options.out_dir / "mlflow_journal")
     return ledger
 
 
