@@ -1,5 +1,8 @@
 """Selector registry. Importing this package registers every selector."""
 from study.selectors import random  # noqa: F401
+from study.selectors import rded  # noqa: F401
+from study.selectors import cad  # noqa: F401
+from study.selectors import ca2d  # noqa: F401
 from study.selectors.base import (  # noqa: F401
     SELECTORS, Budget, Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector,
 )

@@ -1,0 +1,197 @@
+"""CAD-Prune and CA2D: the window follows the compute budget and the IPC; CA2D's output is complete."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from study.cache import Cache
+from study.errors import StudyError
+from study.selectors import Budget, SelectionContext, build_selector
+from study.selectors import cad as cad_module
+from study.selectors.cad import (
+    cad_proxy, cad_window, class_percentiles, late_steps, proxy_models, stratified_window_pick,
+)
+from study.augment import resized_crop
+
+# A real proxy that learns digits in a few hundred steps: convnet width 32, AdamW, batch 64, hard labels.
+PROXY = {"batch_size": 64, "model_kwargs": {"width": 32}}
+FAST = {"proxy_seeds": 2, "checkpoints": 2}
+BUDGETS = (10, 40, 120, 400)  # steps, at IPC 10
+IPCS = (10, 2, 1)  # at 400 steps
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The proxies are tiny: one thread is faster than two on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cad_cache(tmp_path_factory):
+    return Cache(tmp_path_factory.mktemp("cad"))
+
+
+def ctx_for(digits, cache, steps, teacher=None) -> SelectionContext:
+    factory = (lambda: teacher) if teacher is not None else None
+    return SelectionContext(digits, cache, "cpu", Budget(steps=steps, **PROXY), factory)
+
+
+@pytest.fixture(scope="module")
+def cad_runs(digits, cad_cache, one_thread):
+    """CAD-Prune selections for every (steps, ipc) the trend tests read, proxies trained once and cached."""
+    cells = {(s, 10) for s in BUDGETS} | {(400, i) for i in IPCS}
+    out = {}
+    for steps, ipc in sorted(cells):
+        sel = build_selector("cad_prune", **FAST).select(ctx_for(digits, cad_cache, steps), ipc, seed=0)
+        out[steps, ipc] = sel
+        print(f"cad_prune steps={steps} ipc={ipc}: mean difficulty {sel.provenance['mean_difficulty']:.3f}, "
+              f"mean u* {np.mean(sel.provenance['u_star']):.3f}")
+    return out
+
+
+def centre(sel) -> float:
+    return float(np.mean([(lo + hi) / 2 for lo, hi in sel.provenance["windows"]]))
+
+
+def test_window_moves_to_harder_samples_as_the_budget_grows(cad_runs):
+    sels = [cad_runs[s, 10] for s in BUDGETS]
+    diff = [s.provenance["mean_difficulty"] for s in sels]
+    assert all(a < b for a, b in zip(diff, diff[1:])), diff
+    assert diff[-1] - diff[0] > 0.3, diff
+    frontier = [np.mean(s.provenance["u_star"]) for s in sels]
+    assert all(a < b for a, b in zip(frontier, frontier[1:])), frontier
+    centres = [centre(s) for s in sels]
+    assert all(a < b for a, b in zip(centres, centres[1:])), centres
+
+
+def test_window_moves_to_easier_samples_as_the_ipc_shrinks(cad_runs):
+    diff = [cad_runs[400, i].provenance["mean_difficulty"] for i in IPCS]
+    assert diff[0] > diff[1] > diff[2], diff
+    assert diff[0] - diff[2] > 0.15, diff
+
+
+def test_cad_prune_output_and_provenance(cad_runs, digits):
+    sel = cad_runs[400, 10]
+    assert not sel.is_synthetic and len(sel) == 100
+    assert sel.labels.tolist() == digits.train_y[sel.indices].tolist()
+    assert torch.bincount(sel.labels, minlength=10).tolist() == [10] * 10
+    assert len(set(sel.indices.tolist())) == 100
+    p = sel.provenance
+    assert p["selector"] == "cad_prune" and p["budget"]["steps"] == 400 and p["params"]["delta"] == 0.0
+    d = np.array(p["difficulty"]).reshape(10, 10)
+    for c, (lo, hi) in enumerate(p["windows"]):  # a 0.3-wide window of a ~127-image class holds 10 picks
+        assert np.all((d[c] >= lo - 1e-4) & (d[c] <= hi + 1e-4)), (c, lo, hi, d[c])
+
+
+def test_proxy_scores_are_cached_and_the_override_sets_the_window(cad_runs, digits, cad_cache, monkeypatch):
+    def no_training(*a, **k):
+        raise AssertionError("the proxy should come from the cache")
+
+    monkeypatch.setattr(cad_module, "train_student", no_training)
+    ctx = ctx_for(digits, cad_cache, 400)
+    sel = build_selector("cad_prune", center=0.9, width=0.1, **FAST).select(ctx, 10, seed=1)
+    assert all(w == [0.85, 0.95] for w in sel.provenance["windows"])
+    d = np.array(sel.provenance["difficulty"])
+    assert d.min() >= 0.85 - 1e-4 and d.max() <= 0.95 + 1e-4
+    easy = build_selector("cad_prune", center=0.1, width=0.2, **FAST).select(ctx, 10, seed=1)
+    assert easy.provenance["mean_difficulty"] < 0.2 < 0.85 < sel.provenance["mean_difficulty"]
+    scores = cad_proxy(ctx, 10, **FAST)
+    assert scores["margin"].shape == (len(digits.train_y),) and len(scores["states"]) == 2 * 2
+
+
+def test_window_rule_and_stratified_sampling():
+    assert cad_window(0.2, delta=0.1, beta=0.05, w=0.3) == pytest.approx((0.0, 0.3))
+    assert cad_window(0.99, delta=0.0, beta=0.05, w=0.3) == pytest.approx((0.65, 0.95))
+    assert cad_window(0.5, 0.0, 0.05, 0.3, center=0.5, width=0.2) == pytest.approx((0.4, 0.6))
+    assert late_steps(100, 3, 0.3) == [80, 90, 100] and late_steps(7, 1, 0.3) == [7]
+    rng = np.random.default_rng(0)
+    u = (np.arange(100) + 0.5) / 100
+    pos = stratified_window_pick(u, 0.2, 0.6, 8, rng)
+    assert np.all((u[pos] >= 0.2) & (u[pos] <= 0.6))
+    assert len(set((np.floor((u[pos] - 0.2) / 0.05)).astype(int))) == 8  # one per stratum of the window
+    near = stratified_window_pick(u, 0.5, 0.51, 5, rng)  # the window holds one member: grow to the 5 nearest
+    assert sorted(u[near].round(3)) == [0.485, 0.495, 0.505, 0.515, 0.525]
+    y = np.array([0, 1, 0, 1, 0])
+    assert class_percentiles(np.array([3.0, 1.0, 1.0, 2.0, 2.0]), y, 2).round(3).tolist() == \
+        [0.833, 0.25, 0.167, 0.75, 0.5]
+
+
+@pytest.mark.parametrize("params", [{"beta": 1.0}, {"w": 0.0}, {"proxy_seeds": 0}, {"center": 1.5},
+                                    {"width": 0.2}, {"late": 0.0}])
+def test_bad_cad_parameters_fail_in_one_sentence(params):
+    with pytest.raises(StudyError):
+        build_selector("cad_prune", **params)
+
+
+def stand_in_teacher(digits, cache):
+    """The 400-step IPC-10 proxy as the observer: a real classifier, and free (already cached)."""
+    states = cad_proxy(ctx_for(digits, cache, 400), 10, **FAST)["states"]
+    return type("T", (), {"model": proxy_models(ctx_for(digits, cache, 400), states)[-1]})()
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_ca2d_images_come_from_the_window_with_complete_provenance(cad_runs, digits, cad_cache, factor):
+    ipc = 3
+    teacher = stand_in_teacher(digits, cad_cache)
+    ctx = ctx_for(digits, cad_cache, 120, teacher)
+    # a window wide enough to hold the ipc*f^2 patches, so every patch must come from inside it
+    sel = build_selector("ca2d", factor=factor, k=3, center=0.5, width=0.6, **FAST).select(ctx, ipc, seed=2)
+    f2 = factor * factor
+    assert sel.is_synthetic and sel.images.dtype == torch.uint8
+    assert sel.images.shape == (10 * ipc, *digits.image_shape)
+    assert sel.labels.tolist() == np.repeat(np.arange(10), ipc).tolist()
+    p = sel.provenance
+    assert p["selector"] == "ca2d" and p["factor"] == factor and p["budget"]["steps"] == 120
+    src = torch.tensor(p["patch_source"])
+    boxes = torch.tensor(p["patch_box"])
+    u = np.array(p["patch_difficulty"])
+    assert src.shape == (10 * ipc, f2) and boxes.shape == (10 * ipc, f2, 4) and u.shape == (10 * ipc, f2)
+    assert np.array(p["patch_loss"]).shape == (10 * ipc, f2)
+    assert torch.equal(digits.train_y[src], sel.labels[:, None].expand(-1, f2))
+    for c, (lo, hi) in enumerate(p["windows"]):
+        assert (lo, hi) == pytest.approx((0.2, 0.8))
+        block = u[c * ipc:(c + 1) * ipc]
+        assert np.all((block >= lo) & (block <= hi)), (c, block)
+    h = digits.image_shape[1] // factor
+    tile = resized_crop(digits.train_x[src[4, f2 - 1]][None].float() / 255, boxes[4, f2 - 1][None], (h, h))[0]
+    r, col = divmod(f2 - 1, factor)
+    got = sel.images[4, :, r * h:(r + 1) * h, col * h:(col + 1) * h].float() / 255
+    assert (got - tile).abs().max() < 4 / 255
+
+
+def test_ca2d_default_window_follows_the_budget(cad_runs, digits, cad_cache, one_thread):
+    teacher = stand_in_teacher(digits, cad_cache)
+    lo_budget = build_selector("ca2d", k=3, **FAST).select(ctx_for(digits, cad_cache, 10, teacher), 10, seed=0)
+    hi_budget = build_selector("ca2d", k=3, **FAST).select(ctx_for(digits, cad_cache, 400, teacher), 10, seed=0)
+    print(f"ca2d mean patch difficulty: 10 steps {lo_budget.provenance['mean_difficulty']:.3f}, "
+          f"400 steps {hi_budget.provenance['mean_difficulty']:.3f}")
+    assert lo_budget.provenance["mean_difficulty"] < hi_budget.provenance["mean_difficulty"]
+
+
+def test_ca2d_coreset_returns_real_images_from_the_window(cad_runs, digits, cad_cache):
+    ctx = ctx_for(digits, cad_cache, 400)
+    sel = build_selector("ca2d_coreset", m=60, **FAST).select(ctx, 10, seed=0)
+    assert not sel.is_synthetic and len(sel) == 100
+    assert torch.equal(sel.images, digits.train_x[sel.indices])
+    p = sel.provenance
+    assert p["factor"] == 1 and p["candidates_per_class"] == [60] * 10
+    assert "k" not in p["params"] and p["params"]["m"] == 60
+    assert [s[0] for s in p["patch_source"]] == sel.indices.tolist()
+    u = np.array(p["patch_difficulty"]).reshape(10, 10)
+    for c, (lo, hi) in enumerate(p["windows"]):
+        assert np.all((u[c] >= lo) & (u[c] <= hi))
+    # same budget, same frontier rule as CAD-Prune: a comparably hard selection
+    assert abs(p["mean_difficulty"] - cad_runs[400, 10].provenance["mean_difficulty"]) < 0.1
+
+
+def test_compute_aware_selectors_declare_what_they_read():
+    for name in ("cad_prune", "ca2d", "ca2d_coreset"):
+        assert build_selector(name).budget_aware
+    assert build_selector("ca2d").needs_teacher and build_selector("rded").needs_teacher
+    assert not build_selector("cad_prune").needs_teacher
+    assert build_selector("rded").family == build_selector("ca2d").family == "dd"
+    assert build_selector("ca2d_coreset").family == "coreset"
