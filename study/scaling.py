@@ -112,6 +112,17 @@ def print_summary(ledger) -> None:
         console.print(table)
 
 
+def make_report(tracker, parent: str, out: Path) -> None:
+    """The study report (study.report); a failure there never fails the finished study."""
+    from study.report import build_report
+
+    try:
+        build_report(tracker, parent, out)
+    except Exception as err:  # noqa: BLE001 - the trials are safe in MLflow; the report can be regenerated
+        print(f"the report failed ({type(err).__name__}: {err}); regenerate it with: python -m study.report "
+              f"--tracking-uri {tracker.uri} --parent-run {parent} --out {out}", file=sys.stderr)
+
+
 @friendly_errors
 def main(argv=None) -> int:
     a = parse(argv)
@@ -147,6 +158,8 @@ def main(argv=None) -> int:
     atomic_write_text(out / "summary.csv", summarise(frame).to_csv(index=False) if not frame.empty else "")
     print_summary(ledger)
     failed = int((frame["status"] == "FAILED").sum()) if not frame.empty else 0
+    if not a.no_report:
+        make_report(tracker, parent, out)
     tracker.finish_study(parent, "FAILED" if failed else "FINISHED", metrics={"trials_failed": failed})
     print(f"results: {out / 'results.csv'}  summary: {out / 'summary.csv'}  failed trials: {failed}")
     return 1 if failed else 0

@@ -1,0 +1,257 @@
+"""The report's figures (matplotlib, Agg backend): each function takes report frames and returns a Figure.
+
+Accuracies are plotted in percent. Every selector keeps one colour in every
+figure; random is the reference (black, dashed, square markers) and the
+full-data reference cell is a grey dotted line. A figure with nothing to show
+is still produced, with one axes carrying a note that says why.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from study.metrics import FULL, RANDOM, ordered_regimes  # noqa: E402
+
+RANDOM_STYLE = {"color": "black", "linestyle": "--", "marker": "s", "linewidth": 2.0, "zorder": 5}
+FULL_STYLE = {"color": "0.45", "linestyle": ":", "linewidth": 1.8}
+FULL_LABEL = "full data"
+RANDOM_REF_LABEL = "random (reference)"
+
+
+def palette(labels) -> dict[str, tuple]:
+    """One colour per selector label, stable for a given set of labels."""
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    others = sorted(set(labels) - {RANDOM, FULL})
+    return {label: cmap(i % cmap.N) for i, label in enumerate(others)}
+
+
+def style(label: str, colors: dict) -> dict:
+    if label == RANDOM:
+        return dict(RANDOM_STYLE)
+    return {"color": colors.get(label, "tab:blue"), "linestyle": "-", "marker": "o", "linewidth": 1.5}
+
+
+def empty_figure(title: str, note: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True, fontsize=10, transform=ax.transAxes)
+    return fig
+
+
+def grid(rows: int, cols: int, min_width: float = 0.0, **kw) -> tuple[plt.Figure, np.ndarray]:
+    size = (max(min_width, 4.4 * cols), 3.4 * rows + 0.4)
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained", **kw)
+    return fig, axes
+
+
+def selector_labels(frame: pd.DataFrame) -> list[str]:
+    """Labels in drawing order: random first (the reference), then the others by name."""
+    labels = sorted(set(frame["label"]) - {FULL})
+    return ([RANDOM] if RANDOM in labels else []) + [label for label in labels if label != RANDOM]
+
+
+def band(ax, x, mean, std, color) -> None:
+    std = np.nan_to_num(np.asarray(std, dtype=float))
+    if np.any(std > 0):
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+
+
+def log_axis(ax, values, label: str) -> None:
+    values = sorted(set(values))
+    if len(values) > 1 and min(values) > 0:
+        ax.set_xscale("log")
+    ax.set_xticks(values)
+    ax.set_xticklabels([str(v) for v in values])
+    ax.minorticks_off()
+    ax.set_xlabel(label)
+
+
+def accuracy_vs_ipc(summary: pd.DataFrame) -> plt.Figure:
+    """The paper's central figure: one panel per regime (a row per budget), a line per selector with a seed band."""
+    subsets = summary[summary["ipc"] > 0] if not summary.empty else summary
+    if subsets.empty:
+        return empty_figure("Accuracy vs IPC", "No finished subset trials in this study.")
+    regimes, budgets = ordered_regimes(summary["regime"]), sorted(summary["steps"].unique())
+    colors = palette(summary["label"])
+    fig, axes = grid(len(budgets), len(regimes), sharey=True)
+    for i, steps in enumerate(budgets):
+        for j, regime in enumerate(regimes):
+            ax = axes[i, j]
+            part = subsets[(subsets["regime"] == regime) & (subsets["steps"] == steps)]
+            for label in selector_labels(part):
+                rows = part[part["label"] == label].sort_values("ipc")
+                st = style(label, colors)
+                ax.plot(rows["ipc"], 100 * rows["acc_mean"], label=label, **st)
+                band(ax, rows["ipc"].to_numpy(float), 100 * rows["acc_mean"].to_numpy(float),
+                     100 * rows["acc_std"].to_numpy(float), st["color"])
+            full_line(ax, summary, regime, steps)
+            log_axis(ax, subsets["ipc"], "images per class (IPC)")
+            ax.set_title(f"{regime}, {steps} steps")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+            if part.empty:
+                ax.text(0.5, 0.5, "no trials", ha="center", va="center", transform=ax.transAxes)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Test accuracy vs IPC (mean +- std over seeds)")
+    return fig
+
+
+def full_line(ax, summary: pd.DataFrame, regime: str, steps: int) -> None:
+    full = summary[(summary["selector"] == FULL) & (summary["regime"] == regime) & (summary["steps"] == steps)]
+    if full.empty:
+        return
+    mean, std = 100 * float(full["acc_mean"].iloc[0]), 100 * float(full["acc_std"].iloc[0])
+    ax.axhline(mean, label=FULL_LABEL, **FULL_STYLE)
+    if not math.isnan(std) and std > 0:
+        ax.axhspan(mean - std, mean + std, color=FULL_STYLE["color"], alpha=0.1, linewidth=0)
+
+
+def accuracy_vs_budget(summary: pd.DataFrame) -> plt.Figure:
+    """The saturation test: accuracy vs compute budget at fixed IPC (a row per IPC, a panel per regime)."""
+    subsets = summary[summary["ipc"] > 0] if not summary.empty else summary
+    if subsets.empty:
+        return empty_figure("Accuracy vs budget", "No finished subset trials in this study.")
+    regimes, ipcs = ordered_regimes(summary["regime"]), sorted(subsets["ipc"].unique())
+    colors = palette(summary["label"])
+    fig, axes = grid(len(ipcs), len(regimes), sharey=True)
+    for i, ipc in enumerate(ipcs):
+        for j, regime in enumerate(regimes):
+            ax = axes[i, j]
+            part = subsets[(subsets["regime"] == regime) & (subsets["ipc"] == ipc)]
+            for label in selector_labels(part):
+                rows = part[part["label"] == label].sort_values("steps")
+                st = style(label, colors)
+                ax.plot(rows["steps"], 100 * rows["acc_mean"], label=label, **st)
+                band(ax, rows["steps"].to_numpy(float), 100 * rows["acc_mean"].to_numpy(float),
+                     100 * rows["acc_std"].to_numpy(float), st["color"])
+            full = summary[(summary["selector"] == FULL) & (summary["regime"] == regime)].sort_values("steps")
+            if not full.empty:
+                ax.plot(full["steps"], 100 * full["acc_mean"], label=FULL_LABEL, marker="^", **FULL_STYLE)
+            log_axis(ax, summary["steps"], "budget (student steps)")
+            ax.set_title(f"{regime}, IPC {ipc}")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+            if part.empty:
+                ax.text(0.5, 0.5, "no trials", ha="center", va="center", transform=ax.transAxes)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Test accuracy vs compute budget at fixed IPC")
+    return fig
+
+
+def gain_vs_ipc(derived: pd.DataFrame) -> plt.Figure:
+    """Gain over random vs IPC per regime (a row per budget); the band is the gain's seed spread."""
+    part_all = derived[~derived["selector"].isin([RANDOM, FULL]) & derived["gain"].notna()] if not derived.empty \
+        else derived
+    if part_all.empty:
+        return empty_figure("Gain over random vs IPC",
+                            "No selector has a random control under the same protocol in this study.")
+    regimes, budgets = ordered_regimes(derived["regime"]), sorted(derived["steps"].unique())
+    colors = palette(derived["label"])
+    fig, axes = grid(len(budgets), len(regimes), sharey=True)
+    for i, steps in enumerate(budgets):
+        for j, regime in enumerate(regimes):
+            ax = axes[i, j]
+            part = part_all[(part_all["regime"] == regime) & (part_all["steps"] == steps)]
+            ax.axhline(0.0, label=RANDOM_REF_LABEL, color="black", linestyle="--", linewidth=1.5)
+            for label in selector_labels(part):
+                rows = part[part["label"] == label].sort_values("ipc")
+                st = style(label, colors)
+                ax.plot(rows["ipc"], 100 * rows["gain"], label=label, **st)
+                band(ax, rows["ipc"].to_numpy(float), 100 * rows["gain"].to_numpy(float),
+                     100 * rows["spread"].to_numpy(float), st["color"])
+            log_axis(ax, part_all["ipc"], "images per class (IPC)")
+            ax.set_title(f"{regime}, {steps} steps")
+            ax.set_ylabel("gain over random (points)")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Gain over random vs IPC (band: seed spread of the gain)")
+    return fig
+
+
+ALIGNMENT_EMPTY = ("No CAD-Prune trials in this study, so there is no window to compare. Run the ca2d_alignment "
+                   "space (python -m study.scaling --space ca2d_alignment) to search windows per (IPC, budget).")
+
+
+def alignment_map(searched: pd.DataFrame, table: pd.DataFrame) -> plt.Figure:
+    """Best searched difficulty window and CAD-Prune's predicted window vs compute per class (a panel per regime).
+
+    Each IPC gets two lines: the best searched window centre (solid, circles)
+    and the predicted centre (dashed, diamonds); vertical bars span the
+    windows. Every searched trial is a dot coloured by its validation accuracy.
+    """
+    if table.empty:
+        return empty_figure("CA2D alignment map", ALIGNMENT_EMPTY)
+    regimes = ordered_regimes(table["regime"])
+    fig, axes = grid(1, len(regimes), min_width=8.0, sharey=True)
+    ipcs = sorted(table["ipc"].unique())
+    cmap = plt.get_cmap("tab10")
+    scatter = None
+    for j, regime in enumerate(regimes):
+        ax = axes[0, j]
+        dots = searched[searched["regime"] == regime]
+        if not dots.empty:
+            scatter = ax.scatter(dots["compute_per_class"], dots["center"], c=100 * dots["val_acc_mean"],
+                                 cmap="viridis", s=18, alpha=0.6, zorder=1)
+        for k, ipc in enumerate(ipcs):
+            rows = table[(table["regime"] == regime) & (table["ipc"] == ipc)].sort_values("compute_per_class")
+            if rows.empty:
+                continue
+            color = cmap(k % 10)
+            best = rows[rows["best_center"].notna()]
+            if not best.empty:
+                ax.plot(best["compute_per_class"], best["best_center"], color=color, marker="o",
+                        label=f"best searched (IPC {ipc})", zorder=3)
+                ax.vlines(best["compute_per_class"], best["best_lo"], best["best_hi"], color=color, linewidth=4,
+                          alpha=0.35)
+            pred = rows[rows["pred_center"].notna()]
+            if not pred.empty:
+                x = pred["compute_per_class"] * 1.04
+                ax.plot(x, pred["pred_center"], color=color, marker="D", linestyle="--",
+                        label=f"CAD-Prune predicted (IPC {ipc})", zorder=3)
+                ax.vlines(x, pred["pred_lo"], pred["pred_hi"], color=color, linewidth=1.5, linestyles="dashed")
+        xs = table.loc[table["regime"] == regime, "compute_per_class"].dropna()
+        if len(xs) and xs.min() > 0 and xs.max() > xs.min():
+            ax.set_xscale("log")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("compute per class (samples seen / class)")
+        ax.set_ylabel("difficulty percentile u (0 easy, 1 hard)")
+        ax.set_title(f"{regime}")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no searched or predicted window\n(no selection provenance logged)",
+                    ha="center", va="center", transform=ax.transAxes)
+    if scatter is not None:
+        fig.colorbar(scatter, ax=list(axes.ravel()), label="searched trial val acc (%)")
+    fig.suptitle("CA2D alignment: best searched window vs CAD-Prune's predicted window")
+    return fig
+
+
+def example_grid(examples: list[tuple[str, str, np.ndarray | None]]) -> plt.Figure:
+    """One panel per selector: its logged picture of selected (or distilled) images, one row per class."""
+    if not examples:
+        return empty_figure("Example images", "No subset trials in this study.")
+    cols = min(4, len(examples))
+    rows = math.ceil(len(examples) / cols)
+    fig, axes = grid(rows, cols, min_width=6.0)
+    flat = list(axes.ravel())
+    for ax, (label, caption, image) in zip(flat, examples):
+        ax.set_title(f"{label}\n{caption}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if image is None:
+            ax.text(0.5, 0.5, "no picture logged", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+    for ax in flat[len(examples):]:
+        fig.delaxes(ax)
+    fig.suptitle("Example images per selector (seed 0, one row per class)")
+    return fig

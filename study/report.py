@@ -1,0 +1,268 @@
+"""The study report: tables, figures and a headline, from the trials recorded in MLflow.
+
+    python -m study.report --out studies/quick-1a2b3c4d            # the latest study in <out>/mlflow.db
+    python -m study.report --experiment hardtruths --tracking-uri http://head:5000 --parent-run <id> --out rep
+
+``study.scaling`` calls :func:`build_report` at its end (unless --no-report).
+The report is written to ``<out>/report/`` and logged as artifacts (folder
+``report/``) of the study's parent run:
+
+- ``tidy.parquet`` / ``tidy.csv``: one row per finished trial and seed;
+- ``summary.*``: mean, std, count per (selector, IPC, regime, budget);
+- ``derived.*``: gain over random, seed spread, fraction of full-data
+  accuracy, HLR / IOR / LRS (formulas in :mod:`study.metrics`);
+- ``protocol.csv``: the full-data soft- vs hard-label check;
+- ``best.csv``, ``alignment.csv``, ``searched.csv``, ``headline.md``;
+- figures: ``accuracy_vs_ipc.png``, ``accuracy_vs_budget.png``,
+  ``gain_vs_ipc.png``, ``ca2d_alignment.png``, ``examples.png``.
+
+Tables depend only on what MLflow holds, so regenerating the report of a past
+study gives the same tables.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from study import metrics as M
+from study.cli import friendly_errors
+from study.errors import StudyError
+from study.tracking import Tracker, find_parent, tracker_for_run
+
+EXAMPLE_ARTIFACT = "selection_seed0.png"
+PROVENANCE_ARTIFACT = "selection_seed0.pt"
+FIGURES = ("accuracy_vs_ipc", "accuracy_vs_budget", "gain_vs_ipc", "ca2d_alignment", "examples")
+TABLES = ("tidy", "summary", "derived")
+
+
+@dataclass
+class Report:
+    folder: Path
+    parent_run_id: str
+    trials: pd.DataFrame
+    tidy: pd.DataFrame
+    summary: pd.DataFrame
+    derived: pd.DataFrame
+    protocol: pd.DataFrame
+    best: pd.DataFrame
+    searched: pd.DataFrame
+    alignment: pd.DataFrame
+    examples: list = field(default_factory=list)
+    headline: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return int((self.trials["status"] == "FAILED").sum()) if not self.trials.empty else 0
+
+    @property
+    def protocol_ok(self) -> bool:
+        return not (not self.protocol.empty and self.protocol["under_trained"].any())
+
+    def figures(self) -> dict:
+        """The report's figures as open matplotlib Figures (the caller closes them)."""
+        from study import figures as F
+
+        return {"accuracy_vs_ipc": F.accuracy_vs_ipc(self.summary),
+                "accuracy_vs_budget": F.accuracy_vs_budget(self.summary),
+                "gain_vs_ipc": F.gain_vs_ipc(self.derived),
+                "ca2d_alignment": F.alignment_map(self.searched, self.alignment),
+                "examples": F.example_grid(self.examples)}
+
+
+# ---------------------------------------------------------------- reading artifacts
+
+def read_provenance(tracker: Tracker, trials: pd.DataFrame, tmp: Path) -> dict[str, dict]:
+    """Selection provenance (u*, CAD parameters) of every finished cad_prune trial that logged its selection."""
+    cad = trials[(trials["selector"] == "cad_prune") & (trials["status"] == "FINISHED")] if not trials.empty else trials
+    out = {}
+    if cad.empty:
+        return out
+    import torch
+
+    for run_id in cad["run_id"]:
+        path = tracker.download_artifact(run_id, PROVENANCE_ARTIFACT, tmp / run_id)
+        if path is None:
+            continue
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # an unreadable or foreign file: the alignment map says the prediction is missing
+            continue
+        if isinstance(payload, dict) and isinstance(payload.get("provenance"), dict):
+            out[run_id] = payload["provenance"]
+    return out
+
+
+def example_trial(rows: pd.DataFrame) -> dict:
+    """The trial whose picture stands for a selector: IPC nearest 10, then hard labels, the smallest budget."""
+    ranked = rows.assign(_d=[abs(math.log(i / 10)) for i in rows["ipc"]],
+                         _r=[M.regime_sort_key(r)[0] for r in rows["regime"]])
+    return ranked.sort_values(["_d", "ipc", "_r", "regime", "steps", "run_id"], kind="stable").iloc[0].to_dict()
+
+
+def read_examples(tracker: Tracker, trials: pd.DataFrame, tmp: Path) -> list[tuple[str, str, object]]:
+    import matplotlib.image as mpimg
+
+    if trials.empty:
+        return []
+    done = trials[(trials["status"] == "FINISHED") & (trials["ipc"] > 0)]
+    out = []
+    for label in sorted(done["label"].unique()):
+        row = example_trial(done[done["label"] == label])
+        path = tracker.download_artifact(row["run_id"], EXAMPLE_ARTIFACT, tmp / f"ex-{row['run_id']}")
+        image = mpimg.imread(path) if path is not None else None
+        out.append((label, f"IPC {row['ipc']}, {row['regime']}, {row['steps']} steps", image))
+    return out
+
+
+# ---------------------------------------------------------------- building and writing
+
+def analyse(trials: pd.DataFrame, provenance: dict | None = None, examples: list | None = None,
+            folder: Path = Path("report"), parent_run_id: str = "") -> Report:
+    """Every table and the headline from the trial table (no I/O)."""
+    tidy = M.tidy(trials)
+    summary = M.summarise(tidy)
+    derived = M.derive(summary)
+    protocol = M.protocol_check(summary)
+    best = M.best_per_regime(derived)
+    searched, alignment = M.alignment(trials, provenance or {})
+    failed = int((trials["status"] == "FAILED").sum()) if not trials.empty else 0
+    return Report(Path(folder), parent_run_id, trials, tidy, summary, derived, protocol, best, searched, alignment,
+                  examples or [], M.headline(best, protocol, failed))
+
+
+def write_table(frame: pd.DataFrame, folder: Path, name: str, parquet: bool = True) -> list[Path]:
+    paths = [folder / f"{name}.csv"]
+    frame.to_csv(paths[0], index=False)
+    if parquet:
+        paths.append(folder / f"{name}.parquet")
+        frame.to_parquet(paths[1], index=False)
+    return paths
+
+
+def write(report: Report, figures: bool = True) -> dict[str, Path]:
+    import matplotlib.pyplot as plt
+
+    folder = report.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    for name in TABLES:
+        for path in write_table(getattr(report, name), folder, name):
+            files[path.name] = path
+    for name in ("protocol", "best", "searched", "alignment"):
+        files[f"{name}.csv"] = write_table(getattr(report, name), folder, name, parquet=False)[0]
+    headline = folder / "headline.md"
+    headline.write_text("# Study headline\n\n" + "".join(f"- {line}\n" for line in report.headline))
+    files["headline.md"] = headline
+    for name, fig in (report.figures() if figures else {}).items():
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files[path.name] = path
+    report.files = files
+    return files
+
+
+def build_report(tracker_or_uri: Tracker | str, parent_run_id: str, out_dir: str | Path, *, log: bool = True,
+                 show: bool = True, figures: bool = True) -> Report:
+    """Read a study's trials from MLflow, write ``<out_dir>/report/`` and log it to the parent run.
+
+    ``log=False`` keeps the report off MLflow, ``show=False`` prints nothing,
+    ``figures=False`` writes the tables only.
+    """
+    tracker = tracker_or_uri if isinstance(tracker_or_uri, Tracker) else tracker_for_run(str(tracker_or_uri),
+                                                                                        parent_run_id)
+    trials = M.trial_table(tracker.trials_frame(parent_run_id))
+    with tempfile.TemporaryDirectory(prefix="hardtruths-report-") as tmp:
+        provenance = read_provenance(tracker, trials, Path(tmp))
+        examples = read_examples(tracker, trials, Path(tmp))
+    report = analyse(trials, provenance, examples, Path(out_dir) / "report", parent_run_id)
+    write(report, figures)
+    if log:
+        tracker.log_artifacts(parent_run_id, report.folder, "report")
+    if show:
+        print_report(report)
+    return report
+
+
+# ---------------------------------------------------------------- terminal
+
+def pct(value, signed: bool = False) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def print_report(report: Report, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    if not report.protocol.empty:
+        table = Table(title="Protocol check: full-data accuracy %, soft vs hard labels at the same budget")
+        for col in ("regime", "steps", "full data", "full data (hl)", "gap (points)", "verdict"):
+            table.add_column(col, justify="left" if col in ("regime", "verdict") else "right")
+        for r in report.protocol.itertuples():
+            verdict = ("[red]under-trained[/red]" if r.under_trained else "ok") if r.checked else "not checked"
+            table.add_row(r.regime, str(r.steps), pct(r.full_acc), pct(r.full_hl_acc), pct(r.gap), verdict)
+        console.print(table)
+    if not report.best.empty:
+        table = Table(title="Headline: best selector per label regime")
+        for col in ("regime", "best selector", "gain over random (points, mean)", "gain > seed spread (cells)"):
+            table.add_column(col, justify="left" if col in ("regime", "best selector") else "right")
+        for r in report.best.itertuples():
+            table.add_row(r.regime, r.best if isinstance(r.best, str) else "-", pct(r.mean_gain, signed=True),
+                          f"{r.cells_exceeding_spread}/{r.cells}" if r.cells_with_spread
+                          else "n/a (one seed)" if isinstance(r.best, str) else "-")
+        console.print(table)
+    for line in report.headline:
+        console.print(f"[bold red]{line}[/bold red]" if line.startswith("PROTOCOL") else line, highlight=False)
+    console.print(f"report: {report.folder}", highlight=False)
+
+
+# ---------------------------------------------------------------- command line
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", default="hardtruths", help="MLflow experiment name (default hardtruths)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite <out>/mlflow.db, else $MLFLOW_TRACKING_URI)")
+    p.add_argument("--parent-run", default=None, help="the study's parent run id (default: the latest study)")
+    p.add_argument("--out", default=None, help="study output folder; the report goes to <out>/report "
+                                               "(default studies/<parent run name>)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    return p.parse_args(argv)
+
+
+def resolve_uri(a: argparse.Namespace) -> str:
+    if a.tracking_uri:
+        return a.tracking_uri
+    if a.out and (Path(a.out) / "mlflow.db").exists():
+        from study.tracking import default_tracking_uri
+
+        return default_tracking_uri(a.out)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    raise StudyError("Say where the study's MLflow store is: --tracking-uri URI, or --out DIR with DIR/mlflow.db "
+                     "(the default store of python -m study.scaling).")
+
+
+@friendly_errors
+def main(argv=None) -> int:
+    a = parse(argv)
+    tracker, parent = find_parent(resolve_uri(a), a.experiment, a.parent_run)
+    out = Path(a.out) if a.out else Path("studies") / tracker.run_name(parent)
+    report = build_report(tracker, parent, out, log=not a.no_log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The study report on a real MLflow SQLite store filled through the real MLflow API with known metrics.
+
+Accuracies are multiples of 1/64 and each cell's three seeds are
+(c - 1/32, c, c + 1/32), so means, stds and gains are exact in binary and
+the hand-computed values below must match the report exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from study import metrics as M
+from study.config import TrialConfig
+from study.report import FIGURES, build_report, main, print_report
+from study.tracking import Tracker, default_tracking_uri, find_parent
+
+D = 1 / 32
+CENTRES = {
+    ("random", 1, "hl", 100): 0.25, ("random", 10, "hl", 100): 0.5,
+    ("herding", 1, "hl", 100): 0.375, ("herding", 10, "hl", 100): 0.5625,
+    ("random", 1, "hl", 200): 0.3125, ("random", 10, "hl", 200): 0.5625,
+    ("herding", 1, "hl", 200): 0.40625, ("herding", 10, "hl", 200): 0.625,
+    ("random", 1, "sl_kd", 100): 0.5, ("random", 10, "sl_kd", 100): 0.75,
+    ("herding", 1, "sl_kd", 100): 0.515625, ("herding", 10, "sl_kd", 100): 0.765625,
+    ("random", 1, "sl_kd", 200): 0.5625, ("random", 10, "sl_kd", 200): 0.78125,
+    ("herding", 1, "sl_kd", 200): 0.5625, ("herding", 10, "sl_kd", 200): 0.8125,
+    ("full", 0, "hl", 100): 0.875, ("full", 0, "sl_kd", 100): 0.875,
+    ("full", 0, "hl", 200): 0.90625, ("full", 0, "sl_kd", 200): 0.890625,
+}
+PICTURES = {("herding", 10, "hl", 100), ("random", 10, "hl", 100)}
+
+
+def record(selector, ipc, regime, steps, accs, params=None, val=None, status="FINISHED"):
+    cfg = TrialConfig(selector=selector, ipc=ipc, regime=regime, steps=steps, seeds=len(accs),
+                      selector_params=params or {})
+    mean = math.fsum(accs) / len(accs) if accs else 0.0
+    metrics = {f"test_acc_seed{r}": a for r, a in enumerate(accs)}
+    if status == "FINISHED":
+        metrics.update(test_acc_mean=mean, test_acc_std=D, val_acc_mean=mean if val is None else val,
+                       samples_seen=steps * cfg.batch_size, train_size=10 * ipc if ipc else 1500,
+                       wall_seconds=1.5, flops=1e9, epochs_equivalent=steps * cfg.batch_size / 1500)
+    return {"config": cfg.to_dict(), "config_hash": cfg.hash, "label": cfg.label(), "status": status,
+            "metrics": metrics, "curves": {"val_acc": [(steps, mean)], "train_loss": [(1, 2.3), (steps, 0.4)]},
+            "tags": {"executor": "inline"}, "error": "boom" if status == "FAILED" else ""}
+
+
+def picture_folder(tmp_path, name, value):
+    folder = tmp_path / "art" / name
+    folder.mkdir(parents=True)
+    mpimg.imsave(folder / "selection_seed0.png", np.full((20, 16), value, dtype=float), cmap="gray", vmin=0, vmax=1)
+    return folder
+
+
+def provenance_folder(tmp_path, name, u_star):
+    folder = tmp_path / "art" / name
+    folder.mkdir(parents=True)
+    torch.save({"labels": torch.arange(10), "indices": torch.arange(10),
+                "provenance": {"selector": "cad_prune", "params": {"delta": 0.0, "beta": 0.05, "w": 0.3},
+                               "u_star": [u_star] * 10}}, folder / "selection_seed0.pt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("store")
+    uri = default_tracking_uri(tmp)
+    tracker = Tracker(uri, "hardtruths", artifact_root=str(tmp / "mlartifacts"))
+    main_parent = tracker.study_run("aaaa", "quick-aaaa", {"space": "quick"})
+    for i, ((sel, ipc, regime, steps), c) in enumerate(sorted(CENTRES.items())):
+        art = picture_folder(tmp, f"pic{i}", 0.25 + 0.5 * (sel == "herding")) if (sel, ipc, regime, steps) in PICTURES \
+            else None
+        tracker.log_trial(main_parent, record(sel, ipc, regime, steps, [c - D, c, c + D]), art)
+    tracker.log_trial(main_parent, record("herding", 5, "hl", 100, [], status="FAILED"))
+    tracker.finish_study(main_parent, "FAILED")
+
+    ca2d = tracker.study_run("bbbb", "ca2d_alignment-bbbb", {"space": "ca2d_alignment"})
+    searched = [(100, 0.3, 0.2, 0.5), (100, 0.6, 0.2, 0.625), (400, 0.3, 0.2, 0.75), (400, 0.7, 0.3, 0.6875)]
+    for i, (steps, center, width, val) in enumerate(searched):
+        art = provenance_folder(tmp, f"cad{i}", 0.4 if steps == 100 else 0.9)
+        tracker.log_trial(ca2d, record("cad_prune", 10, "hl", steps, [0.5, 0.5], {"center": center, "width": width},
+                                       val=val), art)
+    tracker.finish_study(ca2d)
+
+    # the protocol check: soft full-data accuracy 4 points below hard labels at 100 steps, 1 point at 200
+    proto = Tracker(uri, "protocol", artifact_root=str(tmp / "mlartifacts"))
+    proto_parent = proto.study_run("cccc", "protocol-cccc", {"space": "smoke"})
+    for sel, ipc, regime, steps, acc in [("random", 1, "sl_kd", 100, 0.5), ("herding", 1, "sl_kd", 100, 0.5),
+                                         ("full", 0, "hl", 100, 0.80), ("full", 0, "sl_kd", 100, 0.76),
+                                         ("full", 0, "hl", 200, 0.85), ("full", 0, "sl_kd", 200, 0.84),
+                                         ("full", 5, "hl", 200, 0.85)]:  # `full` listed as a selector: per IPC
+        proto.log_trial(proto_parent, record(sel, ipc, regime, steps, [acc, acc]))
+    return {"tmp": tmp, "uri": uri, "tracker": tracker, "main": main_parent, "ca2d": ca2d,
+            "protocol": (proto, proto_parent)}
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory):
+    return build_report(store["tracker"], store["main"], tmp_path_factory.mktemp("out"), show=False)
+
+
+def cell(frame, label, ipc, regime, steps):
+    rows = frame[(frame["label"] == label) & (frame["ipc"] == ipc) & (frame["regime"] == regime)
+                 & (frame["steps"] == steps)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_tidy_table_has_one_row_per_trial_and_seed(report):
+    tidy = report.tidy
+    assert len(tidy) == 3 * len(CENTRES)
+    assert set(tidy["seed"]) == {0, 1, 2}
+    assert tidy["run_id"].nunique() == len(CENTRES)
+    row = tidy[(tidy["label"] == "herding") & (tidy["ipc"] == 10) & (tidy["regime"] == "hl") & (tidy["steps"] == 100)
+               & (tidy["seed"] == 2)]
+    assert row["test_acc"].tolist() == [0.5625 + D]
+    assert {"param.model_kwargs.width", "param.teacher.epochs", "samples_seen", "config_hash"} <= set(tidy.columns)
+    assert report.failed == 1
+
+
+def test_summary_equals_hand_computed_values(report):
+    assert len(report.summary) == len(CENTRES)
+    for (sel, ipc, regime, steps), c in CENTRES.items():
+        row = cell(report.summary, sel, ipc, regime, steps)
+        assert row["acc_mean"] == c
+        assert row["acc_std"] == D  # sqrt(((-D)^2 + 0 + D^2) / 2)
+        assert row["n"] == 3 and row["trials"] == 1
+
+
+def test_derived_metrics_equal_hand_computed_values(report):
+    derived = report.derived
+    # one cell by hand: herding IPC 10, hl, 100 steps
+    row = cell(derived, "herding", 10, "hl", 100)
+    assert row["gain"] == 0.0625
+    assert row["frac_full"] == 0.5625 / 0.875
+    assert row["spread"] == math.sqrt(2 * D ** 2)
+    assert bool(row["gain_exceeds_spread"]) is True
+    assert row["hlr"] == 0.875 - 0.5625
+    alpha = 0.5 * 0.0625 - 0.5 * 0.3125
+    assert row["lrs"] == (math.exp(alpha) - math.exp(-1)) / (math.exp(1) - math.exp(-1))
+    # a soft-label cell: IOR from sl_kd, HLR from the same subset under hard labels
+    row = cell(derived, "herding", 10, "sl_kd", 100)
+    assert row["gain"] == 0.015625 and not row["gain_exceeds_spread"]
+    alpha = 0.5 * 0.015625 - 0.5 * (0.875 - 0.5625)
+    assert row["lrs"] == (math.exp(alpha) - math.exp(-1)) / (math.exp(1) - math.exp(-1))
+    # every cell
+    full = {(r, s): c for (sel, _, r, s), c in CENTRES.items() if sel == "full"}
+    for (sel, ipc, regime, steps), c in CENTRES.items():
+        row = cell(derived, sel, ipc, regime, steps)
+        assert row["frac_full"] == c / full[(regime, steps)]
+        if sel == "full":
+            assert math.isnan(row["gain"]) and math.isnan(row["lrs"])
+            continue
+        gain = c - CENTRES[("random", ipc, regime, steps)]
+        hlr = full[("hl", steps)] - CENTRES[(sel, ipc, "hl", steps)]
+        assert row["gain"] == gain and row["ior"] == gain and row["hlr"] == hlr
+        assert bool(row["gain_exceeds_spread"]) == (gain > math.sqrt(2 * D ** 2))
+        assert row["lrs"] == M.lrs(gain, hlr) == (
+            (math.exp(0.5 * gain - 0.5 * hlr) - math.exp(-1)) / (math.exp(1) - math.exp(-1)))
+    best = report.best.set_index("regime")
+    assert best.loc["hl", "best"] == "herding"
+    assert best.loc["hl", "mean_gain"] == (0.125 + 0.0625 + 0.09375 + 0.0625) / 4
+    assert best.loc["hl", "cells_exceeding_spread"] == 4
+    assert best.loc["sl_kd", "mean_gain"] == (0.015625 + 0.015625 + 0 + 0.03125) / 4
+    assert best.loc["sl_kd", "cells_exceeding_spread"] == 0
+
+
+def test_headline_and_terminal_summary(report, capsys):
+    print_report(report)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Protocol check passed" in out
+    assert "hl: best selector herding, +8.6 points over random (mean over 4 cells); the gain exceeds the seed " \
+           "spread in 4/4 cells." in out
+    assert "sl_kd: best selector herding, +1.6 points over random (mean over 4 cells); the gain exceeds the seed " \
+           "spread in 0/4 cells." in out
+    assert "1 trial(s) failed" in out
+
+
+def test_every_figure_is_written_and_logged(store, report):
+    for name in FIGURES:
+        path = report.folder / f"{name}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+    for name in ("tidy.parquet", "tidy.csv", "summary.csv", "summary.parquet", "derived.csv", "protocol.csv"):
+        assert (report.folder / name).stat().st_size > 0
+    logged = set(store["tracker"].artifact_names(store["main"], "report"))
+    assert {f"report/{n}.png" for n in FIGURES} | {"report/tidy.parquet", "report/summary.csv"} <= logged
+
+
+def labels_of(ax):
+    return [line.get_label() for line in ax.lines]
+
+
+def test_accuracy_figures_have_expected_panels_and_lines(report):
+    figs = report.figures()
+    try:
+        axes = figs["accuracy_vs_ipc"].axes
+        assert len(axes) == 4
+        assert {ax.get_title() for ax in axes} == {f"{r}, {s} steps" for r in ("hl", "sl_kd") for s in (100, 200)}
+        for ax in axes:
+            regime, steps = ax.get_title().split(", ")[0], int(ax.get_title().split(", ")[1].split()[0])
+            assert labels_of(ax) == ["random", "herding", "full data"]
+            rnd, her, full = ax.lines
+            assert rnd.get_linestyle() == "--" and rnd.get_color() == "black"
+            assert list(her.get_xdata()) == [1, 10]
+            assert list(her.get_ydata()) == [100 * CENTRES[("herding", i, regime, steps)] for i in (1, 10)]
+            assert set(full.get_ydata()) == {100 * CENTRES[("full", 0, regime, steps)]}
+            assert len(ax.collections) >= 2  # seed bands
+        axes = figs["accuracy_vs_budget"].axes
+        assert len(axes) == 4
+        assert {ax.get_title() for ax in axes} == {f"{r}, IPC {i}" for r in ("hl", "sl_kd") for i in (1, 10)}
+        for ax in axes:
+            assert labels_of(ax) == ["random", "herding", "full data"]
+            assert [list(line.get_xdata()) for line in ax.lines] == [[100, 200]] * 3
+        axes = figs["gain_vs_ipc"].axes
+        assert len(axes) == 4
+        for ax in axes:
+            assert labels_of(ax) == ["random (reference)", "herding"]
+        hl100 = next(ax for ax in axes if ax.get_title() == "hl, 100 steps")
+        assert list(hl100.lines[1].get_ydata()) == [12.5, 6.25]
+        ex = figs["examples"]
+        assert [ax.get_title().split("\n")[0] for ax in ex.axes] == ["herding", "random"]
+        assert all(len(ax.images) == 1 for ax in ex.axes)
+        empty = figs["ca2d_alignment"]
+        assert len(empty.axes) == 1 and "No CAD-Prune trials" in empty.axes[0].texts[0].get_text()
+    finally:
+        import matplotlib.pyplot as plt
+
+        for fig in figs.values():
+            plt.close(fig)
+
+
+def test_alignment_map_compares_best_and_predicted_windows(store, tmp_path):
+    report = build_report(store["tracker"], store["ca2d"], tmp_path, show=False, figures=False)
+    table = report.alignment.set_index("steps")
+    assert table.loc[100, "best_center"] == 0.6 and table.loc[400, "best_center"] == 0.3
+    assert table.loc[100, "compute_per_class"] == 640 and table.loc[400, "compute_per_class"] == 2560
+    assert table.loc[100, "pred_center"] == pytest.approx(0.25) and table.loc[400, "pred_center"] == pytest.approx(0.75)
+    assert table.loc[400, "pred_hi"] == pytest.approx(0.9) and list(table["searched"]) == [2, 2]
+    fig = report.figures()["ca2d_alignment"]
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 1 and len(fig.axes) == 2  # one regime + the colour bar
+    ax = panels[0]
+    assert labels_of(ax) == ["best searched (IPC 10)", "CAD-Prune predicted (IPC 10)"]
+    assert list(ax.lines[0].get_ydata()) == [0.6, 0.3]
+    assert list(ax.lines[1].get_ydata()) == pytest.approx([0.25, 0.75])
+    assert len(ax.collections[0].get_offsets()) == 4  # every searched trial is a dot
+
+
+def test_protocol_check_fires_at_4_points_and_not_at_1(store, tmp_path):
+    tracker, parent = store["protocol"]
+    report = build_report(tracker, parent, tmp_path, show=False, figures=False)
+    check = report.protocol.set_index("steps")
+    assert list(check["regime"]) == ["sl_kd", "sl_kd"] and check["checked"].all()
+    assert check.loc[100, "gap"] == pytest.approx(0.04) and check.loc[200, "gap"] == pytest.approx(0.01)
+    assert bool(check.loc[100, "under_trained"]) is True and bool(check.loc[200, "under_trained"]) is False
+    warnings = [line for line in report.headline if line.startswith("PROTOCOL WARNING")]
+    assert len(warnings) == 1 and warnings == report.headline[:1]
+    assert "under sl_kd at 100 steps" in warnings[0] and "4.0 points below hard labels" in warnings[0]
+    assert "the protocol under-trains under soft labels" in warnings[0] and "cannot be trusted" in warnings[0]
+    assert "not trustworthy" in next(line for line in report.headline if line.startswith("sl_kd:"))
+    assert not any("Protocol check passed" in line for line in report.headline)
+    full = report.summary[report.summary["selector"] == "full"]
+    assert sorted(zip(full["regime"], full["steps"], full["ipc"], full["n"])) == [
+        ("hl", 100, 0, 2), ("hl", 200, 0, 2), ("sl_kd", 100, 0, 2), ("sl_kd", 200, 0, 2)]
+
+
+def test_regenerating_a_past_study_gives_identical_tables(store, report, tmp_path):
+    again = build_report(store["uri"], store["main"], tmp_path / "again", show=False, log=False, figures=False)
+    assert main(["--experiment", "hardtruths", "--tracking-uri", store["uri"], "--parent-run", store["main"],
+                 "--out", str(tmp_path / "cli"), "--no-log"]) == 0
+    for folder in (again.folder, tmp_path / "cli" / "report"):
+        for name in ("tidy.csv", "summary.csv", "derived.csv", "protocol.csv", "best.csv", "alignment.csv"):
+            assert (folder / name).read_bytes() == (report.folder / name).read_bytes(), name
+        for name in ("tidy", "summary", "derived"):
+            pd.testing.assert_frame_equal(pd.read_parquet(folder / f"{name}.parquet"),
+                                          pd.read_parquet(report.folder / f"{name}.parquet"))
+
+
+def test_cli_finds_the_latest_study_and_refuses_unknown_experiments(store, capsys):
+    tracker, parent = find_parent(store["uri"], "hardtruths")
+    assert parent == store["ca2d"]
+    with pytest.raises(SystemExit) as err:
+        main(["--experiment", "nope", "--tracking-uri", store["uri"], "--out", str(store["tmp"] / "x")])
+    assert err.value.code == 2 and "no experiment 'nope'" in capsys.readouterr().err
