@@ -63,15 +63,17 @@ class TrialOutcome:
 
 
 def budget_of(cfg: TrialConfig) -> Budget:
-    return Budget(cfg.steps, cfg.batch_size, cfg.regime, cfg.model, cfg.model_kwargs, cfg.recipe, cfg.lr,
-                  cfg.temperature)
+    return Budget(steps=cfg.steps, batch_size=cfg.batch_size, regime=cfg.regime, model=cfg.model,
+                  model_kwargs=cfg.model_kwargs, recipe=cfg.recipe, lr=cfg.lr, temperature=cfg.temperature,
+                  t2_scale=cfg.t2_scale, cutmix_prob=cfg.cutmix_prob)
 
 
 def selection_key(cfg: TrialConfig, selector, repeat: int) -> dict:
-    """What a selection depends on: the data and selector always, the teacher and budget only if it reads them."""
+    """What a selection depends on: the data and selector always, the teacher and budget only if it reads them
+    (a budget-aware selector's proxy trains under the regime, and so reads the teacher under soft labels)."""
     key = {"dataset": cfg.dataset, "selector": cfg.selector, "params": cfg.selector_params, "ipc": cfg.ipc,
            "seed": cfg.selection_seed(repeat)}
-    if selector.needs_teacher:
+    if selector.needs_teacher or selector.budget_aware:
         key["teacher"] = cfg.teacher
     if selector.budget_aware:
         key["budget"] = vars(budget_of(cfg))

@@ -1,5 +1,6 @@
 """Selector registry. Importing this package registers every selector."""
 from study.selectors import random  # noqa: F401
+from study.selectors import geometry, score_based  # noqa: F401
 from study.selectors import rded  # noqa: F401
 from study.selectors import cad  # noqa: F401
 from study.selectors import ca2d  # noqa: F401

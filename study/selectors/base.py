@@ -35,6 +35,8 @@ class Budget:
     recipe: str = "adamw-v1"
     lr: float | None = None
     temperature: float = 4.0
+    t2_scale: bool = True
+    cutmix_prob: float = 0.0
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Selector:
     """Base class: subclasses implement ``choose`` per class, or override ``select`` entirely."""
 
     name = "selector"
+    family = "coreset"  # "coreset" (returns indices) or "dd" (synthesises images); reports group by it
     stochastic = True
     needs_teacher = False
     budget_aware = False

@@ -127,7 +127,8 @@ def train_proxies(ctx: SelectionContext, ipc: int, proxy_seeds: int, checkpoints
 
         train_student(ctx.data.train_x[subset], ctx.data.train_y[subset], ctx.data, steps=b.steps,
                       batch_size=b.batch_size, model=b.model, model_kwargs=b.model_kwargs, regime=b.regime,
-                      recipe=b.recipe, lr=b.lr, temperature=b.temperature, teacher=teacher,
+                      recipe=b.recipe, lr=b.lr, temperature=b.temperature, t2_scale=b.t2_scale,
+                      cutmix_prob=b.cutmix_prob, teacher=teacher,
                       seed=derive_seed("cad-proxy", ctx.data.name, ipc, s), device=ctx.device, eval_points=1,
                       on_checkpoint=record, checkpoint_every=1)
 
