@@ -50,10 +50,11 @@ class StudySpec:
         return TrialConfig(selector=selector, ipc=ipc, regime=regime, steps=steps, seeds=self.seeds, **self.protocol)
 
     def cells(self) -> list[TrialConfig]:
-        """The grid: every (selector, IPC, regime, budget), then the full-data reference per (regime, budget)."""
-        out = [self.cell(s, i, r, b) for s, i, r, b in
-               itertools.product(self.selectors, self.ipc, self.regimes, self.budgets)]
-        if self.full_data_reference:
+        """The grid: every (selector, IPC, regime, budget), then the full-data reference per (regime, budget),
+        which ignores IPC and so runs once (also when ``full`` is listed among the selectors)."""
+        subsets = [s for s in self.selectors if s != "full"]
+        out = [self.cell(s, i, r, b) for s, i, r, b in itertools.product(subsets, self.ipc, self.regimes, self.budgets)]
+        if self.full_data_reference or "full" in self.selectors:
             out += [self.cell("full", FULL_DATA_IPC, r, b) for r, b in itertools.product(self.regimes, self.budgets)]
         return out
 
