@@ -58,6 +58,17 @@ def batch_indices(n: int, batch_size: int, g: torch.Generator):
         pending = pending[batch_size:]
 
 
+def draw_views(x: torch.Tensor, batches, spec, g: torch.Generator, cutmix_prob: float):
+    """One step's batch: indices, augmented views and the CutMix pairing, all drawn from ``g`` in a fixed order
+    (so a seed's students see the same views whether trained alone or batched with other seeds)."""
+    index = next(batches).to(x.device)
+    views = augment_batch(x[index], spec, g)
+    mix = None
+    if cutmix_prob > 0 and float(torch.rand(1, generator=g)) < cutmix_prob:
+        views, mix = cutmix(views, g)
+    return index, views, mix
+
+
 def step_flops(model: nn.Module, views: torch.Tensor, teacher: nn.Module | None) -> float:
     """FLOPs of one training step: student forward + backward, plus the teacher's forward when it runs per step."""
     with FlopCounterMode(display=False) as counter:
@@ -112,11 +123,7 @@ def train_student(
     loss_curve, val_curve, flops_per_step = [], [], 0.0
     student.train()
     for step in range(steps):
-        index = next(batches).to(device)
-        views = augment_batch(x[index], data.augment, g)
-        mix = None
-        if cutmix_prob > 0 and float(torch.rand(1, generator=g)) < cutmix_prob:
-            views, mix = cutmix(views, g)
+        index, views, mix = draw_views(x, batches, data.augment, g, cutmix_prob)
         if step == 0:
             flops_per_step = step_flops(student, views, kd_teacher)
         logits = student(views)

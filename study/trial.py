@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from study.cache import Cache
 from study.config import TrialConfig
@@ -20,6 +19,7 @@ from study.data import Dataset, load_dataset
 from study.regimes import REGIMES
 from study.selectors import Budget, Selection, SelectionContext, build_selector
 from study.teacher import TeacherSpec, get_teacher
+from study.batched import train_students
 from study.train import default_device, train_student
 
 
@@ -104,30 +104,32 @@ def prepare_selections(cfg: TrialConfig, cache_dir=None, device: str | None = No
 
 
 def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str | None = None,
-              on_seed: Callable[[dict], None] | None = None) -> TrialOutcome:
+              batched: bool = True) -> TrialOutcome:
+    """Select and train every repeat of ``cfg``; repeats with equal-sized sets train as one vmapped model
+    when ``batched`` (same accuracies to float tolerance, see study.batched)."""
     start = time.perf_counter()
     device = device or default_device()
     ctx = context_for(cfg, cache_dir, device)
-    data = ctx.data
     selector = build_selector(cfg.selector, **cfg.selector_params)
     teacher = ctx.teacher if REGIMES.get(cfg.regime).needs_teacher else None
+    protocol = dict(steps=cfg.steps, batch_size=cfg.batch_size, model=cfg.model, model_kwargs=cfg.model_kwargs,
+                    regime=cfg.regime, recipe=cfg.recipe, lr=cfg.lr, temperature=cfg.temperature,
+                    t2_scale=cfg.t2_scale, cutmix_prob=cfg.cutmix_prob, device=device,
+                    teacher=teacher.model if teacher is not None else None)
 
-    per_seed, selections = [], []
+    selections, select_seconds = [], []
     for repeat in range(cfg.seeds):
         t0 = time.perf_counter()
-        selection = get_selection(ctx, selector, cfg, repeat)
-        t1 = time.perf_counter()
-        result = train_student(
-            selection.images, selection.labels, data, steps=cfg.steps, batch_size=cfg.batch_size, model=cfg.model,
-            model_kwargs=cfg.model_kwargs, regime=cfg.regime, recipe=cfg.recipe, lr=cfg.lr,
-            temperature=cfg.temperature, t2_scale=cfg.t2_scale, cutmix_prob=cfg.cutmix_prob,
-            teacher=teacher.model if teacher is not None else None, seed=cfg.train_seed(repeat), device=device,
-        )
-        record = {"repeat": repeat, "selection_seed": cfg.selection_seed(repeat), "train_seed": cfg.train_seed(repeat),
-                  "select_seconds": t1 - t0, "train_seconds": result.wall_seconds, **result.to_dict()}
-        per_seed.append(record)
-        selections.append(selection)
-        if on_seed is not None:
-            on_seed(record)
+        selections.append(get_selection(ctx, selector, cfg, repeat))
+        select_seconds.append(time.perf_counter() - t0)
+    seeds = [cfg.train_seed(r) for r in range(cfg.seeds)]
+    if batched and cfg.seeds > 1 and len({len(s) for s in selections}) == 1:
+        results = train_students([(s.images, s.labels) for s in selections], seeds, ctx.data, **protocol)
+    else:
+        results = [train_student(s.images, s.labels, ctx.data, seed=seed, **protocol)
+                   for s, seed in zip(selections, seeds)]
+    per_seed = [{"repeat": r, "selection_seed": cfg.selection_seed(r), "train_seed": seeds[r],
+                 "select_seconds": select_seconds[r], "train_seconds": res.wall_seconds, **res.to_dict()}
+                for r, res in enumerate(results)]
     teacher_acc = ctx.teacher.test_acc if "teacher" in ctx.__dict__ else None
     return TrialOutcome(cfg.to_dict(), cfg.hash, per_seed, selections, teacher_acc, time.perf_counter() - start)

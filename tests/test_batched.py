@@ -1,0 +1,34 @@
+"""Seeds trained as one vmapped model must match the same seeds trained one by one."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from study.batched import train_students
+from study.train import train_student
+
+
+@pytest.mark.parametrize("regime, cutmix_prob", [("hl", 0.0), ("sl_kd", 0.5), ("sl", 0.5)])
+def test_batched_seeds_match_one_by_one(digits, digits_teacher, regime, cutmix_prob):
+    g = torch.Generator().manual_seed(0)
+    sets = []
+    for _ in range(3):
+        idx = torch.randperm(len(digits.train_y), generator=g)[:40]
+        sets.append((digits.train_x[idx], digits.train_y[idx]))
+    seeds = [3, 4, 5]
+    kw = dict(steps=60, batch_size=32, model_kwargs={"width": 16}, regime=regime, cutmix_prob=cutmix_prob,
+              teacher=digits_teacher.model, device="cpu", eval_points=3)
+    alone = [train_student(x, y, digits, seed=s, **kw) for (x, y), s in zip(sets, seeds)]
+    together = train_students(sets, seeds, digits, **kw)
+    for a, b in zip(alone, together):
+        assert b.loss_curve == pytest.approx(a.loss_curve, rel=1e-3, abs=1e-4)
+        assert b.test_acc == pytest.approx(a.test_acc, abs=2 / len(digits.test_y))
+        assert [s for s, _ in b.val_curve] == [s for s, _ in a.val_curve]
+        assert b.flops == a.flops and b.samples_seen == a.samples_seen == 60 * 32
+    assert len({round(r.test_acc, 6) for r in together}) > 1
+
+
+def test_batched_training_refuses_unequal_sets(digits):
+    with pytest.raises(ValueError):
+        train_students([(digits.train_x[:10], digits.train_y[:10]), (digits.train_x[:12], digits.train_y[:12])],
+                       [0, 1], digits, steps=2, device="cpu")
