@@ -11,9 +11,11 @@ import traceback
 from pathlib import Path
 
 import torch
+from torchvision.utils import save_image
 
 from study.cache import atomic_write_text
 from study.config import TrialConfig
+from study.selectors.artifacts import class_grid
 from study.trial import TrialOutcome
 
 RECORD_FILE = "record.json"
@@ -61,21 +63,10 @@ def write_outcome(outcome: TrialOutcome, record: dict, folder: Path, data=None) 
             payload["images"] = selection.images
         torch.save(payload, folder / f"selection_seed{s['repeat']}.pt")
     if data is not None and outcome.selections:
-        save_grid(outcome.selections[0], data, folder / "selection_seed0.png")
+        grid = class_grid(outcome.selections[0], data.num_classes, per_class=8)
+        save_image(grid, folder / "selection_seed0.png", nrow=8, padding=1)
     atomic_write_text(folder / RECORD_FILE, json.dumps(record, default=str))
     return folder
-
-
-def save_grid(selection, data, path: Path, per_class: int = 8) -> None:
-    """A picture of up to ``per_class`` selected images per class, one row per class."""
-    from torchvision.utils import save_image
-
-    rows = []
-    for c in range(data.num_classes):
-        imgs = selection.images[selection.labels == c][:per_class]
-        pad = torch.zeros((per_class - len(imgs), *imgs.shape[1:]), dtype=imgs.dtype)
-        rows.append(torch.cat([imgs, pad]))
-    save_image(torch.cat(rows).float() / 255, path, nrow=per_class, padding=1)
 
 
 def read_record(folder: Path) -> dict:
