@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     a = parse(argv)
     tracker, parent = find_parent(resolve_uri(a), a.experiment, a.parent_run)
     out = Path(a.out) if a.out else Path("studies") / tracker.run_name(parent)
-    report = build_report(tracker, parent, out, log=not a.no_log)
+    build_report(tracker, parent, out, log=not a.no_log)
     return 0
 
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from search_spaces import PRESETS, SPACES
 from study.cli import friendly_errors
-from study.errors import StudyError
 from study.spec import StudySpec, resolve_spec, validate_spec
 
 
@@ -132,6 +130,9 @@ def main(argv=None) -> int:
         print_dry_run(spec)
         return 0
     validate_spec(spec, smallest_class(spec))
+    from trainables.tune_study import preflight
+
+    preflight(a.address, a.gpus_per_trial)
     out = Path(a.out or Path("studies") / f"{spec.space}-{spec.hash}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "study_spec.json").write_text(json.dumps(spec.to_dict(), indent=1))

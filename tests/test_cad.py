@@ -9,8 +9,9 @@ from study.cache import Cache
 from study.errors import StudyError
 from study.selectors import Budget, SelectionContext, build_selector
 from study.selectors import cad as cad_module
+from study.selectors.difficulty import class_percentiles, stratified_window_pick
 from study.selectors.cad import (
-    cad_proxy, cad_window, class_percentiles, late_steps, proxy_models, stratified_window_pick,
+    cad_proxy, cad_window, late_steps, proxy_models,
 )
 from study.augment import resized_crop
 

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from study.selectors.base import Selection, SelectionContext, check_ipc, from_indices, register_selector
+from study.selectors.difficulty import percentiles, stratified_window_pick
 from study.selectors.cad import (
-    CADParams, budget_dict, cad_proxy, percentiles, proxy_models, proxy_scores, stratified_window_pick,
+    CADParams, budget_dict, cad_proxy, proxy_models, proxy_scores,
 )
 from study.selectors.rded import FULL_BOX, PatchSelector, Patches, best_crops, patch_size, stitch
 from study.seeding import generator

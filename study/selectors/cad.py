@@ -35,25 +35,8 @@ from study.selectors.base import (
     Budget, Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector,
 )
 from study.seeding import derive_seed
+from study.selectors.difficulty import class_percentiles, stratified_window_pick
 from study.train import train_student
-
-
-# ---------------------------------------------------------------- difficulty helpers (pure numpy)
-
-def class_percentiles(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Within-class percentile of ``scores`` (higher score -> higher u), as (rank + 0.5) / n in (0, 1)."""
-    u = np.empty(len(scores), dtype=np.float64)
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        u[idx] = percentiles(scores[idx])
-    return u
-
-
-def percentiles(scores: np.ndarray) -> np.ndarray:
-    order = np.argsort(scores, kind="stable")
-    u = np.empty(len(scores), dtype=np.float64)
-    u[order] = (np.arange(len(scores)) + 0.5) / max(1, len(scores))
-    return u
 
 
 def cad_window(u_star: float, delta: float, beta: float, w: float,
@@ -64,23 +47,6 @@ def cad_window(u_star: float, delta: float, beta: float, w: float,
         return max(0.0, center - width / 2), min(1.0, center + width / 2)
     hi = min(u_star + delta, 1.0 - beta)
     return max(0.0, hi - w), hi
-
-
-def stratified_window_pick(u: np.ndarray, lo: float, hi: float, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Positions of ``count`` entries of ``u`` inside [lo, hi], one drawn from each of ``count`` equal-size strata.
-
-    The members inside the window, ordered by difficulty, are split into
-    ``count`` contiguous strata and one member is drawn uniformly from each, so
-    the picks cover the window evenly. When fewer than ``count`` members fall
-    inside, the window grows to the ``count`` members nearest to it.
-    """
-    if count > len(u):
-        raise StudyError(f"Cannot pick {count} samples from {len(u)}.")
-    dist = np.maximum(lo - u, 0.0) + np.maximum(u - hi, 0.0)
-    inside = int((dist == 0).sum())
-    pool = np.lexsort((u, dist))[:max(count, inside)]
-    pool = pool[np.argsort(u[pool], kind="stable")]
-    return np.array([rng.choice(stratum) for stratum in np.array_split(pool, count)], dtype=np.int64)
 
 
 # ---------------------------------------------------------------- the proxy (scorer)

@@ -20,7 +20,7 @@ import numpy as np
 from study.errors import StudyError
 from study.scores import compute_scores, resolve_score_params, score_options
 from study.selectors.base import Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector
-from study.selectors.cad import percentiles, stratified_window_pick
+from study.selectors.difficulty import percentiles, stratified_window_pick
 
 KEEP_WINDOWS = {"easy": (0.0, 0.0), "hard": (1.0, 1.0)}
 
