@@ -106,9 +106,10 @@ def aum(ctx) -> torch.Tensor:
 
 
 @SCORERS.register("dyn_unc")
-def dyn_unc(ctx, span: int = 10) -> torch.Tensor:
-    """Span 10 epochs is the paper's window; a short teacher run needs a shorter one."""
-    return dynamic_uncertainty(dynamics(ctx, "p_true", "dyn_unc"), span)
+def dyn_unc(ctx, span: int | None = None) -> torch.Tensor:
+    """Span 10 epochs is the paper's window; by default a teacher that ran fewer epochs uses all of its own."""
+    p_true = dynamics(ctx, "p_true", "dyn_unc")
+    return dynamic_uncertainty(p_true, span or min(10, len(p_true)))
 
 
 # ---------------------------------------------------------------- the trained teacher
