@@ -6,9 +6,11 @@ config field as a param, the axes as tags (so the MLflow UI can filter and
 group by selector, IPC, regime and budget), per-step validation curves,
 final metrics and its artifacts. Only the study driver writes, one process,
 so a local SQLite store never sees concurrent writers; calls that fail
-because a server is briefly away are retried with a growing wait, and a trial
-that still cannot be logged is kept in a local journal (record plus artifacts)
-and replayed when the study next talks to the server.
+because a server is briefly away are retried with a growing wait. Every
+finished trial is first written to a local journal (record plus artifacts)
+and dropped from it once MLflow has it, so a trial that cannot be logged, or
+whose driver is killed while logging it, is replayed when the study next
+talks to the server.
 """
 from __future__ import annotations
 
@@ -65,6 +67,12 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 def chunks(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def drop_entry(entry: Path) -> None:
+    """Remove a journal entry: its artifacts first, the record last (a record alone is still replayable)."""
+    shutil.rmtree(entry.with_suffix(""), ignore_errors=True)
+    entry.unlink(missing_ok=True)
 
 
 def open_experiment(tracking_uri: str, experiment: str) -> "Tracker":
@@ -260,35 +268,63 @@ class Tracker:
         """Log a folder (e.g. a study's report) as artifacts of a run that may already be finished."""
         self.call(self.client.log_artifacts, run_id, str(folder), artifact_path)
 
-    def log_or_journal(self, parent_id: str, record: dict, artifacts: Path | None, journal: Path) -> bool:
-        """Log a trial, or keep it in ``journal`` if the server stays away; True if it reached MLflow."""
+    def journal_trial(self, record: dict, artifacts: Path | None, journal: Path) -> Path:
+        """Keep a finished trial in ``journal`` (``<hash>/`` artifacts, then ``<hash>.json``, written whole and last)
+        before it is written anywhere else, and until MLflow has it: a killed driver or a server outage then
+        never loses it; :meth:`replay` logs what is left. Returns the record's path."""
+        from study.cache import atomic_write_text
+
+        folder, entry = journal / record["config_hash"], journal / f"{record['config_hash']}.json"
+        if folder.exists():
+            shutil.rmtree(folder)
+        if artifacts is not None and Path(artifacts).exists():
+            shutil.copytree(artifacts, folder)
+        journal.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(entry, json.dumps(record, default=str))
+        return entry
+
+    def log_journalled(self, parent_id: str, entry: Path) -> bool:
+        """Log one journal entry and drop it; keep it if MLflow stays away. True if it reached MLflow."""
+        record = json.loads(entry.read_text())
+        folder = entry.with_suffix("")
         try:
-            self.log_trial(parent_id, record, artifacts)
-            return True
+            self.log_trial(parent_id, record, folder if folder.exists() else None)
         except Exception as err:  # any failure to reach the store: keep the trial, never lose it
             log.warning("MLflow is unreachable (%s); trial %s kept in %s for replay.", err, record["config_hash"],
-                        journal)
-            folder = journal / record["config_hash"]
-            if folder.exists():
-                shutil.rmtree(folder)
-            if artifacts is not None and Path(artifacts).exists():
-                shutil.copytree(artifacts, folder)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "journal_record.json").write_text(json.dumps(record, default=str))
+                        entry.parent)
             return False
+        drop_entry(entry)
+        return True
 
-    def replay(self, parent_id: str, journal: Path) -> int:
-        """Log every journalled trial not already in MLflow; return how many were replayed."""
+    def log_or_journal(self, parent_id: str, record: dict, artifacts: Path | None, journal: Path) -> bool:
+        """Log a trial, or keep it in ``journal`` if the server stays away; True if it reached MLflow."""
+        return self.log_journalled(parent_id, self.journal_trial(record, artifacts, journal))
+
+    def replay(self, parent_id: str, journal: Path, on_record=None) -> int:
+        """Log every journalled trial not already in MLflow, hand each record to ``on_record`` (the ledger, which
+        a killed driver may not have written yet), and empty the journal; return how many were logged now."""
         if not journal.exists():
             return 0
-        present = self.finished_hashes(parent_id)
+        entries = sorted(journal.glob("*.json"))
+        present = self.finished_hashes(parent_id) if entries else set()
+        # A log_trial cut off by an outage or a kill may have created its run and never finished it: drop it.
+        partial: dict[str, list[str]] = {}
+        for run in self.children(parent_id, "RUNNING") if entries else []:
+            partial.setdefault(run.data.tags.get(CONFIG_HASH), []).append(run.info.run_id)
         replayed = 0
-        for folder in sorted(p for p in journal.iterdir() if (p / "journal_record.json").exists()):
-            record = json.loads((folder / "journal_record.json").read_text())
+        for entry in entries:
+            record = json.loads(entry.read_text())
+            if on_record is not None:
+                on_record(record)
+            for run_id in partial.get(record["config_hash"], []):
+                self.call(self.client.delete_run, run_id)
             if record["config_hash"] not in present:
-                self.log_trial(parent_id, record, folder)
+                folder = entry.with_suffix("")
+                self.log_trial(parent_id, record, folder if folder.exists() else None)
                 replayed += 1
-            shutil.rmtree(folder)
+            drop_entry(entry)
+        for orphan in [p for p in journal.iterdir() if p.is_dir() and not p.with_suffix(".json").exists()]:
+            shutil.rmtree(orphan, ignore_errors=True)  # a journal write cut off before its record: never finished
         return replayed
 
     def finish_study(self, parent_id: str, status: str = "FINISHED", artifacts: Path | None = None,

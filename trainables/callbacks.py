@@ -30,8 +30,9 @@ class StudyLogger(tune.Callback):
         return TrialConfig.from_dict(apply_choices(self.cells[trial.config["cell"]], choices))
 
     def log(self, record: dict, artifacts=None) -> None:
+        entry = self.tracker.journal_trial(record, artifacts, self.journal)  # first: survives a killed driver
         self.ledger.add(record)
-        self.tracker.log_or_journal(self.parent_id, record, artifacts, self.journal)
+        self.tracker.log_journalled(self.parent_id, entry)
         self.done += 1
         m = record["metrics"]
         if record["status"] == "FINISHED":

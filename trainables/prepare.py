@@ -5,6 +5,9 @@ same teacher, and a second study with the same inputs reuses everything.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import ray
 
 from study.config import TrialConfig
@@ -15,15 +18,40 @@ from study.train import default_device
 from study.trial import context_for, prepare_selections, selection_key
 
 
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def cache_notes():
+    """The cache's warnings (a damaged entry found and recomputed) inside a task, for the driver to say:
+    what a Ray task logs goes to the worker's log file, which the user does not see."""
+    handler, logger = _Lines(), logging.getLogger("study.cache")
+    logger.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
+
+
 @ray.remote
-def prepare_teacher(cfg_dict: dict, cache_dir: str | None) -> float:
+def prepare_teacher(cfg_dict: dict, cache_dir: str | None) -> tuple[float, list[str]]:
     cfg = TrialConfig.from_dict(cfg_dict)
-    return context_for(cfg, cache_dir, default_device()).teacher.test_acc
+    with cache_notes() as notes:
+        acc = context_for(cfg, cache_dir, default_device()).teacher.test_acc
+    return acc, notes
 
 
 @ray.remote
-def prepare_cell(cfg_dict: dict, cache_dir: str | None) -> int:
-    return prepare_selections(TrialConfig.from_dict(cfg_dict), cache_dir)
+def prepare_cell(cfg_dict: dict, cache_dir: str | None) -> tuple[int, list[str]]:
+    with cache_notes() as notes:
+        n = prepare_selections(TrialConfig.from_dict(cfg_dict), cache_dir)
+    return n, notes
 
 
 def needs_teacher(cells: list[TrialConfig]) -> bool:
@@ -39,10 +67,14 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) ->
     teacher_acc = None
     if cells and needs_teacher(cells):
         say("preparing: teacher ...")
-        teacher_acc = ray.get(prepare_teacher.remote(cells[0].to_dict(), cache_dir))
+        teacher_acc, notes = ray.get(prepare_teacher.remote(cells[0].to_dict(), cache_dir))
+        for note in notes:
+            say(note)
         say(f"preparing: teacher test accuracy {100 * teacher_acc:.1f}%")
     distinct = {canonical_json(selection_key(c, selector_of(c), 0)): c for c in cells if not c.is_full_data}
     if distinct:
         say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")
-        ray.get([prepare_cell.remote(c.to_dict(), cache_dir) for c in distinct.values()])
+        for _, notes in ray.get([prepare_cell.remote(c.to_dict(), cache_dir) for c in distinct.values()]):
+            for note in notes:
+                say(note)
     return teacher_acc

@@ -9,6 +9,7 @@ it already finished are handed to Optuna as evaluated points and not rerun.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +48,47 @@ class RunOptions:
     verbose: bool = False
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse, in seconds, a Ray address where nothing listens (``ray.init`` would retry it for minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not host:port; ray.init says what is wrong with it
+    host = host.strip("[]")
+    hosts = [host]
+    if host in ("localhost", "127.0.0.1", "::1"):  # Ray dials these on the machine's own address instead
+        from ray._private.services import resolve_ip_for_localhost
+
+        hosts.append(resolve_ip_for_localhost(host))
+    for candidate in hosts:
+        try:
+            socket.create_connection((candidate, int(port)), timeout=timeout).close()
+            return
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+    raise StudyError(f"Nothing answers at the Ray address {address} ({reason}); start the cluster "
+                     f"(ray start --head) or fix --address / RAY_ADDRESS.")
+
+
+def preflight(address: str | None, gpus_per_trial: float) -> None:
+    """What can be refused before the study opens its MLflow run: an unreachable cluster, GPUs on a machine
+    without any (only for a local Ray; a cluster's autoscaler may still add GPU nodes)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    check_reachable(address)
+    if gpus_per_trial > 0 and not address:
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise StudyError(f"--gpus-per-trial {gpus_per_trial} was asked for, but this machine has no GPUs.")
+
+
 def connect(options: RunOptions) -> bool:
     """Join the cluster at --address / RAY_ADDRESS, or start a local Ray; True if this call started it."""
     address = options.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return False
+    check_reachable(address)
     kwargs = {"log_to_driver": options.verbose, "configure_logging": True,
               "logging_level": "INFO" if options.verbose else "ERROR"}
     try:
@@ -130,9 +167,9 @@ def run_tuner(trainable, searcher: OptunaSearch, num_samples: int, name: str, st
 def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOptions, say=print) -> Ledger:
     """Run every unfinished cell of ``spec``; finished ones (by config hash, in MLflow or the ledger) are skipped."""
     ledger = Ledger(options.out_dir)
-    replayed = tracker.replay(parent_id, options.out_dir / "mlflow_journal")
+    replayed = tracker.replay(parent_id, options.out_dir / "mlflow_journal", on_record=ledger.add)
     if replayed:
-        say(f"logged {replayed} trial(s) that finished while MLflow was unreachable")
+        say(f"logged {replayed} trial(s) that finished while MLflow was unreachable or the study was stopped")
     stale = tracker.close_stale(parent_id)
     if stale:
         say(f"marked {stale} trial run(s) left running by an interrupted study as KILLED; they will run again")
@@ -148,7 +185,7 @@ def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOpt
     finally:
         if started:
             ray.shutdown()
-    tracker.replay(parent_id, options.out_dir / "mlflow_journal")
+    tracker.replay(parent_id, options.out_dir / "mlflow_journal", on_record=ledger.add)
     return ledger
 
 
