@@ -60,7 +60,10 @@ class Cache:
         if not (payload.exists() and sidecar.exists()):
             return None
         data = payload.read_bytes()
-        expected = json.loads(sidecar.read_text()).get("sha256")
+        try:
+            expected = json.loads(sidecar.read_text()).get("sha256")
+        except (ValueError, AttributeError):  # a damaged sidecar is a damaged entry, not a crash
+            expected = None
         if hashlib.sha256(data).hexdigest() != expected:
             log.warning("Cache entry %s does not match its recorded hash; recomputing it.", payload)
             return None

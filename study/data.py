@@ -238,7 +238,11 @@ def read_image_folder(path: Path, size: int):
     from torchvision.transforms import v2
 
     tf = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-    folder = ImageFolder(str(path), transform=tf)
+    try:
+        folder = ImageFolder(str(path), transform=tf)
+    except FileNotFoundError:
+        raise StudyError(f"{path} holds no class sub-folders with images; imagefolder expects PATH/CLASS/IMAGE "
+                         "files (.png, .jpg, ...).") from None
     x = torch.stack([folder[i][0] for i in range(len(folder))]) if len(folder) else torch.empty(0)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1).contiguous()

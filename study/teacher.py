@@ -8,6 +8,7 @@ A user with trained weights passes ``path`` and skips training.
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -19,6 +20,7 @@ from study.data import Dataset
 from study.errors import StudyError
 from study.evaluate import accuracy, predict_logits
 from study.models import model_for
+from study.seeding import content_hash
 from study.train import default_device, train_student
 
 DYNAMICS = ("correct", "p_true", "margin", "logit_margin", "loss", "el2n")
@@ -88,6 +90,9 @@ def load_pretrained(data: Dataset, spec: TeacherSpec, device: str) -> Teacher:
         state = torch.load(spec.path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:
         raise StudyError(f"The teacher weights at {spec.path} could not be read ({err}).") from None
+    except (pickle.UnpicklingError, EOFError):  # a pickled whole model, or not a checkpoint at all
+        raise StudyError(f"The teacher weights at {spec.path} could not be read as a state dict; "
+                         "save them with torch.save(model.state_dict()).") from None
     try:
         model.load_state_dict(state.get("state_dict", state))
     except RuntimeError:
@@ -102,13 +107,16 @@ def get_teacher(data: Dataset, spec: TeacherSpec, cache: Cache | None = None, de
     if spec.path:
         return load_pretrained(data, spec, device)
     cache = cache or Cache()
-    key = {"kind": "teacher", "dataset": data.name, "split": data.summary(), **spec.to_dict()}
+    model = model_for(data, spec.model, **spec.model_kwargs)
+    # The architecture's parameter shapes are part of the key: a change to a model's code (say, its depth on
+    # small inputs) must retrain the teacher, not load a checkpoint that no longer fits.
+    arch = content_hash([(k, list(v.shape)) for k, v in model.state_dict().items()])
+    key = {"kind": "teacher", "dataset": data.name, "split": data.summary(), "arch": arch, **spec.to_dict()}
 
     def compute() -> dict:
         teacher = train_teacher(data, spec, device)
         return {"state_dict": teacher.model.state_dict(), "dynamics": teacher.dynamics, "test_acc": teacher.test_acc}
 
     entry = cache.get_or_compute("teachers", key, compute)
-    model = model_for(data, spec.model, **spec.model_kwargs)
     model.load_state_dict(entry["state_dict"])
     return Teacher(model.eval(), entry["dynamics"], entry["test_acc"], spec)

@@ -120,7 +120,7 @@ def train_student(
     eval_every = max(1, steps // max(1, eval_points))
 
     batches = batch_indices(len(x), batch_size, g)
-    loss_curve, val_curve, flops_per_step = [], [], 0.0
+    losses, val_curve, flops_per_step = [], [], 0.0
     student.train()
     for step in range(steps):
         index, views, mix = draw_views(x, batches, data.augment, g, cutmix_prob)
@@ -132,12 +132,13 @@ def train_student(
         loss.backward()
         optimizer.step()
         schedule.step()
-        loss_curve.append(loss.item())
+        losses.append(loss.detach())  # no per-step host sync; read back once at the end
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             val_curve.append((step + 1, accuracy(student, data.val_x, data.val_y, device)))
         if on_checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
             on_checkpoint(step + 1, student)
 
+    loss_curve = torch.stack(losses).float().cpu().tolist()
     return TrainResult(
         test_acc=accuracy(student, data.test_x, data.test_y, device),
         val_acc=val_curve[-1][1],
