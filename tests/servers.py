@@ -345,7 +345,8 @@ class RayNode(Service):
         else:
             cmd += ["--address", self.join]
         name = "head" if self.join is None else f"worker-{self.port}"
-        self.spawn(cmd, self.temp_dir.parent / f"{self.temp_dir.name}-{name}.log", env=env)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.spawn(cmd, self.temp_dir / f"{name}.log", env=env)  # removed with the temp dir
         try:
             wait_for(lambda: "Ray runtime started" in tail(self.log, 400), timeout, f"ray start ({name})",
                      self.proc, self.log, every=0.5)
