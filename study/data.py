@@ -198,7 +198,7 @@ def load_fashion_mnist(arg: str = "", root: Path | None = None, download: bool =
         raise StudyError(
             f"Fashion-MNIST was not found in {looked}; install it with "
             "'apt-get install dataset-fashion-mnist', pass --data-root to a folder holding its IDX files, "
-            "or add --download with a --data-root to fetch it."
+            "or fetch it once with study.data.load_dataset('fashion-mnist', ROOT, download=True) where there is internet."
         )
     arrays = {k: read_idx(p) for k, p in files.items()}
     train = (as_nchw_uint8(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64)))
@@ -217,7 +217,8 @@ def torchvision_loader(name: str, cls_name: str, augment: Augment) -> LoaderFn:
             parts = [cls(str(root), train=flag, download=download) for flag in (True, False)]
         except RuntimeError:
             raise StudyError(
-                f"{cls_name} was not found under {root}; pass the folder that holds it, or add --download to fetch it."
+                f"{cls_name} was not found under {root}; pass the folder that holds it, or fetch it once with "
+                f"study.data.load_dataset({name!r}, ROOT, download=True) where there is internet."
             ) from None
         tensors = [(as_nchw_uint8(np.asarray(p.data)), torch.as_tensor(np.asarray(p.targets), dtype=torch.int64))
                    for p in parts]

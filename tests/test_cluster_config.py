@@ -428,7 +428,7 @@ def test_start_commands(path):
     head_env = [c for c in config["head_setup_commands"] if c.startswith('echo "MLFLOW_TRACKING_URI=')]
     assert len(head_env) == 1 and head_env[0].endswith(":5000\" >> ~/hardtruths.env")
     (mlflow_cmd,) = [c for c in config["head_start_ray_commands"] if "mlflow\" server" in c]
-    assert re.search(r'--backend-store-uri "postgresql://mlflow:\$\{HT_DB_PASSWORD\}@127\.0\.0\.1:5432/mlflow"', mlflow_cmd)
+    assert re.search(r'--backend-store-uri "postgresql\+psycopg2://mlflow:\$\{HT_DB_PASSWORD\}@127\.0\.0\.1:5432/mlflow"', mlflow_cmd)
     assert '--artifacts-destination "$HT_MLFLOW_ARTIFACTS"' in mlflow_cmd
     assert "--host 0.0.0.0 --port 5000" in mlflow_cmd
     setup = " ".join(config["head_setup_commands"])
