@@ -33,10 +33,25 @@ def loss_points(per_seed: list[dict], points: int = 50) -> list[tuple[int, float
     return [(i + 1, sum(s["loss_curve"][i] for s in per_seed) / len(per_seed)) for i in range(stride - 1, n, stride)]
 
 
+TRACKED_PROVENANCE = ("content_hash",)
+
+
+def tracked_params(outcome: TrialOutcome) -> dict:
+    """Selector parameters learnt while selecting (an external set's content hash, from its provenance)."""
+    return {k: s.provenance[k] for s in outcome.selections for k in TRACKED_PROVENANCE if k in s.provenance}
+
+
 def success_record(outcome: TrialOutcome, tags: dict) -> dict:
+    """The recorded config adds :func:`tracked_params` to ``selector_params`` (so they become MLflow params);
+    ``config_hash`` stays the hash of the config as asked. Rerun as recorded, the external selector refuses a
+    file whose content hash differs."""
     cfg = TrialConfig.from_dict(outcome.config)
+    extra = tracked_params(outcome)
+    config = outcome.config
+    if extra:
+        config = {**config, "selector_params": {**extra, **config["selector_params"]}}
     return {
-        "config": outcome.config,
+        "config": config,
         "config_hash": outcome.config_hash,
         "label": cfg.label(),
         "status": "FINISHED",

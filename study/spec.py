@@ -115,7 +115,7 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
             raise StudyError(f"Unknown override {key!r}; overridable settings are: {valid}.")
     chosen = selectors if selectors is not None else s["selectors"]
     if chosen == "all" or chosen == ["all"]:
-        chosen = [n for n in (all_selectors or ["random"]) if n != "full"]
+        chosen = [n for n in (all_selectors or ["random"]) if n not in ("full", "external")]  # external needs a PATH
     spec = StudySpec(
         space=space, kind=s["kind"], preset=preset or s["preset"], protocol=protocol,
         selectors=parse_list(chosen), ipc=parse_list(ipc if ipc is not None else s["ipc"], int),

@@ -77,6 +77,8 @@ def selection_key(cfg: TrialConfig, selector, repeat: int) -> dict:
         key["teacher"] = cfg.teacher
     if selector.budget_aware:
         key["budget"] = vars(budget_of(cfg))
+    if getattr(selector, "identity", None):  # what a name cannot say, e.g. an external file's content hash
+        key["identity"] = selector.identity
     return key
 
 

@@ -4,6 +4,8 @@ from study.selectors import geometry, score_based  # noqa: F401
 from study.selectors import rded  # noqa: F401
 from study.selectors import cad  # noqa: F401
 from study.selectors import ca2d  # noqa: F401
+from study.selectors import dm  # noqa: F401
+from study.selectors import external  # noqa: F401
 from study.selectors.base import (  # noqa: F401
     SELECTORS, Budget, Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector,
 )

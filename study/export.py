@@ -1,0 +1,202 @@
+"""Write any selection or distilled set of the harness in the format ``external:`` reads, with a JSON card.
+
+    python -m study.export --dataset digits --selector herding --ipc 10 --seed 0 --out herding10.pt
+    python -m study.export --selector dm --ipc 1 --params '{"iterations": 1000}' --out dm1.npz
+    python -m study.export --selector cad_prune --ipc 10 --set steps=300 --set regime=sl_kd --out cad10/
+
+The set is made exactly as a trial makes it (study.trial: context_for,
+get_selection, build_selector), through the same preparation cache, so the
+exported set of ``--seed R`` is the set repeat R of the matching trial trains
+on. ``--seed`` is that repeat index; the card records the selection seed it
+derives. ``--set key=value`` sets any other trial field a selector may read
+(``steps``, ``regime``, ``model_kwargs.width``, ``teacher.epochs``, ...).
+
+The output format follows the suffix of ``--out``: ``.pt`` (a dict of uint8
+NCHW ``images``, int64 ``labels`` and ``classes``), ``.npz`` (the same arrays)
+or, for anything else, an ImageFolder tree of PNG files. The card (FILE.json
+beside a file, card.json inside a folder) holds the dataset, selector,
+parameters, IPC, seed and the content hash that ``external:`` records. See
+docs/external.md.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from study.cache import atomic_write_bytes, atomic_write_text
+from study.cli import friendly_errors
+from study.config import TrialConfig
+from study.errors import StudyError
+from study.selectors.external import CARD_NAME, card_path, compute_content_hash
+
+CARD_FORMAT = "hardtruths-set/1"
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same set always gives the same bytes and hash
+
+
+def jsonable(obj):
+    """Provenance as plain JSON: tensors and arrays become lists, other objects their str."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return obj.tolist()
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def write_pt(images: torch.Tensor, labels: torch.Tensor, classes: list[str], out: Path) -> None:
+    buf = io.BytesIO()
+    torch.save({"images": images.contiguous(), "labels": labels.to(torch.int64), "classes": list(classes)}, buf)
+    atomic_write_bytes(out, buf.getvalue())
+
+
+def write_npz(images: torch.Tensor, labels: torch.Tensor, classes: list[str], out: Path) -> None:
+    """numpy.savez layout (one .npy member per array), written with fixed entry times so bytes are reproducible."""
+    arrays = {"images": images.numpy(), "labels": labels.to(torch.int64).numpy(), "classes": np.array(classes)}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_TIME), member.getvalue(),
+                       compress_type=zipfile.ZIP_DEFLATED)
+    atomic_write_bytes(out, buf.getvalue())
+
+
+def write_folder(images: torch.Tensor, labels: torch.Tensor, classes: list[str], out: Path) -> None:
+    """One folder per class named by its zero-padded index, PNG files named by their position in the set."""
+    from PIL import Image
+
+    digits_c = len(str(len(classes) - 1))
+    digits_i = max(6, len(str(len(labels) - 1)))
+    for c in range(len(classes)):
+        (out / f"{c:0{digits_c}d}").mkdir(parents=True, exist_ok=True)
+    pixels = images.permute(0, 2, 3, 1).numpy()
+    for i, (img, label) in enumerate(zip(pixels, labels.tolist())):
+        picture = Image.fromarray(np.ascontiguousarray(img[..., 0] if img.shape[-1] == 1 else img))
+        buf = io.BytesIO()
+        picture.save(buf, format="PNG")
+        atomic_write_bytes(out / f"{label:0{digits_c}d}" / f"{i:0{digits_i}d}.png", buf.getvalue())
+
+
+def output_kind(out: Path) -> str:
+    suffix = out.suffix.lower()
+    return {".pt": "pt", ".pth": "pt", ".npz": "npz"}.get(suffix, "imagefolder")
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse to overwrite unless --force; a folder is only ever replaced when it holds an earlier export's card."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if output_kind(out) == "imagefolder":
+        if not (force and out.is_dir() and (out / CARD_NAME).is_file()):
+            raise StudyError(f"{out} already exists and is not an empty folder; choose another --out"
+                             + ("" if force else " or add --force to replace an earlier export") + ".")
+        import shutil
+
+        shutil.rmtree(out)
+    elif not force:
+        raise StudyError(f"{out} already exists; choose another --out or add --force.")
+
+
+def write_set(images: torch.Tensor, labels: torch.Tensor, classes: list[str], out: Path) -> str:
+    """Write (uint8 NCHW images, labels) to ``out`` in the format its suffix names; return the format."""
+    kind = output_kind(out)
+    {"pt": write_pt, "npz": write_npz, "imagefolder": write_folder}[kind](images, labels, classes, out)
+    return kind
+
+
+def export_selection(cfg: TrialConfig, repeat: int, out: str | Path, cache_dir=None, device: str | None = None,
+                     force: bool = False) -> dict:
+    """Make (or read from the cache) repeat ``repeat`` of ``cfg``'s selection, write it to ``out`` with its card,
+    and return the card."""
+    from study.selectors import build_selector
+    from study.train import default_device
+    from study.trial import context_for, get_selection, selection_key
+    from study.validate import validate_trial
+
+    out = Path(out).expanduser()
+    if cfg.is_full_data:
+        raise StudyError("The full training set is not a selection; export a selector's subset instead.")
+    if repeat < 0:
+        raise StudyError(f"--seed is a repeat index (0, 1, ...), not {repeat}.")
+    validate_trial(cfg)
+    check_out(out, force)
+    ctx = context_for(cfg, cache_dir, device or default_device())
+    selector = build_selector(cfg.selector, **cfg.selector_params)
+    selection = get_selection(ctx, selector, cfg, repeat)
+    kind = write_set(selection.images, selection.labels, ctx.data.classes, out)
+    key = selection_key(cfg, selector, repeat)
+    card = {
+        "format": CARD_FORMAT, "file_format": kind, "content_hash": compute_content_hash(out),
+        "hash_scheme": "folder-sha256" if kind == "imagefolder" else "file-sha256",
+        "dataset": cfg.dataset, "classes": ctx.data.classes, "image_shape": list(ctx.data.image_shape),
+        "num_images": len(selection), "ipc": cfg.ipc, "selector": cfg.selector, "family": selector.family,
+        "params": cfg.selector_params, "seed": repeat, "selection_seed": cfg.selection_seed(repeat),
+        "synthetic": selection.is_synthetic,
+        "indices": selection.indices.tolist() if selection.indices is not None else None,
+        "teacher": key.get("teacher"), "budget": key.get("budget"),
+        "provenance": jsonable(selection.provenance),
+    }
+    atomic_write_text(card_path(out), "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in card.items()) + "\n}\n")
+    return card
+
+
+def parse(argv=None) -> argparse.Namespace:
+    d = TrialConfig()
+    p = argparse.ArgumentParser(prog="python -m study.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default=d.dataset)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--selector", required=True)
+    p.add_argument("--params", default="{}", help="selector parameters as a JSON object")
+    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0, help="the repeat index whose selection is exported")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other trial field a selector reads (steps, regime, model_kwargs.width, teacher.epochs)")
+    p.add_argument("--out", required=True, help="FILE.pt, FILE.npz, or a folder for an ImageFolder tree of PNGs")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--cache-dir", default=None, help="preparation cache (default ~/.cache/hardtruths)")
+    p.add_argument("--device", default=None)
+    return p.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> TrialConfig:
+    from study.spec import parse_override
+
+    try:
+        params = json.loads(a.params)
+    except json.JSONDecodeError:
+        raise StudyError(f"--params must be a JSON object, e.g. '{{\"iterations\": 500}}', not {a.params!r}.") from None
+    if not isinstance(params, dict):
+        raise StudyError(f"--params must be a JSON object, not {a.params!r}.")
+    fields = {"dataset": a.dataset, "data_root": a.data_root, "selector": a.selector, "selector_params": params,
+              "ipc": a.ipc}
+    defaults = TrialConfig().to_dict()
+    for key, value in map(parse_override, a.set):
+        head, _, sub = key.partition(".")
+        fields[head] = {**fields.get(head, defaults.get(head) or {}), sub: value} if sub else value
+    return TrialConfig.from_dict(fields)
+
+
+@friendly_errors
+def main(argv=None) -> None:
+    a = parse(argv)
+    card = export_selection(config_from_args(a), a.seed, a.out, a.cache_dir, a.device, a.force)
+    where = card_path(Path(a.out).expanduser())
+    print(f"wrote {card['num_images']} images ({card['selector']}, ipc={card['ipc']}, seed {card['seed']}) to "
+          f"{a.out} [{card['file_format']}], card {where}, sha256 {card['content_hash'][:16]}...")
+
+
+if __name__ == "__main__":
+    main()
