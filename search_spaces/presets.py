@@ -15,7 +15,7 @@ PRESETS = {
         "recipe": "adamw-v1",
         "temperature": 4.0,
         "teacher": {"model": "convnet", "model_kwargs": {"width": 64}, "epochs": 50, "batch_size": 64},
-        "budgets": [1000],
+        "budgets": [500],
     },
     "fashion-mnist": {
         "dataset": "fashion-mnist",
