@@ -108,7 +108,7 @@ def test_torchvision_dataset_with_empty_root_is_one_sentence(name, tmp_path):
         load_dataset(name, data_root=tmp_path)
     msg = str(err.value)
     assert one_sentence(msg), msg
-    assert NEEDS_ROOT[name] in msg and str(tmp_path) in msg and "--download" in msg
+    assert NEEDS_ROOT[name] in msg and str(tmp_path) in msg and "download=True" in msg
     with pytest.raises(StudyError) as err:
         load_dataset(name)
     assert one_sentence(str(err.value)) and "--data-root" in str(err.value)
