@@ -98,7 +98,7 @@ def accuracy_vs_ipc(summary: pd.DataFrame) -> plt.Figure:
             ax.grid(alpha=0.3)
             if part.empty:
                 ax.text(0.5, 0.5, "no trials", ha="center", va="center", transform=ax.transAxes)
-    axes[0, 0].legend(fontsize=8)
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.suptitle("Test accuracy vs IPC (mean +- std over seeds)")
     return fig
 
@@ -140,7 +140,7 @@ def accuracy_vs_budget(summary: pd.DataFrame) -> plt.Figure:
             ax.grid(alpha=0.3)
             if part.empty:
                 ax.text(0.5, 0.5, "no trials", ha="center", va="center", transform=ax.transAxes)
-    axes[0, 0].legend(fontsize=8)
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.suptitle("Test accuracy vs compute budget at fixed IPC")
     return fig
 
@@ -170,7 +170,7 @@ def gain_vs_ipc(derived: pd.DataFrame) -> plt.Figure:
             ax.set_title(f"{regime}, {steps} steps")
             ax.set_ylabel("gain over random (points)")
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.suptitle("Gain over random vs IPC (band: seed spread of the gain)")
     return fig
 

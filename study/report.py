@@ -163,7 +163,7 @@ def write(report: Report, figures: bool = True) -> dict[str, Path]:
     files["headline.md"] = headline
     for name, fig in (report.figures() if figures else {}).items():
         path = folder / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         files[path.name] = path
     report.files = files
