@@ -4,8 +4,18 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The suite's models are tiny: on a 2-core machine a second intra-op thread only spins (5-10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -21,14 +21,6 @@ class Counter:
         return {"scores": torch.arange(1000, dtype=torch.float32) * self.calls, "note": "ok"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def cache_warnings(caplog):
     return [r for r in caplog.records if r.name == "study.cache" and r.levelno >= logging.WARNING]

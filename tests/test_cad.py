@@ -23,15 +23,6 @@ IPCS = (10, 2, 1)  # at 400 steps
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """The proxies are tiny: one thread is faster than two on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def cad_cache(tmp_path_factory):
     return Cache(tmp_path_factory.mktemp("cad"))
 

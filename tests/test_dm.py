@@ -14,14 +14,6 @@ from study.selectors.dm import apply_views, draw_views
 from study.trial import run_trial
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only spins, and on a shared 2-core machine costs 5-7x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def ctx(digits, tmp_path_factory):

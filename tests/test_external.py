@@ -24,14 +24,6 @@ def one_sentence(message: str) -> bool:
     return message.endswith(".") and "\n" not in message and not re.search(r"[.!?]\s+[A-Z]", message)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only spins, and on a shared 2-core machine costs 5-7x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def original(tmp_path_factory):

@@ -7,7 +7,6 @@ killed, if a test killed its driver) by that folder, and never meets anyone else
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

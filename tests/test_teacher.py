@@ -22,13 +22,6 @@ DIGITS_TEACHER = TEST_TEACHER
 FASHION_TEACHER = dict(model_kwargs={"width": 32}, epochs=6, batch_size=128, lr=3e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def teacher(one_thread, digits, cache_dir):
