@@ -57,7 +57,7 @@ def success_record(outcome: TrialOutcome, tags: dict) -> dict:
         "status": "FINISHED",
         "metrics": outcome.metrics(),
         "curves": {"val_acc": mean_curve(outcome.per_seed, "val_curve"), "train_loss": loss_points(outcome.per_seed)},
-        "tags": {"host": platform.node(), **tags},
+        "tags": {"host": platform.node(), "family": outcome.family, **tags},
     }
 
 

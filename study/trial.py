@@ -36,6 +36,7 @@ class TrialOutcome:
     selections: list[Selection] = field(repr=False, default_factory=list)
     teacher_test_acc: float | None = None
     wall_seconds: float = 0.0
+    family: str = "coreset"
 
     @property
     def accuracies(self) -> list[float]:
@@ -134,4 +135,5 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
                  "select_seconds": select_seconds[r], "train_seconds": res.wall_seconds, **res.to_dict()}
                 for r, res in enumerate(results)]
     teacher_acc = ctx.teacher.test_acc if "teacher" in ctx.__dict__ else None
-    return TrialOutcome(cfg.to_dict(), cfg.hash, per_seed, selections, teacher_acc, time.perf_counter() - start)
+    return TrialOutcome(cfg.to_dict(), cfg.hash, per_seed, selections, teacher_acc, time.perf_counter() - start,
+                        selector.family)

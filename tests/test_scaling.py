@@ -48,6 +48,7 @@ def test_small_study_logs_every_trial_once_and_resumes(local_ray, tmp_path, cach
         assert 0.0 <= r.data.metrics["test_acc_mean"] <= 1.0
         assert r.data.params["steps"] == "30" and r.data.params["seeds"] == "2"
         assert r.data.tags["regime"] in {"hl", "sl_kd"}
+        assert r.data.tags["family"] == "coreset"
     results = pd.read_csv(out / "results.csv")
     by_hash = {r.data.tags["config_hash"]: r.data.metrics["test_acc_mean"] for r in runs}
     assert len(results) == len(runs)
