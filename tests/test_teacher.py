@@ -18,8 +18,8 @@ from conftest import TEST_TEACHER
 # The suite's shared digits teacher (conftest.TEST_TEACHER: convnet width 32, 30 epochs, about 97% here) is the
 # one that must clear the 95% bar; reusing its spec reuses its session cache entry, so this costs no training.
 DIGITS_TEACHER = TEST_TEACHER
-# The Fashion-MNIST teacher of the slow test: width 32, batch 128, a few epochs.
-FASHION_TEACHER = dict(model_kwargs={"width": 32}, epochs=6, batch_size=128, lr=3e-3)
+# The Fashion-MNIST teacher of the slow test. Measured (1 thread): 8 epochs 90.7%, 12 epochs 91.2% in 660 CPU-s.
+FASHION_TEACHER = dict(model_kwargs={"width": 32}, epochs=12, batch_size=128, lr=3e-3)
 
 
 
