@@ -20,6 +20,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from study.data import Dataset
 from study.models import model_for
+from study.precision import autocast, resolve_precision
 from study.recipes import get_recipe
 from study.regimes import build_regime
 from study.seeding import generator
@@ -55,11 +56,14 @@ def train_students(sets: list[tuple[torch.Tensor, torch.Tensor]], seeds: list[in
                    batch_size: int = 64, model: str = "convnet", model_kwargs: dict | None = None,
                    regime: str = "hl", recipe: str = "adamw-v1", lr: float | None = None, temperature: float = 4.0,
                    t2_scale: bool = True, cutmix_prob: float = 0.0, teacher: torch.nn.Module | None = None,
-                   device: str | None = None, eval_points: int = 10) -> list[TrainResult]:
-    """Train one student per (training set, seed) together; the sets must have equal sizes."""
+                   device: str | None = None, precision: str = "auto",
+                   eval_points: int = 10) -> list[TrainResult]:
+    """Train one student per (training set, seed) together; the sets must have equal sizes. (No channels_last
+    or compile here: vmap stacks a fifth dimension, which has no channels_last layout.)"""
     if len({len(y) for _, y in sets}) != 1:
         raise ValueError("batched training needs training sets of equal size")
     device = device or default_device()
+    precision = resolve_precision(precision, device)
     start = time.perf_counter()
     models = []
     for seed in seeds:
@@ -78,24 +82,25 @@ def train_students(sets: list[tuple[torch.Tensor, torch.Tensor]], seeds: list[in
     eval_every = max(1, steps // max(1, eval_points))
     flops = step_flops(stack.probe, augment_probe(xs[0], batch_size), teacher if regime == "sl_kd" else None)
 
-    loss_curves = [[] for _ in seeds]
+    step_losses = []
     val_curves = [[] for _ in seeds]
     for step in range(steps):
         draws = [draw_views(x, stream, data.augment, g, cutmix_prob) for x, stream, g in zip(xs, streams, gens)]
-        logits = stack(torch.stack([views for _, views, _ in draws]))
-        losses = [rule.loss(logits[s], views, ys[s][index], index, mix)
-                  for s, (rule, (index, views, mix)) in enumerate(zip(rules, draws))]
+        with autocast(device, precision):
+            logits = stack(torch.stack([views for _, views, _ in draws]))
+            losses = torch.stack([rule.loss(logits[s], views, ys[s][index], index, mix)
+                                  for s, (rule, (index, views, mix)) in enumerate(zip(rules, draws))])
         optimizer.zero_grad(set_to_none=True)
-        torch.stack(losses).sum().backward()
+        losses.sum().backward()
         optimizer.step()
         schedule.step()
-        for curve, loss in zip(loss_curves, torch.stack(losses).tolist()):
-            curve.append(loss)
+        step_losses.append(losses.detach())  # read back once at the end: no host sync per step
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             for curve, acc in zip(val_curves, stack.accuracies(data.val_x, data.val_y, device)):
                 curve.append((step + 1, acc))
 
     tests = stack.accuracies(data.test_x, data.test_y, device)
+    loss_curves = torch.stack(step_losses).float().cpu().T.tolist()
     wall = (time.perf_counter() - start) / len(seeds)
     return [TrainResult(test_acc=tests[s], val_acc=val_curves[s][-1][1], steps=steps, batch_size=batch_size,
                         samples_seen=steps * batch_size, epochs_equivalent=steps * batch_size / len(data.train_y),

@@ -34,6 +34,7 @@ class TrialConfig:
     temperature: float = 4.0
     t2_scale: bool = True
     cutmix_prob: float = 0.0
+    precision: str = "auto"
     seeds: int = 2
     teacher: dict = field(default_factory=lambda: {"model": "convnet", "model_kwargs": {"width": 64}, "epochs": 50})
     data_root: str | None = None

@@ -51,6 +51,8 @@ def parse(argv=None) -> argparse.Namespace:
     r.add_argument("--cpus-per-trial", type=float, default=1.0)
     r.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
     r.add_argument("--workers-per-trial", type=int, default=1, help="DDP workers per trial (ray-train executor)")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile each student (one seed at a time; pays off on GPUs with long budgets)")
     r.add_argument("--max-failures", type=int, default=1, help="retries of a failing trial")
     r.add_argument("--dry-run", action="store_true", help="print the trial table and exit")
     r.add_argument("--no-report", action="store_true", help="skip the report at the end")
@@ -150,7 +152,7 @@ def main(argv=None) -> int:
     options = RunOptions(out_dir=out, cache_dir=a.cache_dir, executor=a.executor, max_concurrent=a.max_concurrent,
                          cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
                          workers_per_trial=a.workers_per_trial, max_failures=a.max_failures, address=a.address,
-                         verbose=a.verbose)
+                         compile_model=a.compile, verbose=a.verbose)
     ledger = run_study(spec, tracker, parent, options)
     frame = ledger.frame()
     from study.ledger import summarise

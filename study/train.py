@@ -8,6 +8,7 @@ image. The training set lives on the device as uint8 and is augmented there.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable
@@ -20,6 +21,7 @@ from study.augment import augment_batch, cutmix
 from study.data import Dataset
 from study.evaluate import accuracy
 from study.models import model_for
+from study.precision import autocast, device_layout, prepare_student, resolve_precision
 from study.recipes import get_recipe
 from study.regimes import build_regime
 from study.seeding import generator
@@ -70,13 +72,14 @@ def draw_views(x: torch.Tensor, batches, spec, g: torch.Generator, cutmix_prob: 
 
 
 def step_flops(model: nn.Module, views: torch.Tensor, teacher: nn.Module | None) -> float:
-    """FLOPs of one training step: student forward + backward, plus the teacher's forward when it runs per step."""
+    """FLOPs of one training step: student forward + backward, plus the teacher's forward when it runs per step.
+    Counted on a copy, so the student's gradients and normalisation statistics are untouched."""
+    model = copy.deepcopy(model)
     with FlopCounterMode(display=False) as counter:
         model(views).sum().backward()
         if teacher is not None:
             with torch.no_grad():
                 teacher(views)
-    model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
 
@@ -98,6 +101,8 @@ def train_student(
     teacher: nn.Module | None = None,
     seed: int = 0,
     device: str | None = None,
+    precision: str = "auto",
+    compile_model: bool = False,
     eval_points: int = 10,
     on_checkpoint: Callable[[int, nn.Module], None] | None = None,
     checkpoint_every: int = 0,
@@ -106,9 +111,11 @@ def train_student(
     if steps < 1:
         raise ValueError("steps must be positive")
     device = device or default_device()
+    precision = resolve_precision(precision, device)
     start = time.perf_counter()
     torch.manual_seed(seed)
-    student = model_for(data, model, **(model_kwargs or {})).to(device)
+    plain = model_for(data, model, **(model_kwargs or {}))
+    student = prepare_student(plain, device, compile_model)
     g = generator(seed)
     x = images.to(device)
     y = labels.to(device)
@@ -124,23 +131,24 @@ def train_student(
     student.train()
     for step in range(steps):
         index, views, mix = draw_views(x, batches, data.augment, g, cutmix_prob)
+        views = device_layout(views, device)
         if step == 0:
-            flops_per_step = step_flops(student, views, kd_teacher)
-        logits = student(views)
-        loss = rule.loss(logits, views, y[index], index, mix)
+            flops_per_step = step_flops(plain, views, kd_teacher)
+        with autocast(device, precision):
+            loss = rule.loss(student(views), views, y[index], index, mix)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(loss.detach())  # no per-step host sync; read back once at the end
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            val_curve.append((step + 1, accuracy(student, data.val_x, data.val_y, device)))
+            val_curve.append((step + 1, accuracy(plain, data.val_x, data.val_y, device)))
         if on_checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
             on_checkpoint(step + 1, student)
 
     loss_curve = torch.stack(losses).float().cpu().tolist()
     return TrainResult(
-        test_acc=accuracy(student, data.test_x, data.test_y, device),
+        test_acc=accuracy(plain, data.test_x, data.test_y, device),
         val_acc=val_curve[-1][1],
         steps=steps,
         batch_size=batch_size,
@@ -151,5 +159,5 @@ def train_student(
         train_size=len(x),
         loss_curve=loss_curve,
         val_curve=val_curve,
-        model=student,
+        model=plain,
     )

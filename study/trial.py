@@ -107,9 +107,10 @@ def prepare_selections(cfg: TrialConfig, cache_dir=None, device: str | None = No
 
 
 def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str | None = None,
-              batched: bool = True) -> TrialOutcome:
+              batched: bool = True, compile_model: bool = False) -> TrialOutcome:
     """Select and train every repeat of ``cfg``; repeats with equal-sized sets train as one vmapped model
-    when ``batched`` (same accuracies to float tolerance, see study.batched)."""
+    when ``batched`` (same accuracies to float tolerance, see study.batched), otherwise one by one, compiled
+    with torch.compile when ``compile_model``."""
     start = time.perf_counter()
     device = device or default_device()
     ctx = context_for(cfg, cache_dir, device)
@@ -117,7 +118,7 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
     teacher = ctx.teacher if REGIMES.get(cfg.regime).needs_teacher else None
     protocol = dict(steps=cfg.steps, batch_size=cfg.batch_size, model=cfg.model, model_kwargs=cfg.model_kwargs,
                     regime=cfg.regime, recipe=cfg.recipe, lr=cfg.lr, temperature=cfg.temperature,
-                    t2_scale=cfg.t2_scale, cutmix_prob=cfg.cutmix_prob, device=device,
+                    t2_scale=cfg.t2_scale, cutmix_prob=cfg.cutmix_prob, device=device, precision=cfg.precision,
                     teacher=teacher.model if teacher is not None else None)
 
     selections, select_seconds = [], []
@@ -126,10 +127,10 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
         selections.append(get_selection(ctx, selector, cfg, repeat))
         select_seconds.append(time.perf_counter() - t0)
     seeds = [cfg.train_seed(r) for r in range(cfg.seeds)]
-    if batched and cfg.seeds > 1 and len({len(s) for s in selections}) == 1:
+    if batched and not compile_model and cfg.seeds > 1 and len({len(s) for s in selections}) == 1:
         results = train_students([(s.images, s.labels) for s in selections], seeds, ctx.data, **protocol)
     else:
-        results = [train_student(s.images, s.labels, ctx.data, seed=seed, **protocol)
+        results = [train_student(s.images, s.labels, ctx.data, seed=seed, compile_model=compile_model, **protocol)
                    for s, seed in zip(selections, seeds)]
     per_seed = [{"repeat": r, "selection_seed": cfg.selection_seed(r), "train_seed": seeds[r],
                  "select_seconds": select_seconds[r], "train_seconds": res.wall_seconds, **res.to_dict()}

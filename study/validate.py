@@ -4,6 +4,7 @@ from __future__ import annotations
 from study.config import TrialConfig
 from study.errors import StudyError
 from study.models import MODELS
+from study.precision import check_precision
 from study.recipes import RECIPES
 from study.regimes import REGIMES
 from study.selectors import SELECTORS
@@ -24,6 +25,7 @@ def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) 
         raise StudyError(f"The batch size must be positive, not {cfg.batch_size}.")
     if cfg.seeds < 1:
         raise StudyError(f"A trial needs at least one seed, not {cfg.seeds}.")
+    check_precision(cfg.precision)
     if cfg.temperature <= 0:
         raise StudyError(f"The soft-label temperature must be positive, not {cfg.temperature}.")
     if not cfg.is_full_data:

@@ -19,13 +19,14 @@ from study.trial import cached_dataset, run_trial
 SUMMARY_KEYS = ("test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds")
 
 
-def execute(cfg_dict: dict, cache_dir: str | None, tags: dict, threads: int | None = None) -> tuple[dict, str]:
+def execute(cfg_dict: dict, cache_dir: str | None, tags: dict, threads: int | None = None,
+            compile_model: bool = False) -> tuple[dict, str]:
     """Run one trial; return the summary metrics Tune reports and the folder holding the full record."""
     if threads:
         torch.set_num_threads(threads)
     cfg = TrialConfig.from_dict(cfg_dict)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    outcome = run_trial(cfg, cache_dir, device)
+    outcome = run_trial(cfg, cache_dir, device, compile_model=compile_model)
     import ray
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
@@ -43,14 +44,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     if ctx.get_world_rank() == 0:
         metrics, folder = execute(loop_config["trial"], loop_config["cache_dir"], loop_config["tags"],
-                                  loop_config.get("threads"))
+                                  loop_config.get("threads"), loop_config["compile"])
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
     else:
         ray.train.report({})
 
 
 def run_with_torch_trainer(cfg_dict: dict, cache_dir: str | None, tags: dict, resources: dict,
-                           storage_path: str, name: str) -> None:
+                           storage_path: str, name: str, compile_model: bool = False) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -58,7 +59,7 @@ def run_with_torch_trainer(cfg_dict: dict, cache_dir: str | None, tags: dict, re
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"trial": cfg_dict, "cache_dir": cache_dir, "tags": tags,
-                           "threads": int(resources.get("CPU", 1))},
+                           "threads": int(resources.get("CPU", 1)), "compile": compile_model},
         scaling_config=ScalingConfig(num_workers=resources["workers"], use_gpu=resources.get("GPU", 0) > 0,
                                      resources_per_worker={k: v for k, v in resources.items() if k in ("CPU", "GPU")}),
         run_config=RunConfig(name=name, storage_path=storage_path, callbacks=[TuneReportCallback()],

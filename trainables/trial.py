@@ -29,7 +29,8 @@ def study_trial(config: dict, cells: list[dict], options: dict) -> None:
             "search_group": TrialConfig.from_dict(cells[config["cell"]]).hash}
     if options["executor"] == "ray-train":
         run_with_torch_trainer(cfg, options["cache_dir"], tags, options["resources"], options["storage_path"],
-                               f"train-{tune.get_context().get_trial_id()}")
+                               f"train-{tune.get_context().get_trial_id()}", options["compile"])
         return
-    metrics, folder = execute(cfg, options["cache_dir"], tags, int(options["resources"].get("CPU", 1)))
+    metrics, folder = execute(cfg, options["cache_dir"], tags, int(options["resources"].get("CPU", 1)),
+                              options["compile"])
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -45,6 +45,7 @@ class RunOptions:
     workers_per_trial: int = 1
     max_failures: int = 0
     address: str | None = None
+    compile_model: bool = False
     verbose: bool = False
 
 
@@ -132,7 +133,7 @@ def concurrency(options: RunOptions) -> int | None:
 def trainable_for(executor: str, options: RunOptions, cells: list[dict], storage: str):
     resources = {"CPU": options.cpus_per_trial, "GPU": options.gpus_per_trial, "workers": options.workers_per_trial}
     settings = {"executor": executor, "cache_dir": options.cache_dir, "resources": resources,
-                "storage_path": storage}
+                "storage_path": storage, "compile": options.compile_model}
     fn = tune.with_parameters(study_trial, cells=cells, options=settings)
     if executor == "ray-train":
         return tune.with_resources(fn, {"cpu": 0.01})
