@@ -14,7 +14,7 @@ PRESETS = {
         "batch_size": 64,
         "recipe": "adamw-v1",
         "temperature": 4.0,
-        "teacher": {"model": "convnet", "model_kwargs": {"width": 64}, "epochs": 50, "batch_size": 64},
+        "teacher": {"model": "convnet", "model_kwargs": {"width": 32}, "epochs": 50, "batch_size": 64},
         "budgets": [500],
     },
     "fashion-mnist": {

@@ -43,6 +43,12 @@ S, ``gap = A(full, hl, S) - A(full, r, S)``; ``under_trained = gap > 0.03``
 (more than 3 points). An under-trained soft-label protocol makes every subset
 land at the same accuracy, which fakes "random is as good as a coreset".
 
+Families (``family_table``): each selector is a coreset method (keeps real
+images) or a DD method (synthesises images), from the ``family`` tag of its
+runs. Per (regime, budget, IPC): random's accuracy, and the best coreset and
+the best DD method by mean accuracy with their gains over random: the paper's
+"DD vs coreset vs random under each label regime" read off one table.
+
 Headline (``best_per_regime``): per regime, the selector (not random, not
 full) with the highest mean gain over random across that regime's cells
 (IPC x budget, ties broken by name), with the number of its cells where the
@@ -67,6 +73,7 @@ import math
 import pandas as pd
 
 RANDOM, FULL, HL = "random", "full", "hl"
+CORESET, DD = "coreset", "dd"
 REGIME_ORDER = ("hl", "sl", "sl_kd")
 CELL = ["label", "selector", "variant", "ipc", "regime", "steps"]
 ORDER = ["regime", "steps", "selector", "variant", "ipc"]
@@ -138,8 +145,8 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     that selector with more than one set of parameters. When two FINISHED
     runs share a config hash, the one that ended last is kept.
     """
-    cols = ["run_id", "status", "config_hash", "label", "selector", "variant", "ipc", "regime", "steps", "dataset",
-            "model", "batch_size", "seeds"] + TRIAL_METRICS
+    cols = ["run_id", "status", "config_hash", "label", "selector", "family", "variant", "ipc", "regime", "steps",
+            "dataset", "model", "batch_size", "seeds"] + TRIAL_METRICS
     if runs.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -155,6 +162,7 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
 
         row = {"run_id": r["run_id"], "status": r["status"], "end_time": r.get("end_time"),
                "config_hash": tags.get("config_hash", ""), "selector": axis("selector"),
+               "family": tags.get("family", CORESET),
                "variant": variant_of(params), "ipc": axis("ipc", int), "regime": axis("regime"),
                "steps": axis("steps", int), "dataset": axis("dataset"), "model": axis("model"),
                "batch_size": axis("batch_size", int), "seeds": axis("seeds", int)}
@@ -285,6 +293,41 @@ def protocol_check(summary: pd.DataFrame, threshold: float = PROTOCOL_GAP) -> pd
     return pd.DataFrame(rows, columns=PROTOCOL_COLUMNS)
 
 
+FAMILY_COLUMNS = ["regime", "steps", "ipc", "random", "best_coreset", "coreset_acc", "coreset_gain", "best_dd",
+                  "dd_acc", "dd_gain"]
+
+
+def family_table(derived: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per (regime, budget, IPC): random, the best coreset and the best DD method (highest mean accuracy)."""
+    if derived.empty:
+        return pd.DataFrame(columns=FAMILY_COLUMNS)
+    family = dict(zip(trials["label"], trials["family"]))
+    rows = []
+    for (regime, steps, ipc), cell in derived[derived["selector"] != FULL].groupby(["regime", "steps", "ipc"]):
+        row = {"regime": regime, "steps": int(steps), "ipc": int(ipc), "random": cell["random_mean"].iloc[0]}
+        for kind in (CORESET, DD):
+            part = cell[(cell["selector"] != RANDOM) & (cell["label"].map(family) == kind)]
+            best = part.sort_values(["acc_mean", "label"], ascending=[False, True], kind="stable").head(1)
+            row[f"best_{kind}"] = best["label"].iloc[0] if len(best) else None
+            row[f"{kind}_acc"] = best["acc_mean"].iloc[0] if len(best) else math.nan
+            row[f"{kind}_gain"] = best["gain"].iloc[0] if len(best) else math.nan
+        rows.append(row)
+    return order_cells(pd.DataFrame(rows, columns=FAMILY_COLUMNS))
+
+
+def family_lines(families: pd.DataFrame) -> list[str]:
+    """One sentence per regime: the mean gain over random of the best coreset and of the best DD method."""
+    lines = []
+    for regime in ordered_regimes(families["regime"]) if not families.empty else []:
+        part = families[families["regime"] == regime]
+        gains = {kind: part[f"{kind}_gain"].dropna() for kind in (CORESET, DD)}
+        said = [f"best {name} {100 * exact_mean(gains[kind]):+.1f} points over random ({len(gains[kind])} cells)"
+                for kind, name in ((DD, "DD method"), (CORESET, "coreset")) if len(gains[kind])]
+        if said:
+            lines.append(f"{regime}: " + ", ".join(said) + ".")
+    return lines
+
+
 BEST_COLUMNS = ["regime", "best", "mean_gain", "cells", "cells_exceeding_spread", "cells_with_spread"]
 
 
@@ -309,7 +352,8 @@ def best_per_regime(derived: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=BEST_COLUMNS)
 
 
-def headline(best: pd.DataFrame, protocol: pd.DataFrame, failed: int = 0, regimes=()) -> list[str]:
+def headline(best: pd.DataFrame, protocol: pd.DataFrame, failed: int = 0,
+             families: pd.DataFrame | None = None) -> list[str]:
     """The report's conclusions as sentences, the protocol check first."""
     lines = []
     bad = protocol[protocol["under_trained"]] if not protocol.empty else protocol
@@ -334,6 +378,7 @@ def headline(best: pd.DataFrame, protocol: pd.DataFrame, failed: int = 0, regime
         note = " (not trustworthy: the soft-label protocol under-trains)" if r.regime in suspect else ""
         lines.append(f"{r.regime}: best selector {r.best}, {100 * r.mean_gain:+.1f} points over random "
                      f"(mean over {r.cells} cells); {spread}{note}.")
+    lines += family_lines(families if families is not None else pd.DataFrame())
     if failed:
         lines.append(f"{failed} trial(s) failed; their cells are missing from the tables.")
     return lines

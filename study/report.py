@@ -12,6 +12,8 @@ The report is written to ``<out>/report/`` and logged as artifacts (folder
 - ``derived.*``: gain over random, seed spread, fraction of full-data
   accuracy, HLR / IOR / LRS (formulas in :mod:`study.metrics`);
 - ``protocol.csv``: the full-data soft- vs hard-label check;
+- ``families.csv``: random vs the best coreset vs the best DD method per
+  (regime, budget, IPC);
 - ``best.csv``, ``alignment.csv``, ``searched.csv``, ``headline.md``;
 - figures: ``accuracy_vs_ipc.png``, ``accuracy_vs_budget.png``,
   ``gain_vs_ipc.png``, ``ca2d_alignment.png``, ``examples.png``.
@@ -54,6 +56,7 @@ class Report:
     best: pd.DataFrame
     searched: pd.DataFrame
     alignment: pd.DataFrame
+    families: pd.DataFrame
     examples: list = field(default_factory=list)
     headline: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
@@ -133,9 +136,10 @@ def analyse(trials: pd.DataFrame, provenance: dict | None = None, examples: list
     protocol = M.protocol_check(summary)
     best = M.best_per_regime(derived)
     searched, alignment = M.alignment(trials, provenance or {})
+    families = M.family_table(derived, trials)
     failed = int((trials["status"] == "FAILED").sum()) if not trials.empty else 0
     return Report(Path(folder), parent_run_id, trials, tidy, summary, derived, protocol, best, searched, alignment,
-                  examples or [], M.headline(best, protocol, failed))
+                  families, examples or [], M.headline(best, protocol, failed, families))
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str, parquet: bool = True) -> list[Path]:
@@ -156,7 +160,7 @@ def write(report: Report, figures: bool = True) -> dict[str, Path]:
     for name in TABLES:
         for path in write_table(getattr(report, name), folder, name):
             files[path.name] = path
-    for name in ("protocol", "best", "searched", "alignment"):
+    for name in ("protocol", "best", "searched", "alignment", "families"):
         files[f"{name}.csv"] = write_table(getattr(report, name), folder, name, parquet=False)[0]
     headline = folder / "headline.md"
     headline.write_text("# Study headline\n\n" + "".join(f"- {line}\n" for line in report.headline))
@@ -221,6 +225,16 @@ def print_report(report: Report, console=None) -> None:
             table.add_row(r.regime, r.best if isinstance(r.best, str) else "-", pct(r.mean_gain, signed=True),
                           f"{r.cells_exceeding_spread}/{r.cells}" if r.cells_with_spread
                           else "n/a (one seed)" if isinstance(r.best, str) else "-")
+        console.print(table)
+    if not report.families.empty and report.families["best_dd"].notna().any():
+        table = Table(title="DD vs coreset vs random: test accuracy % and gain over random (best per family)")
+        for col in ("regime", "steps", "IPC", "random", "best coreset", "best DD method"):
+            table.add_column(col, justify="left" if col.startswith(("regime", "best")) else "right")
+        for r in report.families.itertuples():
+            table.add_row(r.regime, str(r.steps), str(r.ipc), pct(r.random),
+                          *(f"{name} {pct(acc)} ({pct(gain, signed=True)})" if name else "-"
+                            for name, acc, gain in ((r.best_coreset, r.coreset_acc, r.coreset_gain),
+                                                    (r.best_dd, r.dd_acc, r.dd_gain))))
         console.print(table)
     for line in report.headline:
         console.print(f"[bold red]{line}[/bold red]" if line.startswith("PROTOCOL") else line, highlight=False)

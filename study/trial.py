@@ -97,13 +97,10 @@ def context_for(cfg: TrialConfig, cache_dir, device: str) -> SelectionContext:
     return SelectionContext(data, cache, device, budget_of(cfg), lambda: get_teacher(data, spec, cache, device))
 
 
-def prepare_selections(cfg: TrialConfig, cache_dir=None, device: str | None = None) -> int:
-    """Make and cache every repeat's selection of a cell ahead of training (a study's preparation step)."""
+def prepare_selection(cfg: TrialConfig, repeat: int, cache_dir=None, device: str | None = None) -> None:
+    """Make and cache one repeat's selection of a cell ahead of training (a study's preparation step)."""
     ctx = context_for(cfg, cache_dir, device or default_device())
-    selector = build_selector(cfg.selector, **cfg.selector_params)
-    for repeat in range(cfg.seeds):
-        get_selection(ctx, selector, cfg, repeat)
-    return cfg.seeds
+    get_selection(ctx, build_selector(cfg.selector, **cfg.selector_params), cfg, repeat)
 
 
 def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str | None = None,

@@ -94,8 +94,22 @@ def store(tmp_path_factory):
                                          ("full", 0, "hl", 200, 0.85), ("full", 0, "sl_kd", 200, 0.84),
                                          ("full", 5, "hl", 200, 0.85)]:  # `full` listed as a selector: per IPC
         proto.log_trial(proto_parent, record(sel, ipc, regime, steps, [acc, acc]))
+
+    # families: DM (a DD method, tagged so by the trial) against random and two coresets, under hl and sl_kd
+    fam = Tracker(uri, "families", artifact_root=str(tmp / "mlartifacts"))
+    fam_parent = fam.study_run("dddd", "families-dddd", {"space": "quick"})
+    for (sel, regime), (acc1, acc10) in FAMILY_ACCS.items():
+        for ipc, acc in ((1, acc1), (10, acc10)):
+            rec = record(sel, ipc, regime, 100, [acc - D, acc, acc + D])
+            rec["tags"]["family"] = "dd" if sel == "dm" else "coreset"
+            fam.log_trial(fam_parent, rec)
     return {"tmp": tmp, "uri": uri, "tracker": tracker, "main": main_parent, "ca2d": ca2d,
-            "protocol": (proto, proto_parent)}
+            "protocol": (proto, proto_parent), "families": (fam, fam_parent)}
+
+
+FAMILY_ACCS = {("random", "hl"): (0.25, 0.5), ("herding", "hl"): (0.375, 0.5), ("kcenter", "hl"): (0.3125, 0.5625),
+               ("dm", "hl"): (0.5, 0.625), ("random", "sl_kd"): (0.5, 0.75), ("herding", "sl_kd"): (0.5, 0.75),
+               ("kcenter", "sl_kd"): (0.4375, 0.8125), ("dm", "sl_kd"): (0.5625, 0.75)}
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +280,24 @@ def test_protocol_check_fires_at_4_points_and_not_at_1(store, tmp_path):
     full = report.summary[report.summary["selector"] == "full"]
     assert sorted(zip(full["regime"], full["steps"], full["ipc"], full["n"])) == [
         ("hl", 100, 0, 2), ("hl", 200, 0, 2), ("sl_kd", 100, 0, 2), ("sl_kd", 200, 0, 2)]
+
+
+def test_family_table_sets_the_best_dd_method_against_the_best_coreset_and_random(store, tmp_path, capsys):
+    tracker, parent = store["families"]
+    report = build_report(tracker, parent, tmp_path, figures=False)
+    table = report.families.set_index(["regime", "ipc"])
+    assert list(table.index) == [("hl", 1), ("hl", 10), ("sl_kd", 1), ("sl_kd", 10)]
+    assert list(table["best_coreset"]) == ["herding", "kcenter", "herding", "kcenter"]
+    assert list(table["best_dd"]) == ["dm"] * 4
+    assert list(table["random"]) == [0.25, 0.5, 0.5, 0.75]
+    assert list(table["dd_gain"]) == [0.25, 0.125, 0.0625, 0.0]
+    assert list(table["coreset_gain"]) == [0.125, 0.0625, 0.0, 0.0625]
+    assert "hl: best DD method +18.8 points over random (2 cells), best coreset +9.4 points over random (2 cells)." \
+        in report.headline
+    assert "sl_kd: best DD method +3.1 points over random (2 cells), best coreset +3.1 points" \
+        in next(line for line in report.headline if line.startswith("sl_kd: best DD"))
+    assert (report.folder / "families.csv").exists()
+    assert "DD vs coreset vs random" in capsys.readouterr().out
 
 
 def test_regenerating_a_past_study_gives_identical_tables(store, report, tmp_path):

@@ -15,7 +15,7 @@ from study.regimes import REGIMES
 from study.seeding import canonical_json
 from study.selectors import build_selector
 from study.train import default_device
-from study.trial import context_for, prepare_selections, selection_key
+from study.trial import context_for, prepare_selection, selection_key
 
 
 class _Lines(logging.Handler):
@@ -48,10 +48,10 @@ def prepare_teacher(cfg_dict: dict, cache_dir: str | None) -> tuple[float, list[
 
 
 @ray.remote
-def prepare_cell(cfg_dict: dict, cache_dir: str | None) -> tuple[int, list[str]]:
+def prepare_repeat(cfg_dict: dict, repeat: int, cache_dir: str | None) -> list[str]:
     with cache_notes() as notes:
-        n = prepare_selections(TrialConfig.from_dict(cfg_dict), cache_dir)
-    return n, notes
+        prepare_selection(TrialConfig.from_dict(cfg_dict), repeat, cache_dir)
+    return notes
 
 
 def needs_teacher(cells: list[TrialConfig]) -> bool:
@@ -62,8 +62,14 @@ def selector_of(cfg: TrialConfig):
     return build_selector(cfg.selector, **cfg.selector_params)
 
 
+def likely_cost(cfg: TrialConfig) -> tuple[bool, int]:
+    """Submission order, longest first, so no core idles at the end behind one long task: synthesising
+    images (a DD method) costs far more than picking them, and both grow with IPC."""
+    return selector_of(cfg).family == "dd", cfg.ipc
+
+
 def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) -> float | None:
-    """Train (or load) the teacher, then make each distinct selection in parallel tasks."""
+    """Train (or load) the teacher, then make each distinct selection, one task per repeat."""
     teacher_acc = None
     if cells and needs_teacher(cells):
         say("preparing: teacher ...")
@@ -74,7 +80,9 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) ->
     distinct = {canonical_json(selection_key(c, selector_of(c), 0)): c for c in cells if not c.is_full_data}
     if distinct:
         say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")
-        for _, notes in ray.get([prepare_cell.remote(c.to_dict(), cache_dir) for c in distinct.values()]):
+        tasks = [prepare_repeat.remote(c.to_dict(), r, cache_dir)
+                 for c in sorted(distinct.values(), key=likely_cost, reverse=True) for r in range(c.seeds)]
+        for notes in ray.get(tasks):
             for note in notes:
                 say(note)
     return teacher_acc
