@@ -4,10 +4,14 @@ Entries are keyed by a hash of everything that determines them, written
 atomically (temporary file, then rename) with a SHA-256 of their bytes beside
 them. A file whose bytes no longer match is reported in one line and
 recomputed, so a kill during a write can never leave a truncated entry that is
-later trusted.
+later trusted. Computing an entry holds an exclusive lock on ``<hash>.lock``,
+so processes that need the same entry at once (two preparation tasks sharing a
+proxy, say) compute it once: the others wait, then read it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -55,7 +59,7 @@ class Cache:
         folder = self.root / kind
         return folder / f"{h}.pt", folder / f"{h}.json"
 
-    def load(self, kind: str, key: dict) -> Any | None:
+    def load(self, kind: str, key: dict, warn: bool = True) -> Any | None:
         payload, sidecar = self.paths(kind, key)
         if not (payload.exists() and sidecar.exists()):
             return None
@@ -65,7 +69,8 @@ class Cache:
         except (ValueError, AttributeError):  # a damaged sidecar is a damaged entry, not a crash
             expected = None
         if hashlib.sha256(data).hexdigest() != expected:
-            log.warning("Cache entry %s does not match its recorded hash; recomputing it.", payload)
+            if warn:
+                log.warning("Cache entry %s does not match its recorded hash; recomputing it.", payload)
             return None
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
@@ -79,9 +84,22 @@ class Cache:
         atomic_write_text(sidecar, json.dumps(meta, indent=1))
         return payload
 
+    @contextlib.contextmanager
+    def computing(self, kind: str, key: dict):
+        """Hold the entry's lock (a POSIX advisory lock, released when the process dies)."""
+        payload, _ = self.paths(kind, key)
+        payload.parent.mkdir(parents=True, exist_ok=True)
+        with open(payload.with_suffix(".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
     def get_or_compute(self, kind: str, key: dict, compute: Callable[[], Any]) -> Any:
         value = self.load(kind, key)
-        if value is None:
-            value = compute()
-            self.store(kind, key, value)
+        if value is not None:
+            return value
+        with self.computing(kind, key):
+            value = self.load(kind, key, warn=False)  # whoever held the lock before us may have computed it
+            if value is None:
+                value = compute()
+                self.store(kind, key, value)
         return value

@@ -46,10 +46,7 @@ def device_layout(x: torch.Tensor, device: str) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last_on(device) and x.dim() == 4 else x
 
 
-def prepare_student(model: nn.Module, device: str, compile_model: bool = False) -> nn.Module:
-    """Move a fresh student to the device in its fast layout and optionally compile it (the first steps then
-    pay the compilation; budgets are counted in steps, so this changes wall time only)."""
+def place_model(model: nn.Module, device: str) -> nn.Module:
+    """A model on the device, in the layout its convolutions are fastest in there."""
     model = model.to(device)
-    if channels_last_on(device):
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile_model else model
+    return model.to(memory_format=torch.channels_last) if channels_last_on(device) else model

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from search_spaces import PRESETS, SPACES
@@ -125,6 +126,7 @@ def make_report(tracker, parent: str, out: Path) -> None:
 
 @friendly_errors
 def main(argv=None) -> int:
+    start = time.perf_counter()
     a = parse(argv)
     spec = spec_from_args(a)
     validate_spec(spec)
@@ -162,8 +164,13 @@ def main(argv=None) -> int:
     print_summary(ledger)
     failed = int((frame["status"] == "FAILED").sum()) if not frame.empty else 0
     if not a.no_report:
+        clock = time.perf_counter()
         make_report(tracker, parent, out)
-    tracker.finish_study(parent, "FAILED" if failed else "FINISHED", metrics={"trials_failed": failed})
+        options.phases["report_s"] = time.perf_counter() - clock
+    phases = {**options.phases, "total_s": time.perf_counter() - start}
+    atomic_write_text(out / "phases.json", json.dumps(phases, indent=1))
+    tracker.finish_study(parent, "FAILED" if failed else "FINISHED",
+                         metrics={"trials_failed": failed, **{f"phase_{k}": v for k, v in phases.items()}})
     print(f"results: {out / 'results.csv'}  summary: {out / 'summary.csv'}  failed trials: {failed}")
     return 1 if failed else 0
 

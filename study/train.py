@@ -21,7 +21,8 @@ from study.augment import augment_batch, cutmix
 from study.data import Dataset
 from study.evaluate import accuracy
 from study.models import model_for
-from study.precision import autocast, device_layout, prepare_student, resolve_precision
+from study.data_parallel import DataParallel, is_data_parallel
+from study.precision import autocast, device_layout, place_model, resolve_precision
 from study.recipes import get_recipe
 from study.regimes import build_regime
 from study.seeding import generator
@@ -114,8 +115,11 @@ def train_student(
     precision = resolve_precision(precision, device)
     start = time.perf_counter()
     torch.manual_seed(seed)
-    plain = model_for(data, model, **(model_kwargs or {}))
-    student = prepare_student(plain, device, compile_model)
+    plain = place_model(model_for(data, model, **(model_kwargs or {})), device)
+    parallel = DataParallel(batch_size) if is_data_parallel() else None
+    student = parallel.wrap(plain, device) if parallel else plain
+    if compile_model:  # the first steps pay the compilation; budgets count steps, so only wall time changes
+        student = torch.compile(student)
     g = generator(seed)
     x = images.to(device)
     y = labels.to(device)
@@ -135,7 +139,8 @@ def train_student(
         if step == 0:
             flops_per_step = step_flops(plain, views, kd_teacher)
         with autocast(device, precision):
-            loss = rule.loss(student(views), views, y[index], index, mix)
+            logits = parallel.logits(student, views) if parallel else student(views)
+            loss = rule.loss(logits, views, y[index], index, mix)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -90,3 +90,26 @@ def test_corrupted_teacher_is_retrained_identically(tmp_path, caplog, digits):
     assert second.test_acc == first.test_acc
     for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def slow_count(root: str, log: str) -> float:
+    """Compute one shared entry slowly, noting each real computation in ``log``."""
+    import time
+
+    def compute():
+        with open(log, "a") as f:
+            f.write("computed\n")
+        time.sleep(0.5)
+        return torch.tensor([7.0])
+
+    return float(Cache(root).get_or_compute("shared", {"k": 1}, compute)[0])
+
+
+def test_processes_needing_one_entry_compute_it_once(tmp_path):
+    import multiprocessing as mp
+
+    log = tmp_path / "log.txt"
+    with mp.get_context("spawn").Pool(3) as pool:
+        values = pool.starmap(slow_count, [(str(tmp_path / "cache"), str(log))] * 3)
+    assert values == [7.0, 7.0, 7.0]
+    assert log.read_text().count("computed") == 1

@@ -20,13 +20,16 @@ SUMMARY_KEYS = ("test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds")
 
 
 def execute(cfg_dict: dict, cache_dir: str | None, tags: dict, threads: int | None = None,
-            compile_model: bool = False) -> tuple[dict, str]:
-    """Run one trial; return the summary metrics Tune reports and the folder holding the full record."""
+            compile_model: bool = False, record: bool = True) -> tuple[dict, str] | None:
+    """Run one trial; return the summary metrics Tune reports and the folder holding the full record
+    (nothing when ``record`` is off: a data-parallel worker other than rank 0)."""
     if threads:
         torch.set_num_threads(threads)
     cfg = TrialConfig.from_dict(cfg_dict)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     outcome = run_trial(cfg, cache_dir, device, compile_model=compile_model)
+    if not record:
+        return None
     import ray
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
@@ -38,13 +41,15 @@ def execute(cfg_dict: dict, cache_dir: str | None, tags: dict, threads: int | No
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker body: rank 0 runs the trial and reports it with its folder as the checkpoint."""
+    """Ray Train worker body: every rank trains (DDP over the workers, see study.data_parallel); rank 0
+    records the trial and reports it with its folder as the checkpoint."""
     import ray.train
 
-    ctx = ray.train.get_context()
-    if ctx.get_world_rank() == 0:
-        metrics, folder = execute(loop_config["trial"], loop_config["cache_dir"], loop_config["tags"],
-                                  loop_config.get("threads"), loop_config["compile"])
+    rank = ray.train.get_context().get_world_rank()
+    done = execute(loop_config["trial"], loop_config["cache_dir"], loop_config["tags"], loop_config.get("threads"),
+                   loop_config["compile"], record=rank == 0)
+    if done:
+        metrics, folder = done
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
     else:
         ray.train.report({})

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -47,6 +48,7 @@ class RunOptions:
     address: str | None = None
     compile_model: bool = False
     verbose: bool = False
+    phases: dict = field(default_factory=dict)  # filled in: seconds spent starting Ray, preparing, running trials
 
 
 def check_reachable(address: str | None, timeout: float = 5.0) -> None:
@@ -180,7 +182,9 @@ def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOpt
     say(f"{len(cells)} cell(s) in the study, {len(cells) - len(pending)} already finished")
     if spec.kind == "grid" and not pending:
         return ledger
+    clock = time.perf_counter()
     started = connect(options)
+    options.phases["ray_start_s"] = time.perf_counter() - clock
     try:
         run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options, say)
     finally:
@@ -198,18 +202,19 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
     say(f"executor {executor}, {max_concurrent or 'unbounded'} concurrent trial(s), cluster has "
         f"{res.get('CPU', 0):.0f} CPU(s) and {res.get('GPU', 0):.0f} GPU(s)")
     if spec.kind == "grid":
-        prepare_study(pending, options.cache_dir, say)
+        timed(options, "prepare_s", prepare_study, pending, options.cache_dir, say)
         dicts = [c.to_dict() for c in pending]
         logger = StudyLogger(tracker, parent_id, ledger, dicts, total=len(cells), done_before=len(cells) - len(pending))
         index = list(range(len(dicts)))
         searcher = OptunaSearch(space={"cell": optuna.distributions.CategoricalDistribution(index)},
                                 sampler=optuna.samplers.GridSampler({"cell": index}, seed=0),
                                 metric=spec.metric, mode=spec.mode)
-        run_tuner(trainable_for(executor, options, dicts, storage), searcher, len(dicts), f"study-{spec.hash}",
-                  storage, [logger], max_concurrent, options.max_failures)
+        timed(options, "trials_s", run_tuner, trainable_for(executor, options, dicts, storage), searcher, len(dicts),
+              f"study-{spec.hash}", storage, [logger], max_concurrent, options.max_failures)
         return
 
-    prepare_study(cells, options.cache_dir, say)
+    timed(options, "prepare_s", prepare_study, cells, options.cache_dir, say)
+    clock = time.perf_counter()
     space = {k: optuna_distribution(v) for k, v in spec.search.items()}
     total = len(cells) * spec.num_samples
     logger = StudyLogger(tracker, parent_id, ledger, [], total=total)
@@ -226,6 +231,15 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
                                 evaluated_rewards=[r for _, r in earlier] or None)
         run_tuner(trainable_for(executor, options, logger.cells, storage), searcher, remaining,
                   f"study-{spec.hash}-group{group}", storage, [logger], max_concurrent, options.max_failures)
+    options.phases["trials_s"] = time.perf_counter() - clock
+
+
+def timed(options: RunOptions, phase: str, fn, *args):
+    clock = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        options.phases[phase] = time.perf_counter() - clock
 
 
 def searched_points(ledger: Ledger, cell: TrialConfig, spec: StudySpec) -> list[tuple[dict, float]]:
