@@ -19,6 +19,7 @@ from pathlib import Path
 
 from search_spaces import PRESETS, SPACES
 from study.cli import friendly_errors
+from study.errors import StudyError
 from study.spec import StudySpec, resolve_spec, validate_spec
 
 
@@ -51,7 +52,8 @@ def parse(argv=None) -> argparse.Namespace:
     r.add_argument("--max-concurrent", type=int, default=None, help="concurrent trials (default: fill the cluster)")
     r.add_argument("--cpus-per-trial", type=float, default=1.0)
     r.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
-    r.add_argument("--workers-per-trial", type=int, default=1, help="DDP workers per trial (ray-train executor)")
+    r.add_argument("--workers-per-trial", type=int, default=1, help="data-parallel (DDP) workers per trial, each training on its share of every batch "
+                        "(ray-train executor; the batch size must divide evenly)")
     r.add_argument("--compile", action="store_true",
                    help="torch.compile each student (one seed at a time; pays off on GPUs with long budgets)")
     r.add_argument("--max-failures", type=int, default=1, help="retries of a failing trial")
@@ -71,6 +73,12 @@ def spec_from_args(a: argparse.Namespace) -> StudySpec:
         overrides.append(f"num_samples={a.num_samples}")
     return resolve_spec(a.space, a.preset, a.dataset, a.selectors, a.ipc, a.regimes, a.budgets, a.seeds,
                         overrides, a.data_root, all_selectors=SELECTORS.names())
+
+
+def check_workers(workers: int, batch_size: int) -> None:
+    if workers < 1 or batch_size % workers:
+        raise StudyError(f"--workers-per-trial {workers} must divide the batch size {batch_size}: each "
+                         f"data-parallel worker trains on an equal share of every batch.")
 
 
 def smallest_class(spec: StudySpec) -> int:
@@ -130,6 +138,7 @@ def main(argv=None) -> int:
     a = parse(argv)
     spec = spec_from_args(a)
     validate_spec(spec)
+    check_workers(a.workers_per_trial, spec.protocol["batch_size"])
     if a.dry_run:
         print_dry_run(spec)
         return 0

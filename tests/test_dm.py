@@ -77,7 +77,7 @@ def test_dm_beats_random_at_ipc1_hard_labels(tmp_path):
 
 @pytest.mark.slow
 def test_dm_defaults_beat_random_at_ipc1_hard_labels(tmp_path):
-    """DM's defaults (500 iterations, width 64) and the default width-64 student at 300 steps."""
+    """DM's defaults (500 iterations, width 32) and the default width-64 student at 300 steps."""
     rnd, dm = dm_vs_random(tmp_path, {}, steps=300, width=64)
     print(f"digits IPC 1 HL, 300 steps: random {rnd}, DM {dm}")
     assert statistics.fmean(dm) > statistics.fmean(rnd) + 0.08

@@ -118,8 +118,10 @@ def fake_record(cfg, i: int) -> dict:
     (["--preset", "fashion-mnist", "--dataset", "mnist", "--data-root", "{empty}"], "MNIST was not found under"),
     (["--address", "127.0.0.1:1"], "Nothing answers at the Ray address 127.0.0.1:1"),
     (["--gpus-per-trial", "1"], "this machine has no GPUs"),
+    (["--workers-per-trial", "3"], "--workers-per-trial 3 must divide the batch size 64"),
+    (["--set", "precision=fp8"], "Unknown precision 'fp8'; choose one of: auto, fp32, bf16"),
 ], ids=["dataset", "model", "preset", "ipc-above-smallest-class", "malformed-override", "data-root-without-dataset",
-        "ray-address-not-answering", "gpu-on-local-cpu-ray"])
+        "ray-address-not-answering", "gpu-on-local-cpu-ray", "workers-not-dividing-batch", "unknown-precision"])
 def test_bad_input_refused_before_compute(argv, needle, tmp_path, capsys):
     """One sentence, exit 2, no traceback, in seconds, and before anything is written: no MLflow store, no
     output folder, no Ray (tests/test_scaling.py::test_bad_input_fails_before_compute has the other inputs)."""

@@ -86,16 +86,19 @@ def test_failing_trial_is_recorded_and_others_finish(local_ray, tmp_path, cache_
 
 
 def test_both_executors_agree(local_ray, tmp_path, cache_dir):
+    """Inline, Ray Train with one worker, and Ray Train with two DDP workers (gloo) train the same student."""
     accs = {}
-    for executor in ("inline", "ray-train"):
-        out = tmp_path / executor
+    for executor, workers in (("inline", "1"), ("ray-train", "1"), ("ray-train", "2")):
+        out = tmp_path / f"{executor}-{workers}"
         assert main(["--space", "smoke", "--selectors", "random", "--ipc", "2", "--regimes", "hl", "--budgets", "25",
-                     "--seeds", "1", "--no-report", "--executor", executor, "--out", str(out),
-                     "--cache-dir", str(cache_dir)]) == 0
+                     "--seeds", "1", "--no-report", "--executor", executor, "--workers-per-trial", workers,
+                     "--out", str(out), "--cache-dir", str(cache_dir)]) == 0
         _, runs = child_runs(out)
-        assert [r.data.tags["executor"] for r in runs] == [executor]
-        accs[executor] = runs[0].data.metrics["test_acc_seed0"]
-    assert accs["inline"] == accs["ray-train"]
+        assert [(r.data.tags["executor"], r.data.tags["workers"]) for r in runs] == [(executor, workers)]
+        assert runs[0].data.tags["precision"] == "fp32"
+        accs[executor, workers] = runs[0].data.metrics["test_acc_seed0"]
+    assert accs["inline", "1"] == accs["ray-train", "1"]
+    assert accs["ray-train", "2"] == pytest.approx(accs["inline", "1"], abs=2 / 360)  # float rounding of the all-reduce
 
 
 def test_dry_run_paper_counts_every_trial(capsys):

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from study.config import TrialConfig
+from study.data_parallel import world
+from study.precision import resolve_precision
 from study.outcome import success_record, write_outcome
 from study.trial import cached_dataset, run_trial
 
@@ -33,7 +35,8 @@ def execute(cfg_dict: dict, cache_dir: str | None, tags: dict, threads: int | No
     import ray
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    record = success_record(outcome, {**tags, "ray_node": node, "device": device})
+    record = success_record(outcome, {**tags, "ray_node": node, "device": device, "workers": str(world()[1]),
+                                      "precision": resolve_precision(cfg.precision, device)})
     folder = Path(tempfile.mkdtemp(prefix="hardtruths-trial-"))
     write_outcome(outcome, record, folder, cached_dataset(cfg.dataset, cfg.data_root))
     metrics = {k: record["metrics"][k] for k in SUMMARY_KEYS}

@@ -28,10 +28,13 @@ projected back into [0, 1] after every step (``clamp=True``, our addition; the
 paper leaves them free) and rounded to uint8 at the end.
 
 Defaults scaled to this machine. The paper runs 20,000 iterations with 256
-real images per class and a width-128 ConvNet. Here ``iterations=500``,
-``batch_real=64`` and ``width=64`` (the ConvNet's depth follows the image size
-as everywhere in the harness): about 20-30 s of CPU time on ``digits`` at IPC 1
-(0.04 s per iteration on one core). On a GPU raise ``iterations`` (and
+real images per class and a width-128 ConvNet, the students' own. Here
+``iterations=500``, ``batch_real=64`` and ``width=32``, the width of the
+digits and Fashion-MNIST students (the ConvNet's depth follows the image size
+as everywhere in the harness): about 13 s of CPU time on ``digits`` at IPC 1
+(0.026 s per iteration on one core), half of what width 64 costs, at the same
+accuracy (digits IPC 1, hard labels, 500 steps, 2 seeds: 85.7% with width 32,
+86.2% with width 64, random 63%). On a GPU raise ``iterations`` (and
 ``batch_real``, ``width``); they are parameters, so part of the selection's
 cache key.
 """
@@ -48,7 +51,7 @@ from study.models import model_for
 from study.seeding import derive_seed, generator
 from study.selectors.base import Selection, SelectionContext, Selector, check_ipc, register_selector
 
-DEFAULTS = {"iterations": 500, "lr": 1.0, "momentum": 0.5, "batch_real": 64, "width": 64, "depth": None,
+DEFAULTS = {"iterations": 500, "lr": 1.0, "momentum": 0.5, "batch_real": 64, "width": 32, "depth": None,
             "scale": 1.2, "clamp": True}
 
 
