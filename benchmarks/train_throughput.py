@@ -1,6 +1,7 @@
 """Student-training throughput: ``study.train.train_student`` against a bare PyTorch loop on the same work.
 
     python benchmarks/train_throughput.py [--steps 300] [--batch-size 128] [--width 32] [--device cpu]
+                                          [--precision fp32|bf16]
 
 Both sides train the same ConvNet (``study.models.model_for``) on the same Fashion-MNIST random IPC-50 subset
 (500 uint8 images held on the device), for the same number of steps at the same batch size, with the same
@@ -12,7 +13,8 @@ the periodic validation passes, the FLOP count of one step, and the result bookk
 (train_student samples/s over bare samples/s) is the share of throughput the harness keeps; target >= 0.9.
 Runs alternate between the two sides and the median of ``--repeats`` is reported, because a shared machine
 makes single timings noisy; ``--clock cpu --threads 1`` times CPU seconds instead of wall seconds, which other
-people's jobs on the same cores barely disturb.
+people's jobs on the same cores barely disturb. ``--precision bf16`` runs both sides under bf16 autocast, and
+on a GPU both hold the model and batches channels_last (``study.precision``), so the ratio stays like for like.
 """
 from __future__ import annotations
 
@@ -29,15 +31,16 @@ from study.cache import Cache
 from study.data import load_dataset
 from study.evaluate import accuracy
 from study.models import model_for
+from study.precision import autocast, device_layout, place_model
 from study.selectors import SelectionContext, build_selector
 from study.train import train_student
 
 
-def bare_loop(x, y, data, steps, batch_size, width, device, seed=0):
+def bare_loop(x, y, data, steps, batch_size, width, device, precision, seed=0):
     """The ~20-line loop a user would write by hand for the same training."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = model_for(data, "convnet", width=width).to(device)
+    model = place_model(model_for(data, "convnet", width=width), device)
     x, y = x.to(device), y.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -47,7 +50,8 @@ def bare_loop(x, y, data, steps, batch_size, width, device, seed=0):
         while len(order) < batch_size:
             order = torch.cat([order, torch.randperm(len(x), generator=g)])
         index, order = order[:batch_size].to(device), order[batch_size:]
-        loss = F.cross_entropy(model(augment_batch(x[index], data.augment, g)), y[index])
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(device_layout(augment_batch(x[index], data.augment, g), device)), y[index])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -74,6 +78,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--eval-points", type=int, default=10, help="train_student's validation passes (its default: 10)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both sides alike")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -90,10 +95,10 @@ def main(argv=None) -> None:
     def harness(steps=a.steps):
         return train_student(subset.images, subset.labels, data, steps=steps, batch_size=a.batch_size,
                              model_kwargs={"width": a.width}, regime="hl", recipe="adamw-v1", device=a.device,
-                             eval_points=a.eval_points).test_acc
+                             precision=a.precision, eval_points=a.eval_points).test_acc
 
     def bare(steps=a.steps):
-        return bare_loop(subset.images, subset.labels, data, steps, a.batch_size, a.width, a.device)
+        return bare_loop(subset.images, subset.labels, data, steps, a.batch_size, a.width, a.device, a.precision)
 
     harness(5), bare(5)  # warm-up: allocator, kernels, lazy imports
     times = {"train_student": [], "bare loop": []}
@@ -103,7 +108,7 @@ def main(argv=None) -> None:
             t, accs[name] = timed(fn, time.process_time if a.clock == "cpu" else time.perf_counter)
             times[name].append(t)
     print(f"{a.dataset} convnet width {a.width}, random IPC {a.ipc} ({len(subset)} images), {a.steps} steps x "
-          f"batch {a.batch_size} = {samples} samples, device {a.device}, torch threads {torch.get_num_threads()}, "
+          f"batch {a.batch_size} = {samples} samples, device {a.device}, {a.precision}, torch threads {torch.get_num_threads()}, "
           f"{a.clock} clock")
     rate = {}
     for name, ts in times.items():

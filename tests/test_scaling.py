@@ -90,9 +90,10 @@ def test_both_executors_agree(local_ray, tmp_path, cache_dir):
     accs = {}
     for executor, workers in (("inline", "1"), ("ray-train", "1"), ("ray-train", "2")):
         out = tmp_path / f"{executor}-{workers}"
+        cpus = str(1 / int(workers) - 0.01)  # the workers and the Tune trial's sliver fit the 2 local CPUs
         assert main(["--space", "smoke", "--selectors", "random", "--ipc", "2", "--regimes", "hl", "--budgets", "25",
                      "--seeds", "1", "--no-report", "--executor", executor, "--workers-per-trial", workers,
-                     "--out", str(out), "--cache-dir", str(cache_dir)]) == 0
+                     "--cpus-per-trial", cpus, "--out", str(out), "--cache-dir", str(cache_dir)]) == 0
         _, runs = child_runs(out)
         assert [(r.data.tags["executor"], r.data.tags["workers"]) for r in runs] == [(executor, workers)]
         assert runs[0].data.tags["precision"] == "fp32"
