@@ -63,6 +63,16 @@ def band(ax, x, mean, std, color) -> None:
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
 
 
+def selector_lines(ax, part: pd.DataFrame, x: str, y: str, err: str, colors: dict) -> None:
+    """A line per selector of ``y`` over ``x`` with a +-``err`` band (fractions in the frame, percent drawn)."""
+    for label in selector_labels(part):
+        rows = part[part["label"] == label].sort_values(x)
+        st = style(label, colors)
+        ax.plot(rows[x], 100 * rows[y], label=label, **st)
+        band(ax, rows[x].to_numpy(float), 100 * rows[y].to_numpy(float), 100 * rows[err].to_numpy(float),
+             st["color"])
+
+
 def log_axis(ax, values, label: str) -> None:
     values = sorted(set(values))
     if len(values) > 1 and min(values) > 0:
@@ -85,12 +95,7 @@ def accuracy_vs_ipc(summary: pd.DataFrame) -> plt.Figure:
         for j, regime in enumerate(regimes):
             ax = axes[i, j]
             part = subsets[(subsets["regime"] == regime) & (subsets["steps"] == steps)]
-            for label in selector_labels(part):
-                rows = part[part["label"] == label].sort_values("ipc")
-                st = style(label, colors)
-                ax.plot(rows["ipc"], 100 * rows["acc_mean"], label=label, **st)
-                band(ax, rows["ipc"].to_numpy(float), 100 * rows["acc_mean"].to_numpy(float),
-                     100 * rows["acc_std"].to_numpy(float), st["color"])
+            selector_lines(ax, part, "ipc", "acc_mean", "acc_std", colors)
             full_line(ax, summary, regime, steps)
             log_axis(ax, subsets["ipc"], "images per class (IPC)")
             ax.set_title(f"{regime}, {steps} steps")
@@ -125,12 +130,7 @@ def accuracy_vs_budget(summary: pd.DataFrame) -> plt.Figure:
         for j, regime in enumerate(regimes):
             ax = axes[i, j]
             part = subsets[(subsets["regime"] == regime) & (subsets["ipc"] == ipc)]
-            for label in selector_labels(part):
-                rows = part[part["label"] == label].sort_values("steps")
-                st = style(label, colors)
-                ax.plot(rows["steps"], 100 * rows["acc_mean"], label=label, **st)
-                band(ax, rows["steps"].to_numpy(float), 100 * rows["acc_mean"].to_numpy(float),
-                     100 * rows["acc_std"].to_numpy(float), st["color"])
+            selector_lines(ax, part, "steps", "acc_mean", "acc_std", colors)
             full = summary[(summary["selector"] == FULL) & (summary["regime"] == regime)].sort_values("steps")
             if not full.empty:
                 ax.plot(full["steps"], 100 * full["acc_mean"], label=FULL_LABEL, marker="^", **FULL_STYLE)
@@ -160,12 +160,7 @@ def gain_vs_ipc(derived: pd.DataFrame) -> plt.Figure:
             ax = axes[i, j]
             part = part_all[(part_all["regime"] == regime) & (part_all["steps"] == steps)]
             ax.axhline(0.0, label=RANDOM_REF_LABEL, color="black", linestyle="--", linewidth=1.5)
-            for label in selector_labels(part):
-                rows = part[part["label"] == label].sort_values("ipc")
-                st = style(label, colors)
-                ax.plot(rows["ipc"], 100 * rows["gain"], label=label, **st)
-                band(ax, rows["ipc"].to_numpy(float), 100 * rows["gain"].to_numpy(float),
-                     100 * rows["spread"].to_numpy(float), st["color"])
+            selector_lines(ax, part, "ipc", "gain", "spread", colors)
             log_axis(ax, part_all["ipc"], "images per class (IPC)")
             ax.set_title(f"{regime}, {steps} steps")
             ax.set_ylabel("gain over random (points)")
