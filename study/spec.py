@@ -17,7 +17,7 @@ from study.seeding import content_hash
 from study.validate import validate_trial
 
 PROTOCOL_FIELDS = ("dataset", "model", "model_kwargs", "batch_size", "recipe", "lr", "temperature", "t2_scale",
-                   "cutmix_prob", "teacher", "data_root")
+                   "cutmix_prob", "precision", "teacher", "data_root")
 
 
 @dataclass
@@ -36,6 +36,7 @@ class StudySpec:
     num_samples: int = 1
     metric: str = "val_acc_mean"
     mode: str = "max"
+    selector_params: dict = field(default_factory=dict)  # selector name -> its parameters, for every cell
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,10 +45,13 @@ class StudySpec:
     def hash(self) -> str:
         d = self.to_dict()
         d["protocol"] = {k: v for k, v in d["protocol"].items() if k != "data_root"}
+        if not d["selector_params"]:
+            del d["selector_params"]  # studies from before the setting existed keep their names
         return content_hash(d)
 
     def cell(self, selector: str, ipc: int, regime: str, steps: int) -> TrialConfig:
-        return TrialConfig(selector=selector, ipc=ipc, regime=regime, steps=steps, seeds=self.seeds, **self.protocol)
+        return TrialConfig(selector=selector, selector_params=dict(self.selector_params.get(selector, {})), ipc=ipc,
+                           regime=regime, steps=steps, seeds=self.seeds, **self.protocol)
 
     def cells(self) -> list[TrialConfig]:
         """The grid: every (selector, IPC, regime, budget), then the full-data reference per (regime, budget),
@@ -100,10 +104,16 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
         protocol["dataset"] = dataset
     protocol["data_root"] = data_root
     spec_fields = {f.name for f in fields(StudySpec)}
-    extra = {}
+    extra, params = {}, {}
     for key, value in map(parse_override, overrides or []):
         head, _, sub = key.partition(".")
-        if head in PROTOCOL_FIELDS:
+        if head == "selector_params":
+            name, _, param = sub.partition(".")
+            if not (name and param):
+                raise StudyError(f"The override {key!r} is malformed; write it as selector_params.SELECTOR.PARAM=value, "
+                                 f"e.g. selector_params.dm.iterations=200.")
+            params.setdefault(name, {})[param] = value
+        elif head in PROTOCOL_FIELDS:
             if sub:
                 protocol[head] = {**protocol.get(head, {}), sub: value}
             else:
@@ -111,7 +121,7 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
         elif key in spec_fields:
             extra[key] = value
         else:
-            valid = ", ".join(PROTOCOL_FIELDS + ("num_samples", "metric", "mode"))
+            valid = ", ".join(PROTOCOL_FIELDS + ("selector_params.SELECTOR.PARAM", "num_samples", "metric", "mode"))
             raise StudyError(f"Unknown override {key!r}; overridable settings are: {valid}.")
     chosen = selectors if selectors is not None else s["selectors"]
     if chosen == "all" or chosen == ["all"]:
@@ -124,6 +134,7 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
         seeds=int(seeds if seeds is not None else s["seeds"]),
         full_data_reference=s.get("full_data_reference", True), search=s.get("search", {}),
         num_samples=s.get("num_samples", 1), metric=s.get("metric", "val_acc_mean"), mode=s.get("mode", "max"),
+        selector_params=params,
     )
     for key, value in extra.items():
         setattr(spec, key, value)
@@ -134,6 +145,13 @@ def validate_spec(spec: StudySpec, smallest_class: int | None = None) -> None:
     """Check every cell before any compute; ``smallest_class`` comes from loading the dataset once."""
     if not (spec.selectors and spec.ipc and spec.regimes and spec.budgets):
         raise StudyError("A study needs at least one selector, IPC, regime and budget.")
+    from study.selectors import build_selector
+
+    for name, params in spec.selector_params.items():
+        if name not in spec.selectors:
+            raise StudyError(f"Parameters were set for the selector {name!r}, which this study does not run "
+                             f"(its selectors: {', '.join(spec.selectors)}).")
+        build_selector(name, **params)  # a selector refuses its own bad parameters in one sentence
     sizes = {spec.protocol["dataset"]: smallest_class} if smallest_class else None
     for cfg in spec.cells():
         validate_trial(cfg, sizes)

@@ -102,6 +102,15 @@ def test_both_executors_agree(local_ray, tmp_path, cache_dir):
     assert accs["ray-train", "2"] == pytest.approx(accs["inline", "1"], abs=2 / 360)  # float rounding of the all-reduce
 
 
+def test_selector_params_reach_only_their_selector():
+    plain = resolve_spec("smoke", selectors="random,dm")
+    tuned = resolve_spec("smoke", selectors="random,dm", overrides=["selector_params.dm.iterations=50",
+                                                                     "selector_params.dm.width=16"])
+    params = {(c.selector, c.ipc): c.selector_params for c in tuned.cells()}
+    assert params[("dm", 1)] == {"iterations": 50, "width": 16} and params[("random", 1)] == {}
+    assert tuned.hash != plain.hash and plain.to_dict()["selector_params"] == {}
+
+
 def test_dry_run_paper_counts_every_trial(capsys):
     assert main(["--space", "paper", "--dry-run"]) == 0
     out = capsys.readouterr().out
