@@ -7,6 +7,7 @@ laptops; the TorchTrainer path is what a GPU cluster uses.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def run_with_torch_trainer(cfg_dict: dict, cache_dir: str | None, tags: dict, resources: dict,
                            storage_path: str, name: str, compile_model: bool = False) -> None:
+    # The Train controller notices a finished worker group only at its next poll (every 2 s by default); a
+    # study's trials are short, so poll often. Train passes the setting on to its controller and workers.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
