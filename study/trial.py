@@ -19,7 +19,7 @@ from study.data import Dataset, load_dataset
 from study.regimes import REGIMES
 from study.selectors import Budget, Selection, SelectionContext, build_selector
 from study.teacher import TeacherSpec, get_teacher
-from study.batched import train_students
+from study.batched import batching_pays, train_students
 from study.data_parallel import is_data_parallel
 from study.train import default_device, train_student
 
@@ -107,8 +107,9 @@ def prepare_selection(cfg: TrialConfig, repeat: int, cache_dir=None, device: str
 def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str | None = None,
               batched: bool = True, compile_model: bool = False) -> TrialOutcome:
     """Select and train every repeat of ``cfg``; repeats with equal-sized sets train as one vmapped model
-    when ``batched`` (same accuracies to float tolerance, see study.batched), otherwise one by one: with
-    torch.compile when ``compile_model``, data-parallel over the ranks when a process group is set up."""
+    when ``batched`` and it pays on the device (same accuracies to float tolerance, see study.batched),
+    otherwise one by one: with torch.compile when ``compile_model``, data-parallel over the ranks when a
+    process group is set up."""
     start = time.perf_counter()
     device = device or default_device()
     ctx = context_for(cfg, cache_dir, device)
@@ -126,7 +127,7 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
         select_seconds.append(time.perf_counter() - t0)
     seeds = [cfg.train_seed(r) for r in range(cfg.seeds)]
     vmappable = not (compile_model or is_data_parallel()) and len({len(s) for s in selections}) == 1
-    if batched and vmappable and cfg.seeds > 1:
+    if batched and vmappable and cfg.seeds > 1 and batching_pays(device, ctx.data.image_shape):
         results = train_students([(s.images, s.labels) for s in selections], seeds, ctx.data, **protocol)
     else:
         results = [train_student(s.images, s.labels, ctx.data, seed=seed, compile_model=compile_model, **protocol)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study.batched import train_students
+from study.batched import batching_pays, train_students
 from study.train import train_student
 
 
@@ -32,3 +32,8 @@ def test_batched_training_refuses_unequal_sets(digits):
     with pytest.raises(ValueError):
         train_students([(digits.train_x[:10], digits.train_y[:10]), (digits.train_x[:12], digits.train_y[:12])],
                        [0, 1], digits, steps=2, device="cpu")
+
+
+def test_batching_is_chosen_where_it_was_measured_to_pay():
+    assert batching_pays("cpu", (1, 8, 8)) and not batching_pays("cpu", (1, 28, 28))
+    assert batching_pays("cuda", (3, 224, 224))
