@@ -42,7 +42,7 @@ def bare_loop(x, y, data, steps, batch_size, width, device, precision, seed=0):
     g = torch.Generator().manual_seed(seed)
     model = place_model(model_for(data, "convnet", width=width), device)
     x, y = x.to(device), y.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     order = torch.empty(0, dtype=torch.long)
     model.train()

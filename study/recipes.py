@@ -25,10 +25,16 @@ class Recipe:
     warmup_fraction: float = 0.0
 
     def build(self, params, steps: int):
+        """The optimiser and its schedule. Fused kernels (one op per step, not ~10 per parameter tensor) where
+        torch has them: a width-32 ConvNet's AdamW step fell from 292 to 69 us on one CPU core, ~6% of a
+        digits training step."""
+        params = list(params)
+        fused = params[0].device.type in ("cpu", "cuda")
         if self.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                                  fused=fused)
         else:
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused)
         warmup = int(self.warmup_fraction * steps)
 
         def factor(step: int) -> float:

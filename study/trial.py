@@ -127,7 +127,7 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
         select_seconds.append(time.perf_counter() - t0)
     seeds = [cfg.train_seed(r) for r in range(cfg.seeds)]
     vmappable = not (compile_model or is_data_parallel()) and len({len(s) for s in selections}) == 1
-    if batched and vmappable and cfg.seeds > 1 and batching_pays(device, ctx.data.image_shape):
+    if batched and vmappable and cfg.seeds > 1 and batching_pays(device):
         results = train_students([(s.images, s.labels) for s in selections], seeds, ctx.data, **protocol)
     else:
         results = [train_student(s.images, s.labels, ctx.data, seed=seed, compile_model=compile_model, **protocol)

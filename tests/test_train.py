@@ -107,6 +107,28 @@ def test_recipes_are_explicit_and_cosine_ends_at_zero():
     assert get_recipe("sgd-v1", lr=0.1).lr == 0.1 and get_recipe("sgd-v1").lr == 0.01
 
 
+@pytest.mark.parametrize("name, reference", [
+    ("sgd-v1", lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=False)),
+    ("adamw-v1", lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01, foreach=False))])
+def test_fused_recipe_steps_like_the_plain_optimiser(name, reference):
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 3, generator=g), torch.randn(3, generator=g)]
+    fused = [torch.nn.Parameter(t.clone()) for t in start]
+    plain = [torch.nn.Parameter(t.clone()) for t in start]
+    opt, _ = get_recipe(name).build(fused, steps=10)
+    ref = reference(plain)
+    assert opt.defaults["fused"]
+    for _ in range(5):
+        grads = [torch.randn(t.shape, generator=g) for t in start]
+        for params, o in ((fused, opt), (plain, ref)):
+            for p, grad in zip(params, grads):
+                p.grad = grad.clone()
+            o.step()
+    for a, b, s in zip(fused, plain, start):
+        assert not torch.equal(a, s)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def small_trial(**kw) -> TrialConfig:
     base = dict(ipc=5, steps=40, seeds=2, model_kwargs={"width": 16}, teacher=dict(TEST_TEACHER))
     return TrialConfig(**{**base, **kw})

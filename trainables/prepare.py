@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import ray
 
@@ -48,10 +49,11 @@ def prepare_teacher(cfg_dict: dict, cache_dir: str | None) -> tuple[float, list[
 
 
 @ray.remote
-def prepare_repeat(cfg_dict: dict, repeat: int, cache_dir: str | None) -> list[str]:
+def prepare_repeat(cfg_dict: dict, repeat: int, cache_dir: str | None) -> tuple[float, list[str]]:
+    start = time.perf_counter()
     with cache_notes() as notes:
         prepare_selection(TrialConfig.from_dict(cfg_dict), repeat, cache_dir)
-    return notes
+    return time.perf_counter() - start, notes
 
 
 def needs_teacher(cells: list[TrialConfig]) -> bool:
@@ -80,9 +82,18 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) ->
     distinct = {canonical_json(selection_key(c, selector_of(c), 0)): c for c in cells if not c.is_full_data}
     if distinct:
         say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")
-        tasks = [prepare_repeat.remote(c.to_dict(), r, cache_dir)
-                 for c in sorted(distinct.values(), key=likely_cost, reverse=True) for r in range(c.seeds)]
-        for notes in ray.get(tasks):
+        jobs = [(c, r) for c in sorted(distinct.values(), key=likely_cost, reverse=True) for r in range(c.seeds)]
+        pending = {prepare_repeat.remote(c.to_dict(), r, cache_dir): (c, r) for c, r in jobs}
+        seconds: dict[str, float] = {}
+        while pending:
+            [ref], _ = ray.wait(list(pending))
+            cfg, _ = pending.pop(ref)
+            took, notes = ray.get(ref)
             for note in notes:
                 say(note)
+            seconds[cfg.selector] = seconds.get(cfg.selector, 0.0) + took
+            if took > 10:
+                say(f"preparing: {cfg.selector} IPC {cfg.ipc} ({len(jobs) - len(pending)}/{len(jobs)}) {took:.0f} s")
+        costliest = sorted(seconds.items(), key=lambda kv: -kv[1])[:3]
+        say("preparing: done; most task time in " + ", ".join(f"{name} {s:.0f} s" for name, s in costliest))
     return teacher_acc
