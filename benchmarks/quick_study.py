@@ -39,6 +39,11 @@ def main() -> None:
     start = time.perf_counter()
     log = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    (work / "study.log").write_text(log.stdout + log.stderr)
+    print(f"the study's own output: {work / 'study.log'}")
+    for line in log.stdout.splitlines():
+        if line.startswith("preparing: done"):
+            print(line)
     if log.returncode not in (0, 1):
         sys.exit(f"the study failed (exit {log.returncode}):\n{log.stderr[-2000:]}")
     phases = json.loads((out / "phases.json").read_text())

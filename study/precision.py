@@ -26,7 +26,7 @@ def check_precision(precision: str) -> None:
 def resolve_precision(precision: str, device: str) -> str:
     check_precision(precision)
     if precision == "auto":
-        return "bf16" if str(device).startswith("cuda") else "fp32"
+        return "bf16" if on_cuda(device) else "fp32"
     return precision
 
 
@@ -37,16 +37,16 @@ def autocast(device: str, precision: str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def channels_last_on(device: str) -> bool:
-    return str(device).startswith("cuda")
+def on_cuda(device: str | torch.device) -> bool:
+    return torch.device(device).type == "cuda"
 
 
 def device_layout(x: torch.Tensor, device: str) -> torch.Tensor:
     """A 4-D image batch in the layout the device's convolutions are fastest on."""
-    return x.contiguous(memory_format=torch.channels_last) if channels_last_on(device) and x.dim() == 4 else x
+    return x.contiguous(memory_format=torch.channels_last) if on_cuda(device) and x.dim() == 4 else x
 
 
 def place_model(model: nn.Module, device: str) -> nn.Module:
     """A model on the device, in the layout its convolutions are fastest in there."""
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last_on(device) else model
+    return model.to(memory_format=torch.channels_last) if on_cuda(device) else model

@@ -17,6 +17,7 @@ from study.config import TrialConfig
 from study.data_parallel import world
 from study.precision import resolve_precision
 from study.outcome import success_record, write_outcome
+from study.train import default_device
 from study.trial import cached_dataset, run_trial
 
 SUMMARY_KEYS = ("test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds")
@@ -29,7 +30,7 @@ def execute(cfg_dict: dict, cache_dir: str | None, tags: dict, threads: int | No
     if threads:
         torch.set_num_threads(threads)
     cfg = TrialConfig.from_dict(cfg_dict)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     outcome = run_trial(cfg, cache_dir, device, compile_model=compile_model)
     if not record:
         return None
