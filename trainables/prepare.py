@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import Counter
 
 import ray
 
@@ -82,18 +83,17 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) ->
     distinct = {canonical_json(selection_key(c, selector_of(c), 0)): c for c in cells if not c.is_full_data}
     if distinct:
         say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")
-        jobs = [(c, r) for c in sorted(distinct.values(), key=likely_cost, reverse=True) for r in range(c.seeds)]
-        pending = {prepare_repeat.remote(c.to_dict(), r, cache_dir): (c, r) for c, r in jobs}
-        seconds: dict[str, float] = {}
+        cells_by_cost = sorted(distinct.values(), key=likely_cost, reverse=True)
+        pending = {prepare_repeat.remote(c.to_dict(), r, cache_dir): c for c in cells_by_cost for r in range(c.seeds)}
+        total, seconds = len(pending), Counter()
         while pending:
             [ref], _ = ray.wait(list(pending))
-            cfg, _ = pending.pop(ref)
+            cfg = pending.pop(ref)
             took, notes = ray.get(ref)
             for note in notes:
                 say(note)
-            seconds[cfg.selector] = seconds.get(cfg.selector, 0.0) + took
+            seconds[cfg.selector] += took
             if took > 10:
-                say(f"preparing: {cfg.selector} IPC {cfg.ipc} ({len(jobs) - len(pending)}/{len(jobs)}) {took:.0f} s")
-        costliest = sorted(seconds.items(), key=lambda kv: -kv[1])[:3]
-        say("preparing: done; most task time in " + ", ".join(f"{name} {s:.0f} s" for name, s in costliest))
+                say(f"preparing: {cfg.selector} IPC {cfg.ipc} ({total - len(pending)}/{total}) {took:.0f} s")
+        say("preparing: done; most task time in " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.most_common(3)))
     return teacher_acc
