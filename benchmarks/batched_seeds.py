@@ -20,6 +20,7 @@ import torch
 from study.batched import train_students
 from study.cache import Cache
 from study.data import load_dataset
+from study.protocol import Protocol
 from study.selectors import SelectionContext, build_selector
 from study.train import train_student
 
@@ -43,15 +44,15 @@ def main() -> None:
     subsets = [build_selector("random").select(ctx, a.ipc, seed=s) for s in range(a.seeds)]
     sets = [(s.images, s.labels) for s in subsets]
     seeds = list(range(100, 100 + a.seeds))
-    kw = dict(steps=a.steps, batch_size=a.batch_size, model_kwargs={"width": a.width}, device=a.device)
+    protocol = Protocol(steps=a.steps, batch_size=a.batch_size, model_kwargs={"width": a.width})
 
-    train_students(sets[:1] * 2, seeds[:2], data, **{**kw, "steps": 5})  # warm-up
+    train_students(sets[:1] * 2, seeds[:2], data, protocol.replace(steps=5), device=a.device)  # warm-up
     seq_times, bat_times = [], []
     for _ in range(a.rounds):
         t0 = time.perf_counter()
-        one_by_one = [train_student(x, y, data, seed=s, **kw) for (x, y), s in zip(sets, seeds)]
+        one_by_one = [train_student(x, y, data, protocol, seed=s, device=a.device) for (x, y), s in zip(sets, seeds)]
         t1 = time.perf_counter()
-        together = train_students(sets, seeds, data, **kw)
+        together = train_students(sets, seeds, data, protocol, device=a.device)
         seq_times.append(t1 - t0)
         bat_times.append(time.perf_counter() - t1)
 

@@ -19,6 +19,7 @@ import time
 import torch
 
 from study.data import Augment, Dataset
+from study.protocol import Protocol
 from study.train import train_student
 
 
@@ -36,9 +37,10 @@ def random_dataset(size: int, images: int, seed: int = 0) -> Dataset:
 def images_per_second(data: Dataset, model: str, device: str, precision: str, compile_model: bool, steps: int,
                       batch_size: int) -> float:
     def run(n):
-        return train_student(data.train_x, data.train_y, data, steps=n, batch_size=batch_size, model=model,
-                             model_kwargs={"width": 128} if model == "convnet" else {}, regime="hl", device=device,
-                             precision=precision, compile_model=compile_model, eval_points=1)
+        protocol = Protocol(steps=n, batch_size=batch_size, model=model, precision=precision,
+                            model_kwargs={"width": 128} if model == "convnet" else {})
+        return train_student(data.train_x, data.train_y, data, protocol, device=device, compile_model=compile_model,
+                             eval_points=1)
 
     run(min(steps, 10))  # warm-up: cuDNN autotuning, allocator, compilation
     if device.startswith("cuda"):

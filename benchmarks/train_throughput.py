@@ -33,6 +33,7 @@ from study.evaluate import accuracy
 from study.models import model_for
 from study.precision import autocast, device_layout, place_model
 from study.selectors import SelectionContext, build_selector
+from study.protocol import Protocol
 from study.train import train_student
 
 
@@ -93,9 +94,10 @@ def main(argv=None) -> None:
     samples = a.steps * a.batch_size
 
     def harness(steps=a.steps):
-        return train_student(subset.images, subset.labels, data, steps=steps, batch_size=a.batch_size,
-                             model_kwargs={"width": a.width}, regime="hl", recipe="adamw-v1", device=a.device,
-                             precision=a.precision, eval_points=a.eval_points).test_acc
+        protocol = Protocol(steps=steps, batch_size=a.batch_size, model_kwargs={"width": a.width}, regime="hl",
+                            recipe="adamw-v1", precision=a.precision)
+        return train_student(subset.images, subset.labels, data, protocol, device=a.device,
+                             eval_points=a.eval_points).test_acc
 
     def bare(steps=a.steps):
         return bare_loop(subset.images, subset.labels, data, steps, a.batch_size, a.width, a.device, a.precision)

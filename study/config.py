@@ -10,45 +10,53 @@ drowned in seed noise.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import copy
+from dataclasses import dataclass, field, fields
 
 from study.errors import StudyError
+from study.protocol import Protocol, TeacherSpec
 from study.seeding import content_hash, derive_seed
 
 FULL_DATA_IPC = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrialConfig:
     dataset: str = "digits"
-    model: str = "convnet"
-    model_kwargs: dict = field(default_factory=lambda: {"width": 64})
     selector: str = "random"
     selector_params: dict = field(default_factory=dict)
     ipc: int = 10
-    regime: str = "hl"
-    steps: int = 1000
-    batch_size: int = 64
-    recipe: str = "adamw-v1"
-    lr: float | None = None
-    temperature: float = 4.0
-    t2_scale: bool = True
-    cutmix_prob: float = 0.0
-    precision: str = "auto"
     seeds: int = 2
-    teacher: dict = field(default_factory=lambda: {"model": "convnet", "model_kwargs": {"width": 64}, "epochs": 50})
+    protocol: Protocol = field(default_factory=Protocol)
+    teacher: TeacherSpec = field(default_factory=lambda: TeacherSpec(model_kwargs={"width": 64}))
     data_root: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        """Read the flat form of :meth:`to_dict` (a record, a search space's cell, a test's few settings)."""
+        own = {f.name for f in fields(cls)} - {"protocol"}
+        unknown = sorted(set(d) - own - set(Protocol.names()))
         if unknown:
-            raise StudyError(f"Unknown trial setting(s) {unknown}; valid settings are: {', '.join(sorted(names))}.")
-        return cls(**d)
+            valid = sorted(own | set(Protocol.names()))
+            raise StudyError(f"Unknown trial setting(s) {unknown}; valid settings are: {', '.join(valid)}.")
+        settings = {k: v for k, v in d.items() if k in own}
+        if isinstance(settings.get("teacher"), dict):
+            settings["teacher"] = TeacherSpec(**settings["teacher"])
+        return cls(protocol=Protocol(**{k: v for k, v in d.items() if k in Protocol.names()}), **settings)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Flat: the protocol's settings stand beside the trial's own, as MLflow params and results.csv show them."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "protocol"}
+        return {**d, **self.protocol.to_dict(), "teacher": self.teacher.to_dict()}
+
+    def with_choices(self, choices: dict) -> "TrialConfig":
+        """This config with a search's choices set; a dotted key (``selector_params.center``) sets one entry of
+        a dict setting."""
+        d = copy.deepcopy(self.to_dict())
+        for key, value in choices.items():
+            head, _, sub = key.partition(".")
+            d[head] = {**d.get(head, {}), sub: value} if sub else value
+        return TrialConfig.from_dict(d)
 
     def identity(self) -> dict:
         """Everything that determines the outcome (the data root is where data lives, not what it is)."""
@@ -68,8 +76,8 @@ class TrialConfig:
         return derive_seed("select", self.dataset, self.selector, self.selector_params, self.ipc, repeat)
 
     def train_seed(self, repeat: int) -> int:
-        return derive_seed("train", self.dataset, self.model, self.model_kwargs, repeat)
+        return derive_seed("train", self.dataset, self.protocol.model, self.protocol.model_kwargs, repeat)
 
     def label(self) -> str:
         ipc = "full" if self.is_full_data else f"ipc={self.ipc}"
-        return f"{self.selector} {ipc} {self.regime} steps={self.steps}"
+        return f"{self.selector} {ipc} {self.protocol.regime} steps={self.protocol.steps}"

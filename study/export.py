@@ -180,13 +180,9 @@ def config_from_args(a: argparse.Namespace) -> TrialConfig:
         raise StudyError(f"--params must be a JSON object, e.g. '{{\"iterations\": 500}}', not {a.params!r}.") from None
     if not isinstance(params, dict):
         raise StudyError(f"--params must be a JSON object, not {a.params!r}.")
-    fields = {"dataset": a.dataset, "data_root": a.data_root, "selector": a.selector, "selector_params": params,
-              "ipc": a.ipc}
-    defaults = TrialConfig().to_dict()
-    for key, value in map(parse_override, a.set):
-        head, _, sub = key.partition(".")
-        fields[head] = {**fields.get(head, defaults.get(head) or {}), sub: value} if sub else value
-    return TrialConfig.from_dict(fields)
+    cfg = TrialConfig.from_dict({"dataset": a.dataset, "data_root": a.data_root, "selector": a.selector,
+                                 "selector_params": params, "ipc": a.ipc})
+    return cfg.with_choices(dict(map(parse_override, a.set)))
 
 
 @friendly_errors

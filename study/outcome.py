@@ -45,14 +45,14 @@ def success_record(outcome: TrialOutcome, tags: dict) -> dict:
     """The recorded config adds :func:`tracked_params` to ``selector_params`` (so they become MLflow params);
     ``config_hash`` stays the hash of the config as asked. Rerun as recorded, the external selector refuses a
     file whose content hash differs."""
-    cfg = TrialConfig.from_dict(outcome.config)
+    cfg = outcome.config
     extra = tracked_params(outcome)
-    config = outcome.config
+    config = cfg.to_dict()
     if extra:
         config = {**config, "selector_params": {**extra, **config["selector_params"]}}
     return {
         "config": config,
-        "config_hash": outcome.config_hash,
+        "config_hash": cfg.hash,
         "label": cfg.label(),
         "status": "FINISHED",
         "metrics": outcome.metrics(),

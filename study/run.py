@@ -14,17 +14,18 @@ from study.validate import validate_trial
 
 def parse(argv=None) -> argparse.Namespace:
     d = TrialConfig()
+    proto = d.protocol
     p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=d.dataset)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--model", default=d.model)
+    p.add_argument("--model", default=proto.model)
     p.add_argument("--selector", default=d.selector)
     p.add_argument("--ipc", type=int, default=d.ipc)
-    p.add_argument("--regime", default=d.regime)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--recipe", default=d.recipe)
+    p.add_argument("--regime", default=proto.regime)
+    p.add_argument("--steps", type=int, default=proto.steps)
+    p.add_argument("--batch-size", type=int, default=proto.batch_size)
+    p.add_argument("--recipe", default=proto.recipe)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--cache-dir", default=None, help="preparation cache (default ~/.cache/hardtruths)")
     p.add_argument("--device", default=None)
@@ -35,15 +36,16 @@ def parse(argv=None) -> argparse.Namespace:
 @friendly_errors
 def main(argv=None) -> None:
     a = parse(argv)
-    cfg = TrialConfig(dataset=a.dataset, data_root=a.data_root, model=a.model, selector=a.selector, ipc=a.ipc,
-                      regime=a.regime, steps=a.steps, batch_size=a.batch_size, recipe=a.recipe, seeds=a.seeds)
+    cfg = TrialConfig.from_dict(dict(dataset=a.dataset, data_root=a.data_root, model=a.model, selector=a.selector,
+                                     ipc=a.ipc, regime=a.regime, steps=a.steps, batch_size=a.batch_size,
+                                     recipe=a.recipe, seeds=a.seeds))
     validate_trial(cfg)
     from study.trial import run_trial
 
     outcome = run_trial(cfg, a.cache_dir, a.device)
     m = outcome.metrics()
     if a.json:
-        print(json.dumps({"config": outcome.config, "hash": outcome.config_hash, **m}, indent=1))
+        print(json.dumps({"config": cfg.to_dict(), "hash": cfg.hash, **m}, indent=1))
     else:
         print(f"{cfg.label()}: test accuracy {100 * m['test_acc_mean']:.2f}% "
               f"(+- {100 * m['test_acc_std']:.2f} over {cfg.seeds} seed(s)), {m['wall_seconds']:.1f} s")

@@ -137,12 +137,11 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     a = parse(argv)
     spec = spec_from_args(a)
-    validate_spec(spec)
+    validate_spec(spec, None if a.dry_run else smallest_class(spec))
     check_workers(a.workers_per_trial, spec.protocol["batch_size"])
     if a.dry_run:
         print_dry_run(spec)
         return 0
-    validate_spec(spec, smallest_class(spec))
     from trainables.tune_study import preflight
 
     preflight(a.address, a.gpus_per_trial)

@@ -19,7 +19,6 @@ Where each score reads from:
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any, Callable
 
 import torch
@@ -165,10 +164,6 @@ def centre_distance(ctx) -> torch.Tensor:
 
 # ---------------------------------------------------------------- early-stopped proxies
 
-class ProxyCheckpoint(Exception):
-    """Carries a proxy's scores out of the training loop, which stops there."""
-
-
 def checkpoint_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device) -> dict[str, torch.Tensor]:
     """EL2N and GraNd of one model on clean images.
 
@@ -198,18 +193,10 @@ def proxy_scores(ctx, fraction: float, seed: int) -> dict[str, torch.Tensor]:
     key = {"kind": "proxy", "split": data.summary(), "teacher": spec.to_dict(), "fraction": fraction, "seed": seed}
 
     def compute() -> dict[str, torch.Tensor]:
-        steps = spec.epochs * math.ceil(len(data.train_y) / spec.batch_size)
-
-        def stop(step: int, model: nn.Module) -> None:
-            raise ProxyCheckpoint(checkpoint_scores(model, data.train_x, data.train_y, ctx.device))
-
-        try:
-            train_student(data.train_x, data.train_y, data, steps=steps, batch_size=spec.batch_size,
-                          model=spec.model, model_kwargs=spec.model_kwargs, recipe=spec.recipe, lr=spec.lr,
-                          regime="hl", seed=seed, device=ctx.device, eval_points=1, on_checkpoint=stop,
-                          checkpoint_every=max(1, round(fraction * steps)))
-        except ProxyCheckpoint as checkpoint:
-            return checkpoint.args[0]
+        protocol = spec.protocol(len(data.train_y))
+        proxy = train_student(data.train_x, data.train_y, data, protocol, seed=seed, device=ctx.device, eval_points=1,
+                              stop_at=max(1, round(fraction * protocol.steps))).model
+        return checkpoint_scores(proxy, data.train_x, data.train_y, ctx.device)
 
     return ctx.cache.get_or_compute("proxy-scores", key, compute)
 

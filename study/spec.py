@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass, field, fields
 from search_spaces import PRESETS, SPACES
 from study.config import FULL_DATA_IPC, TrialConfig
 from study.errors import StudyError
+from study.protocol import AXES as PROTOCOL_AXES, Protocol
 from study.seeding import content_hash
 from study.validate import validate_trial
 
-PROTOCOL_FIELDS = ("dataset", "model", "model_kwargs", "batch_size", "recipe", "lr", "temperature", "t2_scale",
-                   "cutmix_prob", "precision", "teacher", "data_root")
+# What a preset (and --set) fixes for every cell: the student Protocol but for the study's axes, plus the data
+# and the teacher.
+PROTOCOL_FIELDS = tuple(n for n in Protocol.names() if n not in PROTOCOL_AXES) + ("dataset", "teacher", "data_root")
 
 
 @dataclass
@@ -50,8 +52,8 @@ class StudySpec:
         return content_hash(d)
 
     def cell(self, selector: str, ipc: int, regime: str, steps: int) -> TrialConfig:
-        return TrialConfig(selector=selector, selector_params=dict(self.selector_params.get(selector, {})), ipc=ipc,
-                           regime=regime, steps=steps, seeds=self.seeds, **self.protocol)
+        return TrialConfig.from_dict({"selector": selector, "selector_params": dict(self.selector_params.get(selector, {})),
+                                      "ipc": ipc, "regime": regime, "steps": steps, "seeds": self.seeds, **self.protocol})
 
     def cells(self) -> list[TrialConfig]:
         """The grid: every (selector, IPC, regime, budget), then the full-data reference per (regime, budget),

@@ -9,7 +9,7 @@ A user with trained weights passes ``path`` and skips training.
 from __future__ import annotations
 
 import pickle
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,25 +20,11 @@ from study.data import Dataset
 from study.errors import StudyError
 from study.evaluate import accuracy, predict_logits
 from study.models import model_for
+from study.protocol import TeacherSpec
 from study.seeding import content_hash
 from study.train import default_device, train_student
 
 DYNAMICS = ("correct", "p_true", "margin", "logit_margin", "loss", "el2n")
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    model: str = "convnet"
-    model_kwargs: dict = field(default_factory=dict)
-    recipe: str = "adamw-v1"
-    lr: float | None = None
-    epochs: int = 50
-    batch_size: int = 64
-    seed: int = 0
-    path: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -69,17 +55,14 @@ def sample_dynamics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, tor
 
 def train_teacher(data: Dataset, spec: TeacherSpec, device: str | None = None) -> Teacher:
     device = device or default_device()
-    steps_per_epoch = -(-len(data.train_y) // spec.batch_size)
     history: list[dict[str, torch.Tensor]] = []
 
     def record(step: int, model: nn.Module) -> None:
         history.append(sample_dynamics(predict_logits(model, data.train_x, device), data.train_y))
 
-    result = train_student(
-        data.train_x, data.train_y, data, steps=spec.epochs * steps_per_epoch, batch_size=spec.batch_size,
-        model=spec.model, model_kwargs=spec.model_kwargs, recipe=spec.recipe, lr=spec.lr, regime="hl",
-        seed=spec.seed, device=device, on_checkpoint=record, checkpoint_every=steps_per_epoch,
-    )
+    result = train_student(data.train_x, data.train_y, data, spec.protocol(len(data.train_y)), seed=spec.seed,
+                           device=device, on_checkpoint=record,
+                           checkpoint_every=spec.steps_per_epoch(len(data.train_y)))
     dynamics = {k: torch.stack([h[k] for h in history]).half() for k in DYNAMICS}
     return Teacher(result.model.cpu().eval(), dynamics, result.test_acc, spec)
 

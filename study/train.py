@@ -23,6 +23,7 @@ from study.evaluate import accuracy
 from study.models import model_for
 from study.data_parallel import DataParallel, is_data_parallel
 from study.precision import autocast, device_layout, place_model, resolve_precision
+from study.protocol import Protocol
 from study.recipes import get_recipe
 from study.regimes import build_regime
 from study.seeding import generator
@@ -84,85 +85,110 @@ def step_flops(model: nn.Module, views: torch.Tensor, teacher: nn.Module | None)
     return float(counter.get_total_flops())
 
 
-def train_student(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    data: Dataset,
-    *,
-    steps: int,
-    batch_size: int = 64,
-    model: str = "convnet",
-    model_kwargs: dict | None = None,
-    regime: str = "hl",
-    recipe: str = "adamw-v1",
-    lr: float | None = None,
-    temperature: float = 4.0,
-    t2_scale: bool = True,
-    cutmix_prob: float = 0.0,
-    teacher: nn.Module | None = None,
-    seed: int = 0,
-    device: str | None = None,
-    precision: str = "auto",
-    compile_model: bool = False,
-    eval_points: int = 10,
-    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
-    checkpoint_every: int = 0,
-) -> TrainResult:
-    """Train a fresh student on (images, labels) under a label regime and return its accuracies and cost."""
-    if steps < 1:
+class OneStudent:
+    """One model seen by :func:`fit` as a batch of one: data-parallel over the ranks when a process group is
+    set up, optionally compiled, in the device's fastest memory layout."""
+
+    def __init__(self, model: nn.Module, device: str, batch_size: int, compile_model: bool = False):
+        self.model, self.probe, self.device = model, model, device
+        self.parallel = DataParallel(batch_size) if is_data_parallel() else None
+        net = self.parallel.wrap(model, device) if self.parallel else model
+        # the first steps pay the compilation; budgets count steps, so only wall time changes
+        self.net = torch.compile(net) if compile_model else net
+
+    def parameters(self):
+        return self.net.parameters()
+
+    def train(self) -> None:
+        self.net.train()
+
+    def prepare(self, views: torch.Tensor) -> torch.Tensor:
+        return device_layout(views, self.device)
+
+    def __call__(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.parallel.logits(self.net, views[0]) if self.parallel else self.net(views[0])]
+
+    def accuracies(self, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+        return [accuracy(self.model, images, labels, self.device)]
+
+    def models(self) -> list[nn.Module | None]:
+        return [self.model]
+
+
+def fit(students, sets: list[tuple[torch.Tensor, torch.Tensor]], gens: list[torch.Generator], data: Dataset,
+        protocol: Protocol, *, teacher: nn.Module | None, device: str, start: float, eval_points: int = 10,
+        stop_at: int | None = None, after_step: Callable[[int], None] | None = None) -> list[TrainResult]:
+    """The training loop, for one student (:class:`OneStudent`) or several trained as one vmapped model
+    (``study.batched.StackedStudents``): each seed draws its own batches, views and CutMix boxes from its own
+    generator, so a seed's student is the same whichever way it is trained. The schedule spans
+    ``protocol.steps``; ``stop_at`` ends the run earlier, mid-schedule (an early-stopped proxy)."""
+    if protocol.steps < 1:
         raise ValueError("steps must be positive")
-    device = device or default_device()
-    precision = resolve_precision(precision, device)
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    plain = place_model(model_for(data, model, **(model_kwargs or {})), device)
-    parallel = DataParallel(batch_size) if is_data_parallel() else None
-    student = parallel.wrap(plain, device) if parallel else plain
-    if compile_model:  # the first steps pay the compilation; budgets count steps, so only wall time changes
-        student = torch.compile(student)
-    g = generator(seed)
-    x = images.to(device)
-    y = labels.to(device)
+    precision = resolve_precision(protocol.precision, device)
     if teacher is not None:
         teacher = teacher.to(device).eval()
-    rule = build_regime(regime, teacher=teacher, temperature=temperature, t2_scale=t2_scale, stored_images=x)
-    optimizer, schedule = get_recipe(recipe, lr).build(student.parameters(), steps)
-    kd_teacher = teacher if regime == "sl_kd" else None
-    eval_every = max(1, steps // max(1, eval_points))
+    kd_teacher = teacher if protocol.regime == "sl_kd" else None
+    xs = [x.to(device) for x, _ in sets]
+    ys = [y.to(device) for _, y in sets]
+    rules = [build_regime(protocol.regime, teacher=teacher, temperature=protocol.temperature,
+                          t2_scale=protocol.t2_scale, stored_images=x) for x in xs]
+    streams = [batch_indices(len(x), protocol.batch_size, g) for x, g in zip(xs, gens)]
+    optimizer, schedule = get_recipe(protocol.recipe, protocol.lr).build(students.parameters(), protocol.steps)
+    run = stop_at or protocol.steps
+    eval_every = max(1, protocol.steps // max(1, eval_points))
+    flops = step_flops(students.probe, flop_probe(xs[0], protocol.batch_size), kd_teacher)
 
-    batches = batch_indices(len(x), batch_size, g)
-    losses, val_curve, flops_per_step = [], [], 0.0
-    student.train()
-    for step in range(steps):
-        index, views, mix = draw_views(x, batches, data.augment, g, cutmix_prob)
-        views = device_layout(views, device)
-        if step == 0:
-            flops_per_step = step_flops(plain, views, kd_teacher)
+    step_losses, val_curves = [], [[] for _ in gens]
+    students.train()
+    for step in range(run):
+        draws = [draw_views(x, stream, data.augment, g, protocol.cutmix_prob) for x, stream, g in zip(xs, streams, gens)]
+        views = [students.prepare(v) for _, v, _ in draws]
         with autocast(device, precision):
-            logits = parallel.logits(student, views) if parallel else student(views)
-            loss = rule.loss(logits, views, y[index], index, mix)
+            logits = students(views)
+            losses = torch.stack([rule.loss(out, v, y[index], index, mix) for rule, out, v, y, (index, _, mix)
+                                  in zip(rules, logits, views, ys, draws)])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.sum().backward()
         optimizer.step()
         schedule.step()
-        losses.append(loss.detach())  # no per-step host sync; read back once at the end
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            val_curve.append((step + 1, accuracy(plain, data.val_x, data.val_y, device)))
-        if on_checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-            on_checkpoint(step + 1, student)
+        step_losses.append(losses.detach())  # read back once at the end: no host sync per step
+        if (step + 1) % eval_every == 0 or step + 1 == run:
+            for curve, acc in zip(val_curves, students.accuracies(data.val_x, data.val_y)):
+                curve.append((step + 1, acc))
+        if after_step is not None:
+            after_step(step + 1)
 
-    loss_curve = torch.stack(losses).float().cpu().tolist()
-    return TrainResult(
-        test_acc=accuracy(plain, data.test_x, data.test_y, device),
-        val_acc=val_curve[-1][1],
-        steps=steps,
-        batch_size=batch_size,
-        samples_seen=steps * batch_size,
-        epochs_equivalent=steps * batch_size / len(data.train_y),
-        flops=flops_per_step * steps,
-        wall_seconds=time.perf_counter() - start,
-        train_size=len(x),
-        loss_curve=loss_curve,
-        val_curve=val_curve,
-        model=plain,
-    )
+    tests = students.accuracies(data.test_x, data.test_y)
+    loss_curves = torch.stack(step_losses).float().cpu().T.tolist()
+    wall = (time.perf_counter() - start) / len(gens)
+    return [TrainResult(test_acc=tests[s], val_acc=val_curves[s][-1][1], steps=run, batch_size=protocol.batch_size,
+                        samples_seen=run * protocol.batch_size,
+                        epochs_equivalent=run * protocol.batch_size / len(data.train_y), flops=flops * run,
+                        wall_seconds=wall, train_size=len(ys[s]), loss_curve=loss_curves[s],
+                        val_curve=val_curves[s], model=model) for s, model in enumerate(students.models())]
+
+
+def flop_probe(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A batch of the right shape for counting FLOPs (the count does not depend on pixel values)."""
+    return x[:1].float().expand(batch_size, *x.shape[1:]).contiguous()
+
+
+def train_student(images: torch.Tensor, labels: torch.Tensor, data: Dataset, protocol: Protocol, *,
+                  teacher: nn.Module | None = None, seed: int = 0, device: str | None = None,
+                  compile_model: bool = False, eval_points: int = 10, stop_at: int | None = None,
+                  on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+                  checkpoint_every: int = 0) -> TrainResult:
+    """Train a fresh student on (images, labels) under ``protocol`` and return its accuracies and cost;
+    ``on_checkpoint(step, model)`` runs every ``checkpoint_every`` steps."""
+    device = device or default_device()
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = place_model(model_for(data, protocol.model, **protocol.model_kwargs), device)
+
+    def after_step(step: int) -> None:
+        if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+            on_checkpoint(step, model)
+
+    student = OneStudent(model, device, protocol.batch_size, compile_model)
+    return fit(student, [(images, labels)], [generator(seed)], data, protocol, teacher=teacher, device=device,
+               start=start, eval_points=eval_points, stop_at=stop_at, after_step=after_step)[0]

@@ -17,8 +17,8 @@ from study.cache import Cache
 from study.config import TrialConfig
 from study.data import Dataset, load_dataset
 from study.regimes import REGIMES
-from study.selectors import Budget, Selection, SelectionContext, build_selector
-from study.teacher import TeacherSpec, get_teacher
+from study.selectors import Selection, SelectionContext, build_selector
+from study.teacher import get_teacher
 from study.batched import batching_pays, train_students
 from study.data_parallel import is_data_parallel
 from study.train import default_device, train_student
@@ -31,8 +31,7 @@ def cached_dataset(name: str, data_root: str | None) -> Dataset:
 
 @dataclass
 class TrialOutcome:
-    config: dict
-    config_hash: str
+    config: TrialConfig
     per_seed: list[dict]
     selections: list[Selection] = field(repr=False, default_factory=list)
     teacher_test_acc: float | None = None
@@ -64,21 +63,15 @@ class TrialOutcome:
         return out
 
 
-def budget_of(cfg: TrialConfig) -> Budget:
-    return Budget(steps=cfg.steps, batch_size=cfg.batch_size, regime=cfg.regime, model=cfg.model,
-                  model_kwargs=cfg.model_kwargs, recipe=cfg.recipe, lr=cfg.lr, temperature=cfg.temperature,
-                  t2_scale=cfg.t2_scale, cutmix_prob=cfg.cutmix_prob)
-
-
 def selection_key(cfg: TrialConfig, selector, repeat: int) -> dict:
     """What a selection depends on: the data and selector always, the teacher and budget only if it reads them
     (a budget-aware selector's proxy trains under the regime, and so reads the teacher under soft labels)."""
     key = {"dataset": cfg.dataset, "selector": cfg.selector, "params": cfg.selector_params, "ipc": cfg.ipc,
            "seed": cfg.selection_seed(repeat)}
     if selector.needs_teacher or selector.budget_aware:
-        key["teacher"] = cfg.teacher
+        key["teacher"] = cfg.teacher.to_dict()
     if selector.budget_aware:
-        key["budget"] = vars(budget_of(cfg))
+        key["budget"] = cfg.protocol.to_dict()
     if getattr(selector, "identity", None):  # what a name cannot say, e.g. an external file's content hash
         key["identity"] = selector.identity
     return key
@@ -94,8 +87,7 @@ def get_selection(ctx: SelectionContext, selector, cfg: TrialConfig, repeat: int
 def context_for(cfg: TrialConfig, cache_dir, device: str) -> SelectionContext:
     data = cached_dataset(cfg.dataset, cfg.data_root)
     cache = Cache(cache_dir)
-    spec = TeacherSpec(**cfg.teacher)
-    return SelectionContext(data, cache, device, budget_of(cfg), lambda: get_teacher(data, spec, cache, device))
+    return SelectionContext(data, cache, device, cfg.protocol, lambda: get_teacher(data, cfg.teacher, cache, device))
 
 
 def prepare_selection(cfg: TrialConfig, repeat: int, cache_dir=None, device: str | None = None) -> None:
@@ -114,11 +106,7 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
     device = device or default_device()
     ctx = context_for(cfg, cache_dir, device)
     selector = build_selector(cfg.selector, **cfg.selector_params)
-    teacher = ctx.teacher if REGIMES.get(cfg.regime).needs_teacher else None
-    protocol = dict(steps=cfg.steps, batch_size=cfg.batch_size, model=cfg.model, model_kwargs=cfg.model_kwargs,
-                    regime=cfg.regime, recipe=cfg.recipe, lr=cfg.lr, temperature=cfg.temperature,
-                    t2_scale=cfg.t2_scale, cutmix_prob=cfg.cutmix_prob, device=device, precision=cfg.precision,
-                    teacher=teacher.model if teacher is not None else None)
+    teacher = ctx.teacher.model if REGIMES.get(cfg.protocol.regime).needs_teacher else None
 
     selections, select_seconds = [], []
     for repeat in range(cfg.seeds):
@@ -128,13 +116,14 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
     seeds = [cfg.train_seed(r) for r in range(cfg.seeds)]
     vmappable = not (compile_model or is_data_parallel()) and len({len(s) for s in selections}) == 1
     if batched and vmappable and cfg.seeds > 1 and batching_pays(device):
-        results = train_students([(s.images, s.labels) for s in selections], seeds, ctx.data, **protocol)
+        results = train_students([(s.images, s.labels) for s in selections], seeds, ctx.data, cfg.protocol,
+                                 teacher=teacher, device=device)
     else:
-        results = [train_student(s.images, s.labels, ctx.data, seed=seed, compile_model=compile_model, **protocol)
-                   for s, seed in zip(selections, seeds)]
+        results = [train_student(s.images, s.labels, ctx.data, cfg.protocol, teacher=teacher, seed=seed,
+                                 device=device, compile_model=compile_model) for s, seed in zip(selections, seeds)]
     per_seed = [{"repeat": r, "selection_seed": cfg.selection_seed(r), "train_seed": seeds[r],
                  "select_seconds": select_seconds[r], "train_seconds": res.wall_seconds, **res.to_dict()}
                 for r, res in enumerate(results)]
     teacher_acc = ctx.teacher.test_acc if "teacher" in ctx.__dict__ else None
-    return TrialOutcome(cfg.to_dict(), cfg.hash, per_seed, selections, teacher_acc, time.perf_counter() - start,
+    return TrialOutcome(cfg, per_seed, selections, teacher_acc, time.perf_counter() - start,
                         selector.family)

@@ -13,21 +13,22 @@ from study.selectors import SELECTORS
 def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) -> None:
     """Raise StudyError for the first problem in ``cfg``; ``class_sizes`` maps dataset -> smallest class."""
     SELECTORS.get(cfg.selector.partition(":")[0])
-    REGIMES.get(cfg.regime)
-    MODELS.get(cfg.model.partition(":")[0])
-    RECIPES.get(cfg.recipe)
+    protocol = cfg.protocol
+    REGIMES.get(protocol.regime)
+    MODELS.get(protocol.model.partition(":")[0])
+    RECIPES.get(protocol.recipe)
     from study.data import DATASETS
 
     DATASETS.get(cfg.dataset.partition(":")[0])
-    if cfg.steps < 1:
-        raise StudyError(f"The budget must be a positive number of steps, not {cfg.steps}.")
-    if cfg.batch_size < 1:
-        raise StudyError(f"The batch size must be positive, not {cfg.batch_size}.")
+    if protocol.steps < 1:
+        raise StudyError(f"The budget must be a positive number of steps, not {protocol.steps}.")
+    if protocol.batch_size < 1:
+        raise StudyError(f"The batch size must be positive, not {protocol.batch_size}.")
     if cfg.seeds < 1:
         raise StudyError(f"A trial needs at least one seed, not {cfg.seeds}.")
-    check_precision(cfg.precision)
-    if cfg.temperature <= 0:
-        raise StudyError(f"The soft-label temperature must be positive, not {cfg.temperature}.")
+    check_precision(protocol.precision)
+    if protocol.temperature <= 0:
+        raise StudyError(f"The soft-label temperature must be positive, not {protocol.temperature}.")
     if not cfg.is_full_data:
         smallest = (class_sizes or {}).get(cfg.dataset)
         if cfg.ipc < 1 or (smallest is not None and cfg.ipc > smallest):

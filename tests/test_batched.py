@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from study.batched import batching_pays, train_students
+from study.protocol import Protocol
 from study.train import train_student
 
 
@@ -16,10 +17,10 @@ def test_batched_seeds_match_one_by_one(digits, digits_teacher, regime, cutmix_p
         idx = torch.randperm(len(digits.train_y), generator=g)[:40]
         sets.append((digits.train_x[idx], digits.train_y[idx]))
     seeds = [3, 4, 5]
-    kw = dict(steps=60, batch_size=32, model_kwargs={"width": 16}, regime=regime, cutmix_prob=cutmix_prob,
-              teacher=digits_teacher.model, device="cpu", eval_points=3)
-    alone = [train_student(x, y, digits, seed=s, **kw) for (x, y), s in zip(sets, seeds)]
-    together = train_students(sets, seeds, digits, **kw)
+    protocol = Protocol(steps=60, batch_size=32, model_kwargs={"width": 16}, regime=regime, cutmix_prob=cutmix_prob)
+    kw = dict(teacher=digits_teacher.model, device="cpu", eval_points=3)
+    alone = [train_student(x, y, digits, protocol, seed=s, **kw) for (x, y), s in zip(sets, seeds)]
+    together = train_students(sets, seeds, digits, protocol, **kw)
     for a, b in zip(alone, together):
         assert b.loss_curve == pytest.approx(a.loss_curve, rel=1e-3, abs=1e-4)
         assert b.test_acc == pytest.approx(a.test_acc, abs=2 / len(digits.test_y))
@@ -31,7 +32,7 @@ def test_batched_seeds_match_one_by_one(digits, digits_teacher, regime, cutmix_p
 def test_batched_training_refuses_unequal_sets(digits):
     with pytest.raises(ValueError):
         train_students([(digits.train_x[:10], digits.train_y[:10]), (digits.train_x[:12], digits.train_y[:12])],
-                       [0, 1], digits, steps=2, device="cpu")
+                       [0, 1], digits, Protocol(steps=2), device="cpu")
 
 
 def test_batching_is_chosen_where_it_was_measured_to_pay():

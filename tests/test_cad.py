@@ -7,7 +7,8 @@ import torch
 
 from study.cache import Cache
 from study.errors import StudyError
-from study.selectors import Budget, SelectionContext, build_selector
+from study.protocol import Protocol
+from study.selectors import SelectionContext, build_selector
 from study.selectors import cad as cad_module
 from study.selectors.difficulty import class_percentiles, stratified_window_pick
 from study.selectors.cad import (
@@ -29,7 +30,7 @@ def cad_cache(tmp_path_factory):
 
 def ctx_for(digits, cache, steps, teacher=None) -> SelectionContext:
     factory = (lambda: teacher) if teacher is not None else None
-    return SelectionContext(digits, cache, "cpu", Budget(steps=steps, **PROXY), factory)
+    return SelectionContext(digits, cache, "cpu", Protocol(steps=steps, **PROXY), factory)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,11 @@ from study.data import load_dataset
 from study.data_parallel import DataParallel
 from study.errors import StudyError
 from study.models import model_for
+from study.protocol import Protocol
 from study.train import train_student
 
-KW = dict(steps=40, batch_size=32, model_kwargs={"width": 16}, regime="sl_kd", cutmix_prob=0.5, device="cpu",
-          eval_points=2, seed=7)
+PROTOCOL = Protocol(steps=40, batch_size=32, model_kwargs={"width": 16}, regime="sl_kd", cutmix_prob=0.5)
+KW = dict(device="cpu", eval_points=2, seed=7)
 
 
 def setting():
@@ -37,7 +38,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     hook = torch.nn.modules.module.register_module_forward_hook(
         lambda m, args, _: rows.append(len(args[0])) if m is not teacher and m.training and
         type(m).__name__ == "Classifier" else None)
-    result = train_student(x, y, data, teacher=teacher, **KW)
+    result = train_student(x, y, data, PROTOCOL, teacher=teacher, **KW)
     hook.remove()
     try:
         DataParallel(33)
@@ -60,10 +61,10 @@ def test_two_ranks_train_the_one_process_student(tmp_path):
     mp.spawn(worker, args=(2, free_port(), out), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]
     data, x, y, teacher = setting()
-    alone = train_student(x, y, data, teacher=teacher, **KW)
+    alone = train_student(x, y, data, PROTOCOL, teacher=teacher, **KW)
     for got in ranks:
         # the FLOP count runs the whole batch once through a copy; then each rank runs half of every batch
-        assert got["rows"] == [KW["batch_size"]] + [KW["batch_size"] // 2] * KW["steps"]
+        assert got["rows"] == [PROTOCOL.batch_size] + [PROTOCOL.batch_size // 2] * PROTOCOL.steps
         assert got["loss"] == pytest.approx(alone.loss_curve, rel=1e-4, abs=1e-5)
         assert got["acc"] == pytest.approx(alone.test_acc, abs=1 / len(data.test_y))
         assert got["refused"] == "The batch size 33 must be divisible by the 2 data-parallel workers of a trial."

@@ -63,8 +63,8 @@ def test_bad_parameters_are_one_sentence():
 def dm_vs_random(cache, dm_params: dict, steps: int, width: int) -> tuple[list[float], list[float]]:
     """Both selectors under the identical protocol: IPC 1, hard labels, three paired seeds, one run_trial each."""
     common = dict(dataset="digits", ipc=1, regime="hl", steps=steps, seeds=3, model_kwargs={"width": width})
-    rnd = run_trial(TrialConfig(selector="random", **common), cache, "cpu")
-    dm = run_trial(TrialConfig(selector="dm", selector_params=dm_params, **common), cache, "cpu")
+    rnd = run_trial(TrialConfig.from_dict(dict(selector="random", **common)), cache, "cpu")
+    dm = run_trial(TrialConfig.from_dict(dict(selector="dm", selector_params=dm_params, **common)), cache, "cpu")
     return rnd.accuracies, dm.accuracies
 
 

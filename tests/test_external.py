@@ -29,7 +29,7 @@ def one_sentence(message: str) -> bool:
 def original(tmp_path_factory):
     """Repeat 0 of random IPC 3 on digits, made through the trial machinery, with its cache folder."""
     cache = tmp_path_factory.mktemp("ext-cache")
-    cfg = TrialConfig(selector="random", ipc=3, **SMALL)
+    cfg = TrialConfig.from_dict(dict(selector="random", ipc=3, **SMALL))
     ctx = context_for(cfg, cache, "cpu")
     return cfg, cache, ctx, get_selection(ctx, build_selector("random"), cfg, 0)
 
@@ -60,7 +60,7 @@ def test_round_trip_trains_to_the_same_accuracy(tmp_path, original):
     cfg, cache, _, _ = original
     out = export(tmp_path, cache, "set.pt")
     first = run_trial(cfg, cache, "cpu")
-    again = run_trial(TrialConfig(selector=f"external:{out}", ipc=3, **SMALL), cache, "cpu")
+    again = run_trial(TrialConfig.from_dict(dict(selector=f"external:{out}", ipc=3, **SMALL)), cache, "cpu")
     assert again.per_seed[0]["train_seed"] == first.per_seed[0]["train_seed"]
     assert again.accuracies == first.accuracies
     assert again.per_seed[0]["loss_curve"] == first.per_seed[0]["loss_curve"]
@@ -111,7 +111,7 @@ def test_resize_only_when_asked(tmp_path, original):
 def test_a_changed_file_is_a_new_selection_and_a_pinned_hash_is_enforced(tmp_path, original):
     _, _, ctx, selection = original
     path = save_pt(tmp_path / "moving.pt", selection.images, selection.labels)
-    cfg = TrialConfig(selector=f"external:{path}", ipc=3, **SMALL)
+    cfg = TrialConfig.from_dict(dict(selector=f"external:{path}", ipc=3, **SMALL))
     before = get_selection(ctx, build_selector(cfg.selector), cfg, 0)
     save_pt(path, 255 - selection.images, selection.labels)
     after = get_selection(ctx, build_selector(cfg.selector), cfg, 0)  # not the cached, stale set
@@ -194,7 +194,8 @@ def test_malformed_sets_are_refused_before_training_in_one_sentence(tmp_path, or
     """The trial asks for ten million steps: getting the error back at all shows no training started."""
     _, cache, _, selection = original
     path, expected = malformed(tmp_path, kind, selection.images, selection.labels)
-    cfg = TrialConfig(selector=f"external:{path}", ipc=3, steps=10_000_000, seeds=1, model_kwargs={"width": 16})
+    cfg = TrialConfig.from_dict(dict(selector=f"external:{path}", ipc=3, steps=10_000_000, seeds=1,
+                                     model_kwargs={"width": 16}))
     with pytest.raises(StudyError) as err:
         run_trial(cfg, cache, "cpu")
     message = str(err.value)

@@ -8,6 +8,7 @@ from study.batched import train_students
 from study.config import TrialConfig
 from study.errors import StudyError
 from study.precision import autocast, resolve_precision
+from study.protocol import Protocol
 from study.train import train_student
 from study.validate import validate_trial
 
@@ -25,7 +26,7 @@ def test_auto_precision_is_bf16_only_on_cuda():
 
 def test_unknown_precision_is_refused_before_training():
     with pytest.raises(StudyError, match="Unknown precision 'fp8'"):
-        validate_trial(TrialConfig(precision="fp8"))
+        validate_trial(TrialConfig.from_dict({"precision": "fp8"}))
 
 
 def test_bf16_autocast_really_computes_in_bf16():
@@ -41,11 +42,12 @@ def test_bf16_students_match_fp32_within_seed_noise(digits, digits_teacher, regi
     """Same seed, same batches: bf16 rounding moves the loss curve a little and the accuracy by under 3 points,
     one by one and batched."""
     x, y = subset(digits)
-    kw = dict(steps=300, batch_size=32, model_kwargs={"width": 32}, regime=regime, teacher=digits_teacher.model,
-              device="cpu", eval_points=1)
-    fp32 = train_student(x, y, digits, seed=1, precision="fp32", **kw)
-    bf16 = train_student(x, y, digits, seed=1, precision="bf16", **kw)
-    batched = train_students([(x, y), (x, y)], [1, 2], digits, precision="bf16", **kw)[0]
+    fp32 = Protocol(steps=300, batch_size=32, model_kwargs={"width": 32}, regime=regime, precision="fp32")
+    bf16 = fp32.replace(precision="bf16")
+    kw = dict(teacher=digits_teacher.model, device="cpu", eval_points=1)
+    fp32, batched, bf16 = (train_student(x, y, digits, fp32, seed=1, **kw),
+                           train_students([(x, y), (x, y)], [1, 2], digits, bf16, **kw)[0],
+                           train_student(x, y, digits, bf16, seed=1, **kw))
     assert fp32.loss_curve != bf16.loss_curve
     assert bf16.loss_curve[-1] == pytest.approx(fp32.loss_curve[-1], abs=0.1)
     assert abs(bf16.test_acc - fp32.test_acc) < 0.03
@@ -57,8 +59,9 @@ def test_bf16_students_match_fp32_within_seed_noise(digits, digits_teacher, regi
 def test_compiled_student_matches_eager(digits):
     """torch.compile (inductor, CPU here) fuses kernels but computes the same student: same curve to float noise."""
     x, y = subset(digits)
-    kw = dict(steps=60, batch_size=32, model_kwargs={"width": 16}, device="cpu", eval_points=2)
-    eager = train_student(x, y, digits, seed=1, **kw)
-    compiled = train_student(x, y, digits, seed=1, compile_model=True, **kw)
+    kw = dict(seed=1, device="cpu", eval_points=2)
+    protocol = Protocol(steps=60, batch_size=32, model_kwargs={"width": 16})
+    eager = train_student(x, y, digits, protocol, **kw)
+    compiled = train_student(x, y, digits, protocol, compile_model=True, **kw)
     assert compiled.loss_curve == pytest.approx(eager.loss_curve, rel=1e-3, abs=1e-4)
     assert compiled.test_acc == pytest.approx(eager.test_acc, abs=2 / len(digits.test_y))

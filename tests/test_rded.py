@@ -11,7 +11,8 @@ from study.augment import crop_boxes, resized_crop
 from study.cache import Cache
 from study.data import Augment, Dataset
 from study.errors import StudyError
-from study.selectors import Budget, SelectionContext, build_selector
+from study.protocol import Protocol
+from study.selectors import SelectionContext, build_selector
 from study.selectors.rded import default_factor, rded_patches, stitch
 from study.seeding import generator
 
@@ -128,7 +129,7 @@ def synthetic_dataset(size: int, n_per_class: int = 12, channels: int = 3) -> Da
 
 def context(data, tmp_path) -> SelectionContext:
     teacher = type("T", (), {"model": BrightnessObserver()})()
-    return SelectionContext(data, Cache(tmp_path), "cpu", Budget(), lambda: teacher)
+    return SelectionContext(data, Cache(tmp_path), "cpu", Protocol(), lambda: teacher)
 
 
 def test_rded_selector_shapes_labels_provenance_and_seeding(tmp_path):

@@ -334,10 +334,8 @@ def test_raising_trial_is_failed_with_error_and_retried(module_ray, tmp_path, ca
     """A trial that raises (width 0) with --max-failures 1: Tune runs it twice, MLflow holds it once, FAILED,
     with the error; the other trial finishes. (tests/test_scaling.py::test_failing_trial_is_recorded_and_others_
     finish checks the same without counting attempts.)"""
-    from study.config import TrialConfig
-
     good = tiny_cells("2")
-    bad = TrialConfig(**{**good[0].to_dict(), "model_kwargs": {"width": 0}})
+    bad = good[0].with_choices({"model_kwargs": {"width": 0}})
     out = tmp_path / "raise"
     tracker, parent, ledger, _ = in_process_study(out, good + [bad], cache_dir, max_failures=1)
     runs = {r.data.tags[CONFIG_HASH]: r for r in tracker.children(parent)}

@@ -36,14 +36,14 @@ PICTURES = {("herding", 10, "hl", 100), ("random", 10, "hl", 100)}
 
 
 def record(selector, ipc, regime, steps, accs, params=None, val=None, status="FINISHED"):
-    cfg = TrialConfig(selector=selector, ipc=ipc, regime=regime, steps=steps, seeds=len(accs),
-                      selector_params=params or {})
+    cfg = TrialConfig.from_dict(dict(selector=selector, ipc=ipc, regime=regime, steps=steps, seeds=len(accs),
+                                     selector_params=params or {}))
     mean = math.fsum(accs) / len(accs) if accs else 0.0
     metrics = {f"test_acc_seed{r}": a for r, a in enumerate(accs)}
     if status == "FINISHED":
         metrics.update(test_acc_mean=mean, test_acc_std=D, val_acc_mean=mean if val is None else val,
-                       samples_seen=steps * cfg.batch_size, train_size=10 * ipc if ipc else 1500,
-                       wall_seconds=1.5, flops=1e9, epochs_equivalent=steps * cfg.batch_size / 1500)
+                       samples_seen=steps * cfg.protocol.batch_size, train_size=10 * ipc if ipc else 1500,
+                       wall_seconds=1.5, flops=1e9, epochs_equivalent=steps * cfg.protocol.batch_size / 1500)
     return {"config": cfg.to_dict(), "config_hash": cfg.hash, "label": cfg.label(), "status": status,
             "metrics": metrics, "curves": {"val_acc": [(steps, mean)], "train_loss": [(1, 2.3), (steps, 0.4)]},
             "tags": {"executor": "inline"}, "error": "boom" if status == "FAILED" else ""}

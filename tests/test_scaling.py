@@ -6,7 +6,6 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from study.config import TrialConfig
 from study.scaling import main
 from study.spec import resolve_spec
 from study.tracking import Tracker, default_tracking_uri
@@ -72,7 +71,7 @@ def test_small_study_logs_every_trial_once_and_resumes(local_ray, tmp_path, cach
 def test_failing_trial_is_recorded_and_others_finish(local_ray, tmp_path, cache_dir):
     spec = resolve_spec("smoke", selectors="random", ipc="2", regimes="hl", budgets="20", seeds=1)
     good = spec.cells()
-    bad = TrialConfig(**{**good[0].to_dict(), "model_kwargs": {"width": 0}})
+    bad = good[0].with_choices({"model_kwargs": {"width": 0}})
     spec.cells = lambda: good + [bad]
     out = tmp_path / "fail"
     tracker = Tracker(default_tracking_uri(out), "hardtruths")

@@ -15,7 +15,8 @@ from study.scores import (
     SCORERS, checkpoint_scores, compute_scores, distance_to_class_median, dynamic_uncertainty, forgetting_events,
     proxy_scores, uncertainty,
 )
-from study.selectors import Budget, SelectionContext
+from study.protocol import Protocol
+from study.selectors import SelectionContext
 from study.seeding import derive_seed
 from study.teacher import TeacherSpec
 
@@ -37,7 +38,7 @@ def toy_context(cache_root, labels, features=None, dynamics=None) -> SelectionCo
 
 @pytest.fixture(scope="session")
 def digits_ctx(digits, digits_teacher, cache_dir):
-    budget = Budget(steps=40, batch_size=32, model_kwargs={"width": 16})
+    budget = Protocol(steps=40, batch_size=32, model_kwargs={"width": 16})
     return SelectionContext(digits, Cache(cache_dir), "cpu", budget, lambda: digits_teacher)
 
 

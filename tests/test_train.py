@@ -9,6 +9,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from study.cache import Cache
 from study.config import TrialConfig
+from study.protocol import Protocol
 from study.recipes import get_recipe
 from study.selectors import SelectionContext, build_selector
 from study.teacher import TeacherSpec, get_teacher
@@ -54,8 +55,9 @@ def test_budget_is_exactly_s_steps_whatever_the_subset_size(digits, teacher, tmp
     subset = random_subset(digits, ipc, seed=0, tmp_path=tmp_path)
     assert len(subset) == 10 * ipc
     with StepCounter() as counter:
-        result = train_student(subset.images, subset.labels, digits, steps=S, batch_size=B, regime=regime,
-                               teacher=teacher.model, model_kwargs={"width": 16}, eval_points=3, device="cpu")
+        result = train_student(subset.images, subset.labels, digits,
+                               Protocol(steps=S, batch_size=B, regime=regime, model_kwargs={"width": 16}),
+                               teacher=teacher.model, eval_points=3, device="cpu")
     assert counter.steps == S and len(set(counter.optimizers)) == 1  # the teacher never steps
     assert result.steps == S and result.batch_size == B and len(result.loss_curve) == S
     assert result.samples_seen == S * B
@@ -67,13 +69,15 @@ def test_budget_is_exactly_s_steps_whatever_the_subset_size(digits, teacher, tmp
 
 def test_flops_count_the_teacher_only_under_kd(digits, teacher):
     x, y = digits.train_x[:100], digits.train_y[:100]
-    common = dict(steps=1, batch_size=32, model_kwargs={"width": 16}, teacher=teacher.model, device="cpu")
-    hl = train_student(x, y, digits, regime="hl", **common).flops
-    sl = train_student(x, y, digits, regime="sl", **common).flops
-    kd = train_student(x, y, digits, regime="sl_kd", **common).flops
+    small = Protocol(steps=1, batch_size=32, model_kwargs={"width": 16})
+
+    def flops(protocol: Protocol) -> float:
+        return train_student(x, y, digits, protocol, teacher=teacher.model, device="cpu").flops
+
+    hl, sl, kd = (flops(small.replace(regime=regime)) for regime in ("hl", "sl", "sl_kd"))
     assert hl == sl > 0 and kd > hl
     # Student forward + backward is about 3x its forward; the teacher's forward is added under KD.
-    big = train_student(x, y, digits, regime="hl", **{**common, "model_kwargs": {"width": 32}}).flops
+    big = flops(small.replace(model_kwargs={"width": 32}))
     assert 2.5 < big / hl < 4.5  # conv FLOPs grow about with width^2 (first conv and head only linearly)
 
 
@@ -131,7 +135,7 @@ def test_fused_recipe_steps_like_the_plain_optimiser(name, reference):
 
 def small_trial(**kw) -> TrialConfig:
     base = dict(ipc=5, steps=40, seeds=2, model_kwargs={"width": 16}, teacher=dict(TEST_TEACHER))
-    return TrialConfig(**{**base, **kw})
+    return TrialConfig.from_dict({**base, **kw})
 
 
 @pytest.mark.parametrize("regime, cutmix", [("hl", 0.0), ("sl_kd", 0.5)])
@@ -159,7 +163,7 @@ def test_different_selection_seeds_give_different_random_subsets(digits, tmp_pat
     assert overlap < 10  # about 50 * 5/130 ~ 2 shared images expected for independent draws
     assert set(random_subset(digits, 5, seeds[0], tmp_path).indices.tolist()) == subsets[0]
     # Paired across cells: the subset depends on (dataset, selector, IPC, repeat), not on the regime or budget.
-    assert TrialConfig(ipc=5, regime="sl_kd", steps=77).selection_seed(0) == seeds[0]
+    assert TrialConfig.from_dict(dict(ipc=5, regime="sl_kd", steps=77)).selection_seed(0) == seeds[0]
     assert TrialConfig(ipc=6).selection_seed(0) != seeds[0]
 
 
@@ -182,19 +186,19 @@ PAPER_BUDGET = dict(steps=1000, seeds=3)
 
 @pytest.mark.slow
 def test_kd_beats_hard_labels_on_random_ipc5(cache_dir):
-    hl = run_trial(TrialConfig(ipc=5, regime="hl", **PAPER_BUDGET), cache_dir, "cpu")
-    kd = run_trial(TrialConfig(ipc=5, regime="sl_kd", **PAPER_BUDGET), cache_dir, "cpu")
+    hl = run_trial(TrialConfig.from_dict(dict(ipc=5, regime="hl", **PAPER_BUDGET)), cache_dir, "cpu")
+    kd = run_trial(TrialConfig.from_dict(dict(ipc=5, regime="sl_kd", **PAPER_BUDGET)), cache_dir, "cpu")
     assert statistics.fmean(kd.accuracies) > statistics.fmean(hl.accuracies) + 0.01, (kd.accuracies, hl.accuracies)
 
 
 @pytest.fixture(scope="module")
 def full_data_hl(cache_dir):
-    return run_trial(TrialConfig(selector="full", regime="hl"), cache_dir, "cpu")
+    return run_trial(TrialConfig.from_dict(dict(selector="full", regime="hl")), cache_dir, "cpu")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("regime", ["sl", "sl_kd"])
 def test_no_regime_under_trains_on_full_data_at_the_default_budget(cache_dir, full_data_hl, regime):
-    soft = run_trial(TrialConfig(selector="full", regime=regime), cache_dir, "cpu")
+    soft = run_trial(TrialConfig.from_dict(dict(selector="full", regime=regime)), cache_dir, "cpu")
     gap = statistics.fmean(full_data_hl.accuracies) - statistics.fmean(soft.accuracies)
     assert gap <= 0.02, (regime, full_data_hl.accuracies, soft.accuracies)

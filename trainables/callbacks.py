@@ -14,11 +14,10 @@ from study.config import TrialConfig
 from study.ledger import Ledger
 from study.outcome import failure_record, read_record
 from study.tracking import Tracker
-from trainables.trial import apply_choices
 
 
 class StudyLogger(tune.Callback):
-    def __init__(self, tracker: Tracker, parent_id: str, ledger: Ledger, cells: list[dict], total: int,
+    def __init__(self, tracker: Tracker, parent_id: str, ledger: Ledger, cells: list[TrialConfig], total: int,
                  done_before: int = 0):
         self.tracker, self.parent_id, self.ledger, self.cells = tracker, parent_id, ledger, cells
         self.journal = ledger.path.parent / "mlflow_journal"
@@ -26,8 +25,7 @@ class StudyLogger(tune.Callback):
         self.started = time.perf_counter()
 
     def trial_config(self, trial) -> TrialConfig:
-        choices = {k: v for k, v in trial.config.items() if k != "cell"}
-        return TrialConfig.from_dict(apply_choices(self.cells[trial.config["cell"]], choices))
+        return self.cells[trial.config["cell"]].with_choices({k: v for k, v in trial.config.items() if k != "cell"})
 
     def log(self, record: dict, artifacts=None) -> None:
         entry = self.tracker.journal_trial(record, artifacts, self.journal)  # first: survives a killed driver

@@ -23,13 +23,12 @@ from study.trial import cached_dataset, run_trial
 SUMMARY_KEYS = ("test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds")
 
 
-def execute(cfg_dict: dict, cache_dir: str | None, tags: dict, threads: int | None = None,
+def execute(cfg: TrialConfig, cache_dir: str | None, tags: dict, threads: int | None = None,
             compile_model: bool = False, record: bool = True) -> tuple[dict, str] | None:
     """Run one trial; return the summary metrics Tune reports and the folder holding the full record
     (nothing when ``record`` is off: a data-parallel worker other than rank 0)."""
     if threads:
         torch.set_num_threads(threads)
-    cfg = TrialConfig.from_dict(cfg_dict)
     device = default_device()
     outcome = run_trial(cfg, cache_dir, device, compile_model=compile_model)
     if not record:
@@ -38,7 +37,7 @@ def execute(cfg_dict: dict, cache_dir: str | None, tags: dict, threads: int | No
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     record = success_record(outcome, {**tags, "ray_node": node, "device": device, "workers": str(world()[1]),
-                                      "precision": resolve_precision(cfg.precision, device)})
+                                      "precision": resolve_precision(cfg.protocol.precision, device)})
     folder = Path(tempfile.mkdtemp(prefix="hardtruths-trial-"))
     write_outcome(outcome, record, folder, cached_dataset(cfg.dataset, cfg.data_root))
     metrics = {k: record["metrics"][k] for k in SUMMARY_KEYS}
@@ -60,7 +59,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         ray.train.report({})
 
 
-def run_with_torch_trainer(cfg_dict: dict, cache_dir: str | None, tags: dict, resources: dict,
+def run_with_torch_trainer(cfg: TrialConfig, cache_dir: str | None, tags: dict, resources: dict,
                            storage_path: str, name: str, compile_model: bool = False) -> None:
     # The Train controller notices a finished worker group only at its next poll (every 2 s by default); a
     # study's trials are short, so poll often. Train passes the setting on to its controller and workers.
@@ -71,7 +70,7 @@ def run_with_torch_trainer(cfg_dict: dict, cache_dir: str | None, tags: dict, re
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial": cfg_dict, "cache_dir": cache_dir, "tags": tags,
+        train_loop_config={"trial": cfg, "cache_dir": cache_dir, "tags": tags,
                            "threads": int(resources.get("CPU", 1)), "compile": compile_model},
         scaling_config=ScalingConfig(num_workers=resources["workers"], use_gpu=resources.get("GPU", 0) > 0,
                                      resources_per_worker={k: v for k, v in resources.items() if k in ("CPU", "GPU")}),

@@ -42,23 +42,22 @@ def cache_notes():
 
 
 @ray.remote
-def prepare_teacher(cfg_dict: dict, cache_dir: str | None) -> tuple[float, list[str]]:
-    cfg = TrialConfig.from_dict(cfg_dict)
+def prepare_teacher(cfg: TrialConfig, cache_dir: str | None) -> tuple[float, list[str]]:
     with cache_notes() as notes:
         acc = context_for(cfg, cache_dir, default_device()).teacher.test_acc
     return acc, notes
 
 
 @ray.remote
-def prepare_repeat(cfg_dict: dict, repeat: int, cache_dir: str | None) -> tuple[float, list[str]]:
+def prepare_repeat(cfg: TrialConfig, repeat: int, cache_dir: str | None) -> tuple[float, list[str]]:
     start = time.perf_counter()
     with cache_notes() as notes:
-        prepare_selection(TrialConfig.from_dict(cfg_dict), repeat, cache_dir)
+        prepare_selection(cfg, repeat, cache_dir)
     return time.perf_counter() - start, notes
 
 
 def needs_teacher(cells: list[TrialConfig]) -> bool:
-    return any(REGIMES.get(c.regime).needs_teacher or selector_of(c).needs_teacher for c in cells)
+    return any(REGIMES.get(c.protocol.regime).needs_teacher or selector_of(c).needs_teacher for c in cells)
 
 
 def selector_of(cfg: TrialConfig):
@@ -76,7 +75,7 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) ->
     teacher_acc = None
     if cells and needs_teacher(cells):
         say("preparing: teacher ...")
-        teacher_acc, notes = ray.get(prepare_teacher.remote(cells[0].to_dict(), cache_dir))
+        teacher_acc, notes = ray.get(prepare_teacher.remote(cells[0], cache_dir))
         for note in notes:
             say(note)
         say(f"preparing: teacher test accuracy {100 * teacher_acc:.1f}%")
@@ -84,7 +83,7 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) ->
     if distinct:
         say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")
         cells_by_cost = sorted(distinct.values(), key=likely_cost, reverse=True)
-        pending = {prepare_repeat.remote(c.to_dict(), r, cache_dir): c for c in cells_by_cost for r in range(c.seeds)}
+        pending = {prepare_repeat.remote(c, r, cache_dir): c for c in cells_by_cost for r in range(c.seeds)}
         total, seconds = len(pending), Counter()
         while pending:
             [ref], _ = ray.wait(list(pending))

@@ -132,7 +132,7 @@ def concurrency(options: RunOptions) -> int | None:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // max(per_trial_cpus, 1e-3)))
 
 
-def trainable_for(executor: str, options: RunOptions, cells: list[dict], storage: str):
+def trainable_for(executor: str, options: RunOptions, cells: list[TrialConfig], storage: str):
     resources = {"CPU": options.cpus_per_trial, "GPU": options.gpus_per_trial, "workers": options.workers_per_trial}
     settings = {"executor": executor, "cache_dir": options.cache_dir, "resources": resources,
                 "storage_path": storage, "compile": options.compile_model}
@@ -203,13 +203,12 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
         f"{res.get('CPU', 0):.0f} CPU(s) and {res.get('GPU', 0):.0f} GPU(s)")
     if spec.kind == "grid":
         timed(options, "prepare_s", prepare_study, pending, options.cache_dir, say)
-        dicts = [c.to_dict() for c in pending]
-        logger = StudyLogger(tracker, parent_id, ledger, dicts, total=len(cells), done_before=len(cells) - len(pending))
-        index = list(range(len(dicts)))
+        logger = StudyLogger(tracker, parent_id, ledger, pending, total=len(cells), done_before=len(cells) - len(pending))
+        index = list(range(len(pending)))
         searcher = OptunaSearch(space={"cell": optuna.distributions.CategoricalDistribution(index)},
                                 sampler=optuna.samplers.GridSampler({"cell": index}, seed=0),
                                 metric=spec.metric, mode=spec.mode)
-        timed(options, "trials_s", run_tuner, trainable_for(executor, options, dicts, storage), searcher, len(dicts),
+        timed(options, "trials_s", run_tuner, trainable_for(executor, options, pending, storage), searcher, len(pending),
               f"study-{spec.hash}", storage, [logger], max_concurrent, options.max_failures)
         return
 
@@ -224,7 +223,7 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
         logger.done += len(earlier)
         if remaining <= 0:
             continue
-        logger.cells = [cell.to_dict()]
+        logger.cells = [cell]
         searcher = OptunaSearch(space={"cell": optuna.distributions.CategoricalDistribution([0]), **space},
                                 metric=spec.metric, mode=spec.mode, seed=group,
                                 points_to_evaluate=[{"cell": 0, **p} for p, _ in earlier] or None,

@@ -7,7 +7,7 @@ from study.selectors import ca2d  # noqa: F401
 from study.selectors import dm  # noqa: F401
 from study.selectors import external  # noqa: F401
 from study.selectors.base import (  # noqa: F401
-    SELECTORS, Budget, Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector,
+    SELECTORS, Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector,
 )
 
 

@@ -20,23 +20,8 @@ from study.cache import Cache
 from study.data import Dataset
 from study.errors import StudyError
 from study.evaluate import predict_features
+from study.protocol import Protocol
 from study.registry import Registry
-
-
-@dataclass
-class Budget:
-    """The student protocol a compute-aware selector (CAD-Prune, CA2D) aligns to."""
-
-    steps: int = 1000
-    batch_size: int = 64
-    regime: str = "hl"
-    model: str = "convnet"
-    model_kwargs: dict = field(default_factory=dict)
-    recipe: str = "adamw-v1"
-    lr: float | None = None
-    temperature: float = 4.0
-    t2_scale: bool = True
-    cutmix_prob: float = 0.0
 
 
 @dataclass
@@ -46,7 +31,7 @@ class SelectionContext:
     data: Dataset
     cache: Cache
     device: str = "cpu"
-    budget: Budget = field(default_factory=Budget)
+    protocol: Protocol = field(default_factory=Protocol)  # the student's, which a compute-aware selector aligns to
     teacher_factory: Callable[[], object] | None = None
 
     @cached_property

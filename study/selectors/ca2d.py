@@ -6,7 +6,7 @@
 2. ``k`` random-resized crops each, scored by the observer (the teacher); the
    lowest-loss crop of each candidate is kept (as in RDED: the observer picks
    the most class-like view of each image);
-3. the CAD proxy (trained under ctx.budget on a random subset of the target
+3. the CAD proxy (trained under ctx.protocol on a random subset of the target
    IPC, cached, see study.selectors.cad) scores each kept patch on the same
    view the observer saw; patch difficulty u = percentile of -margin among the
    class's patches, frontier u*_c = fraction of them the proxy gets right;
@@ -31,7 +31,7 @@ import torch
 from study.selectors.base import Selection, SelectionContext, check_ipc, from_indices, register_selector
 from study.selectors.difficulty import percentiles, stratified_window_pick
 from study.selectors.cad import (
-    CADParams, budget_dict, cad_proxy, proxy_models, proxy_scores,
+    CADParams, cad_proxy, proxy_models, proxy_scores,
 )
 from study.selectors.rded import FULL_BOX, PatchSelector, Patches, best_crops, patch_size, stitch
 from study.seeding import generator
@@ -89,7 +89,7 @@ class CA2D(CADPatchSelector):
             pools.append(len(cand))
         u_all = torch.cat(slot_u)
         return self.assemble(
-            ctx, images, chosen, factor, ipc, seed, budget=budget_dict(ctx.budget), windows=windows, u_star=u_stars,
+            ctx, images, chosen, factor, ipc, seed, budget=ctx.protocol.to_dict(), windows=windows, u_star=u_stars,
             candidates_per_class=pools, mean_difficulty=float(u_all.mean()),
             patch_difficulty=u_all.view(-1, factor * factor).mul(1e4).round().div(1e4).tolist())
 
@@ -128,7 +128,7 @@ class CA2DCoreset(CADPatchSelector):
         chosen = np.concatenate(picks)
         d = np.concatenate(diffs)
         return from_indices(ctx, chosen, self.provenance(
-            ipc, seed, factor=1, budget=budget_dict(ctx.budget), windows=windows, u_star=u_stars,
+            ipc, seed, factor=1, budget=ctx.protocol.to_dict(), windows=windows, u_star=u_stars,
             candidates_per_class=pools, mean_difficulty=float(d.mean()),
             patch_source=[[int(i)] for i in chosen], patch_box=[[list(FULL_BOX)]] * len(chosen),
             patch_difficulty=np.round(d, 4).reshape(-1, 1).tolist()))

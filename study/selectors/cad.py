@@ -1,7 +1,7 @@
 """CAD-Prune: compute-aware difficulty pruning (our reconstruction, see DESIGN.md).
 
 Scorer (:func:`cad_proxy`): a cheap proxy is trained with the student's own
-protocol (``ctx.budget``: model, recipe, label regime, steps, batch size) on a
+protocol (``ctx.protocol``: model, recipe, label regime, steps, batch size) on a
 class-balanced random subset of the target IPC, for ``proxy_seeds`` seeds.
 At the late checkpoints (the last ``late`` fraction of training,
 ``checkpoints`` of them) the proxy scores every training sample by its
@@ -20,7 +20,6 @@ low proxy accuracy -> small u* -> easy samples; more compute -> harder ones.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
@@ -32,7 +31,7 @@ from study.errors import StudyError
 from study.models import model_for
 from study.regimes import REGIMES
 from study.selectors.base import (
-    Budget, Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector,
+    Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector,
 )
 from study.seeding import derive_seed
 from study.selectors.difficulty import class_percentiles, stratified_window_pick
@@ -50,10 +49,6 @@ def cad_window(u_star: float, delta: float, beta: float, w: float,
 
 
 # ---------------------------------------------------------------- the proxy (scorer)
-
-def budget_dict(budget: Budget) -> dict:
-    return asdict(budget)
-
 
 def proxy_subset(labels: np.ndarray, num_classes: int, ipc: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -79,11 +74,11 @@ def margin_and_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
 
 def train_proxies(ctx: SelectionContext, ipc: int, proxy_seeds: int, checkpoints: int, late: float,
                   on_model: Callable[[nn.Module], None]) -> None:
-    """Train ``proxy_seeds`` proxies under ctx.budget and call ``on_model`` at each late checkpoint."""
-    b = ctx.budget
-    teacher = ctx.teacher.model if REGIMES.get(b.regime).needs_teacher else None
+    """Train ``proxy_seeds`` proxies under ctx.protocol and call ``on_model`` at each late checkpoint."""
+    protocol = ctx.protocol
+    teacher = ctx.teacher.model if REGIMES.get(protocol.regime).needs_teacher else None
     y = ctx.data.train_y.numpy()
-    wanted = set(late_steps(b.steps, checkpoints, late))
+    wanted = set(late_steps(protocol.steps, checkpoints, late))
     for s in range(proxy_seeds):
         subset = torch.as_tensor(proxy_subset(y, ctx.data.num_classes, ipc, derive_seed("cad-subset", ctx.data.name, ipc, s)))
 
@@ -91,18 +86,15 @@ def train_proxies(ctx: SelectionContext, ipc: int, proxy_seeds: int, checkpoints
             if step in wanted:
                 on_model(model)
 
-        train_student(ctx.data.train_x[subset], ctx.data.train_y[subset], ctx.data, steps=b.steps,
-                      batch_size=b.batch_size, model=b.model, model_kwargs=b.model_kwargs, regime=b.regime,
-                      recipe=b.recipe, lr=b.lr, temperature=b.temperature, t2_scale=b.t2_scale,
-                      cutmix_prob=b.cutmix_prob, teacher=teacher,
+        train_student(ctx.data.train_x[subset], ctx.data.train_y[subset], ctx.data, protocol, teacher=teacher,
                       seed=derive_seed("cad-proxy", ctx.data.name, ipc, s), device=ctx.device, eval_points=1,
                       on_checkpoint=record, checkpoint_every=1)
 
 
 def cad_proxy_key(ctx: SelectionContext, ipc: int, proxy_seeds: int, checkpoints: int, late: float) -> dict:
-    key = {"kind": "cad_proxy", "version": 1, "split": ctx.data.summary(), "ipc": ipc, "budget": budget_dict(ctx.budget),
+    key = {"kind": "cad_proxy", "version": 1, "split": ctx.data.summary(), "ipc": ipc, "budget": ctx.protocol.to_dict(),
            "proxy_seeds": proxy_seeds, "checkpoints": checkpoints, "late": late}
-    if REGIMES.get(ctx.budget.regime).needs_teacher:
+    if REGIMES.get(ctx.protocol.regime).needs_teacher:
         key["teacher"] = ctx.teacher.spec.to_dict()
     return key
 
@@ -126,10 +118,9 @@ def cad_proxy(ctx: SelectionContext, ipc: int, proxy_seeds: int = 3, checkpoints
 
 
 def proxy_models(ctx: SelectionContext, states: list[dict]) -> list[nn.Module]:
-    b = ctx.budget
     models = []
     for state in states:
-        model = model_for(ctx.data, b.model, **(b.model_kwargs or {}))
+        model = model_for(ctx.data, ctx.protocol.model, **ctx.protocol.model_kwargs)
         model.load_state_dict(state)
         models.append(model.to(ctx.device).eval())
     return models
@@ -196,7 +187,7 @@ class CADPrune(Selector):
         super().__init__(**self.cad.as_dict())
 
     def difficulty(self, ctx: SelectionContext, ipc: int) -> tuple[np.ndarray, np.ndarray]:
-        """(u per training sample, u* per class) for this IPC and ctx.budget."""
+        """(u per training sample, u* per class) for this IPC and ctx.protocol."""
         scores = cad_proxy(ctx, ipc, self.cad.proxy_seeds, self.cad.checkpoints, self.cad.late)
         y = ctx.data.train_y.numpy()
         u = class_percentiles(-scores["margin"].double().numpy(), y, ctx.data.num_classes)
@@ -215,5 +206,5 @@ class CADPrune(Selector):
             picks.append(members[stratified_window_pick(u[members], lo, hi, ipc, rng)])
         chosen = np.concatenate(picks)
         return from_indices(ctx, chosen, self.provenance(
-            ipc, seed, budget=budget_dict(ctx.budget), u_star=np.round(u_star, 4).tolist(), windows=windows,
+            ipc, seed, budget=ctx.protocol.to_dict(), u_star=np.round(u_star, 4).tolist(), windows=windows,
             mean_difficulty=float(u[chosen].mean()), difficulty=np.round(u[chosen], 4).tolist()))
