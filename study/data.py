@@ -87,10 +87,9 @@ def list_datasets() -> list[str]:
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     """Load a registered dataset; ``kind:ARG`` names pass ARG to the loader."""
-    kind, _, arg = name.partition(":")
-    loader = DATASETS.get(kind)
+    loader, named = DATASETS.resolve(name)
     root = Path(data_root).expanduser() if data_root else None
-    return loader(arg=arg, root=root, download=download)
+    return loader(root=root, download=download, **named)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -79,7 +79,7 @@ def list_models() -> list[str]:
 
 
 @MODELS.register("convnet")
-def convnet(in_chans, num_classes, image_size, arg="", width: int = 128, depth: int | None = None) -> nn.Module:
+def convnet(in_chans, num_classes, image_size, width: int = 128, depth: int | None = None) -> nn.Module:
     return ConvNet(in_chans, num_classes, image_size, width=width, depth=depth)
 
 
@@ -91,7 +91,7 @@ def small_input_stem(model: nn.Module, in_chans: int) -> None:
 
 
 @MODELS.register("resnet18")
-def resnet18(in_chans, num_classes, image_size, arg="") -> nn.Module:
+def resnet18(in_chans, num_classes, image_size) -> nn.Module:
     import timm
 
     model = timm.create_model("resnet18", pretrained=False, num_classes=num_classes, in_chans=in_chans)
@@ -111,9 +111,9 @@ def timm_model(in_chans, num_classes, image_size, arg="", **kwargs) -> nn.Module
 
 def create_model(name: str, in_chans: int, num_classes: int, image_size: int, mean, std, **kwargs) -> Classifier:
     """Build a registered model (``convnet``, ``resnet18``, ``timm:<name>``) with its input normalisation."""
-    kind, _, arg = name.partition(":")
+    entry, named = MODELS.resolve(name)
     try:
-        backbone = MODELS.get(kind)(in_chans, num_classes, image_size, arg=arg, **kwargs)
+        backbone = entry(in_chans, num_classes, image_size, **named, **kwargs)
     except TypeError as err:
         raise StudyError(f"Model {name!r} does not accept the options {sorted(kwargs)}: {err}.") from None
     return Classifier(backbone, mean, std)

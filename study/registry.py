@@ -34,6 +34,12 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
+    def resolve(self, name: str) -> tuple[T, dict]:
+        """The entry a name refers to, and the keyword arguments the name carries: ``kind:ARG`` (an ImageFolder
+        path, a timm model, an external set's file) passes ARG as ``arg``."""
+        kind, _, arg = name.partition(":")
+        return self.get(kind), ({"arg": arg} if arg else {})
+
     def get(self, name: str) -> T:
         if name not in self._entries:
             raise StudyError(f"Unknown {self.axis} {name!r}; valid {self.axis}s are: {', '.join(self.names())}.")

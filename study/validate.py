@@ -12,14 +12,14 @@ from study.selectors import SELECTORS
 
 def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) -> None:
     """Raise StudyError for the first problem in ``cfg``; ``class_sizes`` maps dataset -> smallest class."""
-    SELECTORS.get(cfg.selector.partition(":")[0])
+    SELECTORS.resolve(cfg.selector)
     protocol = cfg.protocol
     REGIMES.get(protocol.regime)
-    MODELS.get(protocol.model.partition(":")[0])
+    MODELS.resolve(protocol.model)
     RECIPES.get(protocol.recipe)
     from study.data import DATASETS
 
-    DATASETS.get(cfg.dataset.partition(":")[0])
+    DATASETS.resolve(cfg.dataset)
     if protocol.steps < 1:
         raise StudyError(f"The budget must be a positive number of steps, not {protocol.steps}.")
     if protocol.batch_size < 1:

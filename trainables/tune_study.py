@@ -14,25 +14,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+import optuna
+import ray
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
-import optuna  # noqa: E402
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+from study.config import TrialConfig
+from study.errors import StudyError
+from study.ledger import Ledger
+from study.spec import StudySpec
+from study.tracking import Tracker
+from trainables.callbacks import StudyLogger
+from trainables.prepare import prepare_study
+from trainables.trial import study_trial
 
-from study.config import TrialConfig  # noqa: E402
-from study.errors import StudyError  # noqa: E402
-from study.ledger import Ledger  # noqa: E402
-from study.spec import StudySpec  # noqa: E402
-from study.tracking import Tracker  # noqa: E402
-from trainables.callbacks import StudyLogger  # noqa: E402
-from trainables.prepare import prepare_study  # noqa: E402
-from trainables.trial import study_trial  # noqa: E402
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Tune's classic output (silent at verbose=0) and no per-trial CSV/JSON/TensorBoard files: MLflow is the record.
+TUNE_ENVIRONMENT = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
 @dataclass
@@ -61,9 +58,7 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
     host = host.strip("[]")
     hosts = [host]
     if host in ("localhost", "127.0.0.1", "::1"):  # Ray dials these on the machine's own address instead
-        from ray._private.services import resolve_ip_for_localhost
-
-        hosts.append(resolve_ip_for_localhost(host))
+        hosts.append(ray.util.get_node_ip_address())
     for candidate in hosts:
         try:
             socket.create_connection((candidate, int(port)), timeout=timeout).close()
@@ -169,6 +164,9 @@ def run_tuner(trainable, searcher: OptunaSearch, num_samples: int, name: str, st
 
 def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOptions, say=print) -> Ledger:
     """Run every unfinished cell of ``spec``; finished ones (by config hash, in MLflow or the ledger) are skipped."""
+    for name, value in TUNE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     ledger = Ledger(options.out_dir)
     replayed = tracker.replay(parent_id, options.out_dir / "mlflow_journal", on_record=ledger.add)
     if replayed:

@@ -17,6 +17,5 @@ def list_selectors() -> list[str]:
 
 def build_selector(name: str, **params) -> Selector:
     """Build a registered selector; ``kind:ARG`` names pass ARG as the ``arg`` parameter."""
-    kind, _, arg = name.partition(":")
-    cls = SELECTORS.get(kind)
-    return cls(arg=arg, **params) if arg else cls(**params)
+    cls, named = SELECTORS.resolve(name)
+    return cls(**named, **params)
