@@ -1,4 +1,5 @@
-"""The two ways a trial's students are trained: inline in the Tune trial, or in a Ray Train TorchTrainer.
+"""The Tune trainable, and the two ways it trains a trial's students: inline in the Tune trial, or in a Ray
+Train TorchTrainer.
 
 Both call :func:`execute`, which runs ``study.trial.run_trial`` and writes the
 record and artifacts into a folder that becomes the trial's checkpoint. The
@@ -12,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from ray import tune
 
 from study.config import TrialConfig
 from study.data_parallel import world
@@ -78,3 +80,18 @@ def run_with_torch_trainer(cfg: TrialConfig, cache_dir: str | None, tags: dict, 
                              failure_config=FailureConfig(max_failures=0, controller_failure_limit=0)),
     )
     trainer.fit()
+
+
+def study_trial(config: dict, cells: list[TrialConfig], options: dict) -> None:
+    """Tune's function trainable: run ``cells[config['cell']]``, with the search's choices set, on the study's
+    executor."""
+    cell = cells[config["cell"]]
+    cfg = cell.with_choices({k: v for k, v in config.items() if k != "cell"})
+    tags = {"executor": options["executor"], "tune_trial": tune.get_context().get_trial_id(), "search_group": cell.hash}
+    if options["executor"] == "ray-train":
+        run_with_torch_trainer(cfg, options["cache_dir"], tags, options["resources"], options["storage_path"],
+                               f"train-{tune.get_context().get_trial_id()}", options["compile"])
+        return
+    metrics, folder = execute(cfg, options["cache_dir"], tags, int(options["resources"].get("CPU", 1)),
+                              options["compile"])
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

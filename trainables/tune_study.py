@@ -26,7 +26,7 @@ from study.spec import StudySpec
 from study.tracking import Tracker
 from trainables.callbacks import StudyLogger
 from trainables.prepare import prepare_study
-from trainables.trial import study_trial
+from trainables.executors import study_trial
 
 # Tune's classic output (silent at verbose=0) and no per-trial CSV/JSON/TensorBoard files: MLflow is the record.
 TUNE_ENVIRONMENT = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
