@@ -25,9 +25,6 @@ class Ledger:
     def finished_hashes(self) -> set[str]:
         return {h for h, r in self.rows.items() if r.get("status") == "FINISHED"}
 
-    def forget(self, config_hash: str) -> None:
-        self.rows.pop(config_hash, None)
-
     def add(self, record: dict) -> None:
         row = {**flatten(record["config"]), "config_hash": record["config_hash"], "status": record["status"],
                **record.get("metrics", {}), **record.get("tags", {}), "error": record.get("error", "")}
