@@ -83,10 +83,10 @@ class Report:
 
 def read_provenance(tracker: Tracker, trials: pd.DataFrame, tmp: Path) -> dict[str, dict]:
     """Selection provenance (u*, CAD parameters) of every finished cad_prune trial that logged its selection."""
-    cad = trials[(trials["selector"] == CAD_SELECTOR) & (trials["status"] == "FINISHED")] if not trials.empty else trials
     out = {}
-    if cad.empty:
+    if trials.empty:
         return out
+    cad = trials[(trials["selector"] == CAD_SELECTOR) & (trials["status"] == "FINISHED")]
     import torch
 
     for run_id in cad["run_id"]:
@@ -129,15 +129,15 @@ def read_examples(tracker: Tracker, trials: pd.DataFrame, tmp: Path) -> list[tup
 def analyse(trials: pd.DataFrame, provenance: dict | None = None, examples: list | None = None,
             folder: Path = Path("report"), parent_run_id: str = "") -> Report:
     """Every table and the headline from the trial table (no I/O)."""
-    seeds = tidy(trials)
-    summary = S.summarise(seeds)
+    per_seed = tidy(trials)
+    summary = S.summarise(per_seed)
     derived = S.derive(summary)
     protocol = S.protocol_check(summary)
     best = S.best_per_regime(derived)
     searched, windows = alignment(trials, provenance or {})
     families = S.family_table(derived, trials)
     failed = int((trials["status"] == "FAILED").sum()) if not trials.empty else 0
-    return Report(Path(folder), parent_run_id, trials, seeds, summary, derived, protocol, best, searched, windows,
+    return Report(Path(folder), parent_run_id, trials, per_seed, summary, derived, protocol, best, searched, windows,
                   families, examples or [], headline(best, protocol, failed, families))
 
 
