@@ -33,7 +33,7 @@ from study.cache import atomic_write_bytes, atomic_write_text
 from study.cli import friendly_errors
 from study.config import TrialConfig
 from study.errors import StudyError
-from study.selectors.external import CARD_NAME, card_path, compute_content_hash
+from study.selectors.external_formats import CARD_NAME, FILE_FORMATS, card_path, compute_content_hash, hash_scheme
 
 CARD_FORMAT = "hardtruths-set/1"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same set always gives the same bytes and hash
@@ -90,8 +90,7 @@ def write_folder(images: torch.Tensor, labels: torch.Tensor, classes: list[str],
 
 
 def output_kind(out: Path) -> str:
-    suffix = out.suffix.lower()
-    return {".pt": "pt", ".pth": "pt", ".npz": "npz"}.get(suffix, "imagefolder")
+    return FILE_FORMATS.get(out.suffix.lower(), "imagefolder")
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -139,7 +138,7 @@ def export_selection(cfg: TrialConfig, repeat: int, out: str | Path, cache_dir=N
     key = selection_key(cfg, selector, repeat)
     card = {
         "format": CARD_FORMAT, "file_format": kind, "content_hash": compute_content_hash(out),
-        "hash_scheme": "folder-sha256" if kind == "imagefolder" else "file-sha256",
+        "hash_scheme": hash_scheme(out),
         "dataset": cfg.dataset, "classes": ctx.data.classes, "image_shape": list(ctx.data.image_shape),
         "num_images": len(selection), "ipc": cfg.ipc, "selector": cfg.selector, "family": selector.family,
         "params": cfg.selector_params, "seed": repeat, "selection_seed": cfg.selection_seed(repeat),

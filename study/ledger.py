@@ -1,4 +1,4 @@
-"""The study's own record on disk: results.csv (one row per trial) and summary.csv.
+"""The study's own record on disk: results.csv, one row per trial (summarised by :mod:`study.analysis`).
 
 Rows are kept in memory and the whole file is rewritten atomically after each
 trial, so a killed driver leaves either the previous or the new file, never a
@@ -14,9 +14,6 @@ import pandas as pd
 from study.cache import atomic_write_text
 from study.tracking import flatten
 
-AXES = ["selector", "ipc", "regime", "steps"]
-
-
 class Ledger:
     def __init__(self, out_dir: str | Path):
         self.path = Path(out_dir) / "results.csv"
@@ -28,9 +25,6 @@ class Ledger:
     def finished_hashes(self) -> set[str]:
         return {h for h, r in self.rows.items() if r.get("status") == "FINISHED"}
 
-    def forget(self, config_hash: str) -> None:
-        self.rows.pop(config_hash, None)
-
     def add(self, record: dict) -> None:
         row = {**flatten(record["config"]), "config_hash": record["config_hash"], "status": record["status"],
                **record.get("metrics", {}), **record.get("tags", {}), "error": record.get("error", "")}
@@ -39,13 +33,3 @@ class Ledger:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(list(self.rows.values()))
-
-
-def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- std of the per-trial means per (selector, IPC, regime, budget), finished trials only."""
-    done = results[results["status"] == "FINISHED"]
-    if done.empty:
-        return pd.DataFrame(columns=AXES + ["test_acc_mean", "test_acc_std", "trials"])
-    return (done.groupby(AXES, as_index=False)
-            .agg(test_acc_mean=("test_acc_mean", "mean"), test_acc_std=("test_acc_std", "mean"),
-                 trials=("config_hash", "count")))

@@ -10,7 +10,7 @@ The report is written to ``<out>/report/`` and logged as artifacts (folder
 - ``tidy.parquet`` / ``tidy.csv``: one row per finished trial and seed;
 - ``summary.*``: mean, std, count per (selector, IPC, regime, budget);
 - ``derived.*``: gain over random, seed spread, fraction of full-data
-  accuracy, HLR / IOR / LRS (formulas in :mod:`study.metrics`);
+  accuracy, HLR / IOR / LRS (formulas in :mod:`study.analysis.summary`);
 - ``protocol.csv``: the full-data soft- vs hard-label check;
 - ``families.csv``: random vs the best coreset vs the best DD method per
   (regime, budget, IPC);
@@ -33,7 +33,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from study import metrics as M
+from study.analysis import summary as S
+from study.analysis.alignment import CAD_SELECTOR, alignment
+from study.analysis.prose import headline
+from study.analysis.trials import regime_sort_key, run_rows, tidy, trial_table
 from study.cli import friendly_errors
 from study.errors import StudyError
 from study.tracking import Tracker, find_parent, tracker_for_run
@@ -65,13 +68,9 @@ class Report:
     def failed(self) -> int:
         return int((self.trials["status"] == "FAILED").sum()) if not self.trials.empty else 0
 
-    @property
-    def protocol_ok(self) -> bool:
-        return not (not self.protocol.empty and self.protocol["under_trained"].any())
-
     def figures(self) -> dict:
         """The report's figures as open matplotlib Figures (the caller closes them)."""
-        from study import figures as F
+        from study.analysis import figures as F
 
         return {"accuracy_vs_ipc": F.accuracy_vs_ipc(self.summary),
                 "accuracy_vs_budget": F.accuracy_vs_budget(self.summary),
@@ -84,10 +83,10 @@ class Report:
 
 def read_provenance(tracker: Tracker, trials: pd.DataFrame, tmp: Path) -> dict[str, dict]:
     """Selection provenance (u*, CAD parameters) of every finished cad_prune trial that logged its selection."""
-    cad = trials[(trials["selector"] == "cad_prune") & (trials["status"] == "FINISHED")] if not trials.empty else trials
     out = {}
-    if cad.empty:
+    if trials.empty:
         return out
+    cad = trials[(trials["selector"] == CAD_SELECTOR) & (trials["status"] == "FINISHED")]
     import torch
 
     for run_id in cad["run_id"]:
@@ -106,7 +105,7 @@ def read_provenance(tracker: Tracker, trials: pd.DataFrame, tmp: Path) -> dict[s
 def example_trial(rows: pd.DataFrame) -> dict:
     """The trial whose picture stands for a selector: IPC nearest 10, then hard labels, the smallest budget."""
     ranked = rows.assign(_d=[abs(math.log(i / 10)) for i in rows["ipc"]],
-                         _r=[M.regime_sort_key(r)[0] for r in rows["regime"]])
+                         _r=[regime_sort_key(r)[0] for r in rows["regime"]])
     return ranked.sort_values(["_d", "ipc", "_r", "regime", "steps", "run_id"], kind="stable").iloc[0].to_dict()
 
 
@@ -130,16 +129,16 @@ def read_examples(tracker: Tracker, trials: pd.DataFrame, tmp: Path) -> list[tup
 def analyse(trials: pd.DataFrame, provenance: dict | None = None, examples: list | None = None,
             folder: Path = Path("report"), parent_run_id: str = "") -> Report:
     """Every table and the headline from the trial table (no I/O)."""
-    tidy = M.tidy(trials)
-    summary = M.summarise(tidy)
-    derived = M.derive(summary)
-    protocol = M.protocol_check(summary)
-    best = M.best_per_regime(derived)
-    searched, alignment = M.alignment(trials, provenance or {})
-    families = M.family_table(derived, trials)
+    per_seed = tidy(trials)
+    summary = S.summarise(per_seed)
+    derived = S.derive(summary)
+    protocol = S.protocol_check(summary)
+    best = S.best_per_regime(derived)
+    searched, windows = alignment(trials, provenance or {})
+    families = S.family_table(derived, trials)
     failed = int((trials["status"] == "FAILED").sum()) if not trials.empty else 0
-    return Report(Path(folder), parent_run_id, trials, tidy, summary, derived, protocol, best, searched, alignment,
-                  families, examples or [], M.headline(best, protocol, failed, families))
+    return Report(Path(folder), parent_run_id, trials, per_seed, summary, derived, protocol, best, searched, windows,
+                  families, examples or [], headline(best, protocol, failed, families))
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str, parquet: bool = True) -> list[Path]:
@@ -183,7 +182,7 @@ def build_report(tracker_or_uri: Tracker | str, parent_run_id: str, out_dir: str
     """
     tracker = tracker_or_uri if isinstance(tracker_or_uri, Tracker) else tracker_for_run(str(tracker_or_uri),
                                                                                         parent_run_id)
-    trials = M.trial_table(tracker.trials_frame(parent_run_id))
+    trials = trial_table(run_rows(tracker.trials_frame(parent_run_id)))
     with tempfile.TemporaryDirectory(prefix="hardtruths-report-") as tmp:
         provenance = read_provenance(tracker, trials, Path(tmp))
         examples = read_examples(tracker, trials, Path(tmp))

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from search_spaces import PRESETS, SPACES
 from study.cli import friendly_errors
 from study.errors import StudyError
 from study.spec import StudySpec, resolve_spec, validate_spec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -98,26 +103,32 @@ def print_dry_run(spec: StudySpec) -> None:
     print(f"total: {spec.trial_count()} trials")
 
 
-def print_summary(ledger) -> None:
+def summarise_ledger(frame: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv and the terminal table: the report's per-cell summary, from the ledger's rows."""
+    from study.analysis.summary import summarise
+    from study.analysis.trials import tidy, trial_table
+
+    return summarise(tidy(trial_table(frame.to_dict("records"))))
+
+
+def mean_std(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} +- {100 * std:.1f}"
+
+
+def print_summary(summary: pd.DataFrame) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from study.ledger import summarise
-
-    frame = ledger.frame()
-    if frame.empty:
-        return
-    summary = summarise(frame)
     console = Console()
-    for (regime, steps), part in summary.groupby(["regime", "steps"]):
+    for (regime, steps), part in summary.groupby(["regime", "steps"], sort=False):
         ipcs = sorted(part["ipc"].unique())
         table = Table(title=f"test accuracy %, regime {regime}, {steps} steps (mean +- std over seeds)")
         table.add_column("selector")
         for ipc in ipcs:
             table.add_column("full data" if ipc == 0 else f"IPC {ipc}", justify="right")
-        for selector, rows in part.groupby("selector"):
-            by_ipc = {r.ipc: f"{100 * r.test_acc_mean:.1f} +- {100 * r.test_acc_std:.1f}" for r in rows.itertuples()}
-            table.add_row(selector, *[by_ipc.get(i, "") for i in ipcs])
+        for label, rows in part.groupby("label", sort=False):
+            by_ipc = {r.ipc: mean_std(r.acc_mean, r.acc_std) for r in rows.itertuples()}
+            table.add_row(label, *[by_ipc.get(i, "") for i in ipcs])
         console.print(table)
 
 
@@ -165,11 +176,11 @@ def main(argv=None) -> int:
                          compile_model=a.compile, verbose=a.verbose)
     ledger = run_study(spec, tracker, parent, options)
     frame = ledger.frame()
-    from study.ledger import summarise
+    summary = summarise_ledger(frame)
     from study.cache import atomic_write_text
 
-    atomic_write_text(out / "summary.csv", summarise(frame).to_csv(index=False) if not frame.empty else "")
-    print_summary(ledger)
+    atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
+    print_summary(summary)
     failed = int((frame["status"] == "FAILED").sum()) if not frame.empty else 0
     if not a.no_report:
         clock = time.perf_counter()

@@ -35,10 +35,6 @@ ScorerFn = Callable[..., torch.Tensor]
 SCORERS: Registry[ScorerFn] = Registry("score")
 
 
-def list_scores() -> list[str]:
-    return SCORERS.names()
-
-
 def score_options(name: str) -> dict[str, Any]:
     """The parameters a score takes, with their defaults."""
     params = list(inspect.signature(SCORERS.get(name)).parameters.values())[1:]

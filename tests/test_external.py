@@ -13,7 +13,7 @@ from study.errors import StudyError
 from study.export import main as export_main
 from study.outcome import success_record
 from study.selectors import build_selector
-from study.selectors.external import compute_content_hash
+from study.selectors.external_formats import compute_content_hash
 from study.tracking import flatten
 from study.trial import context_for, get_selection, run_trial
 

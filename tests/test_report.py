@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from study import metrics as M
+from study.analysis.summary import lrs
 from study.config import TrialConfig
+from study.ledger import Ledger
 from study.report import FIGURES, build_report, main, print_report
+from study.scaling import print_summary, summarise_ledger
 from study.tracking import Tracker, default_tracking_uri, find_parent
 
 D = 1 / 32
@@ -145,6 +147,22 @@ def test_summary_equals_hand_computed_values(report):
         assert row["n"] == 3 and row["trials"] == 1
 
 
+def test_summary_csv_and_terminal_table_agree_with_the_report(report, tmp_path, capsys):
+    """The ledger's rows, in memory or read back from results.csv, give the report's summary; one seed has no std."""
+    ledger = Ledger(tmp_path)
+    for (sel, ipc, regime, steps), c in CENTRES.items():
+        ledger.add(record(sel, ipc, regime, steps, [c - D, c, c + D]))
+    ledger.add(record("herding", 5, "hl", 100, [], status="FAILED"))
+    for frame in (ledger.frame(), Ledger(tmp_path).frame()):
+        pd.testing.assert_frame_equal(summarise_ledger(frame), report.summary)
+    ledger.add(record("herding", 5, "hl", 100, [0.171875]))
+    summary = summarise_ledger(Ledger(tmp_path).frame())
+    assert math.isnan(cell(summary, "herding", 5, "hl", 100)["acc_std"])
+    print_summary(summary)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "17.2" in out and "17.2 +-" not in out and "56.2 +- 3.1" in out
+
+
 def test_derived_metrics_equal_hand_computed_values(report):
     derived = report.derived
     # one cell by hand: herding IPC 10, hl, 100 steps
@@ -173,7 +191,7 @@ def test_derived_metrics_equal_hand_computed_values(report):
         hlr = full[("hl", steps)] - CENTRES[(sel, ipc, "hl", steps)]
         assert row["gain"] == gain and row["ior"] == gain and row["hlr"] == hlr
         assert bool(row["gain_exceeds_spread"]) == (gain > math.sqrt(2 * D ** 2))
-        assert row["lrs"] == M.lrs(gain, hlr) == (
+        assert row["lrs"] == lrs(gain, hlr) == (
             (math.exp(0.5 * gain - 0.5 * hlr) - math.exp(-1)) / (math.exp(1) - math.exp(-1)))
     best = report.best.set_index("regime")
     assert best.loc["hl", "best"] == "herding"

@@ -11,10 +11,6 @@ from study.selectors.base import (  # noqa: F401
 )
 
 
-def list_selectors() -> list[str]:
-    return SELECTORS.names()
-
-
 def build_selector(name: str, **params) -> Selector:
     """Build a registered selector; ``kind:ARG`` names pass ARG as the ``arg`` parameter."""
     cls, named = SELECTORS.resolve(name)

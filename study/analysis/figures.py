@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from study.metrics import FULL, RANDOM, ordered_regimes  # noqa: E402
+from study.analysis.trials import FULL, RANDOM, ordered_regimes  # noqa: E402
 
 RANDOM_STYLE = {"color": "black", "linestyle": "--", "marker": "s", "linewidth": 2.0, "zorder": 5}
 FULL_STYLE = {"color": "0.45", "linestyle": ":", "linewidth": 1.8}

@@ -1,0 +1,7 @@
+"""The analysis layer: a study's recorded trials turned into tables, sentences and figures.
+
+``trials`` reads trial tables (MLflow child runs or the ledger), ``summary``
+summarises cells and derives metrics, ``prose`` words the headline,
+``alignment`` compares CA2D windows, ``figures`` draws; :mod:`study.report`
+writes them. Nothing here trains or talks to MLflow.
+"""
