@@ -8,6 +8,7 @@ import argparse
 import json
 
 from study.cli import friendly_errors
+from study.analysis.summary import mean_std
 from study.config import TrialConfig
 from study.validate import validate_trial
 
@@ -47,8 +48,8 @@ def main(argv=None) -> None:
     if a.json:
         print(json.dumps({"config": cfg.to_dict(), "hash": cfg.hash, **m}, indent=1))
     else:
-        print(f"{cfg.label()}: test accuracy {100 * m['test_acc_mean']:.2f}% "
-              f"(+- {100 * m['test_acc_std']:.2f} over {cfg.seeds} seed(s)), {m['wall_seconds']:.1f} s")
+        print(f"{cfg.label()}: test accuracy {mean_std(m['test_acc_mean'], m['test_acc_std'])} % over {cfg.seeds} "
+              f"seed(s), {m['wall_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -111,13 +110,11 @@ def summarise_ledger(frame: pd.DataFrame) -> pd.DataFrame:
     return summarise(tidy(trial_table(frame.to_dict("records"))))
 
 
-def mean_std(mean: float, std: float) -> str:
-    return f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} +- {100 * std:.1f}"
-
-
 def print_summary(summary: pd.DataFrame) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from study.analysis.summary import mean_std
 
     console = Console()
     for (regime, steps), part in summary.groupby(["regime", "steps"], sort=False):

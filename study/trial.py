@@ -7,6 +7,7 @@ under the budget and returns plain numbers.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class TrialOutcome:
         first = self.per_seed[0]
         out = {
             "test_acc_mean": statistics.fmean(accs),
-            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else math.nan,
             "val_acc_mean": statistics.fmean(s["val_acc"] for s in self.per_seed),
             "wall_seconds": self.wall_seconds,
             "train_seconds": sum(s["train_seconds"] for s in self.per_seed),

@@ -10,6 +10,7 @@ import time
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
+from study.analysis.summary import mean_std
 from study.config import TrialConfig
 from study.ledger import Ledger
 from study.outcome import failure_record, read_record
@@ -34,7 +35,7 @@ class StudyLogger(tune.Callback):
         self.done += 1
         m = record["metrics"]
         if record["status"] == "FINISHED":
-            what = (f"{100 * m['test_acc_mean']:.1f} +- {100 * m['test_acc_std']:.1f} % test "
+            what = (f"{mean_std(m['test_acc_mean'], m['test_acc_std'])} % test "
                     f"({m['wall_seconds']:.1f} s)")
         else:
             self.failed += 1

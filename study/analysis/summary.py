@@ -64,6 +64,11 @@ LRS_WEIGHT = 0.5
 SUMMARY_COLUMNS = CELL + ["acc_mean", "acc_std", "n", "trials"]
 
 
+
+def mean_std(mean: float, std: float) -> str:
+    """``91.2 +- 0.8`` in percent, or the mean alone where the spread is undefined (one seed)."""
+    return f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} +- {100 * std:.1f}"
+
 def summarise(tidy_frame: pd.DataFrame) -> pd.DataFrame:
     """Per cell: mean and sample std of the pooled seed accuracies (std NaN below two seeds), seed rows ``n``
     and distinct trials."""
