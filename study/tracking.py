@@ -23,9 +23,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from study.errors import StudyError
+from study.records import flatten
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -40,17 +41,6 @@ AXIS_TAGS = ("dataset", "model", "selector", "ipc", "regime", "steps")
 def default_tracking_uri(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
 
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'teacher': {'epochs': 5}} -> {'teacher.epochs': 5}: every config field becomes one MLflow param."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:

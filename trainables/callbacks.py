@@ -12,7 +12,8 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from study.config import TrialConfig
 from study.ledger import Ledger
-from study.outcome import failure_record, read_record
+from study.outcome import failure_record
+from study.records import read_record
 from study.tracking import Tracker
 from trainables.trial import apply_choices
 
