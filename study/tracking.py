@@ -6,18 +6,15 @@ config field as a param, the axes as tags (so the MLflow UI can filter and
 group by selector, IPC, regime and budget), per-step validation curves,
 final metrics and its artifacts. Only the study driver writes, one process,
 so a local SQLite store never sees concurrent writers; calls that fail
-because a server is briefly away are retried with a growing wait. Every
-finished trial is first written to a local journal (record plus artifacts)
-and dropped from it once MLflow has it, so a trial that cannot be logged, or
-whose driver is killed while logging it, is replayed when the study next
-talks to the server.
+because a server is briefly away are retried with a growing wait. A trial
+that still cannot be logged stays in its Tune checkpoint, from which
+study.journal logs it later.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
 import socket
 import time
 import urllib.error
@@ -58,11 +55,6 @@ def chunks(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
-
-def drop_entry(entry: Path) -> None:
-    """Remove a journal entry: its artifacts first, the record last (a record alone is still replayable)."""
-    shutil.rmtree(entry.with_suffix(""), ignore_errors=True)
-    entry.unlink(missing_ok=True)
 
 
 def open_experiment(tracking_uri: str, experiment: str) -> "Tracker":
@@ -152,14 +144,18 @@ class Tracker:
         for batch in chunks(items, 100):
             self.call(self.client.log_batch, run_id, params=batch)
 
-    def children(self, parent_id: str, status: str | None = None) -> list:
+    def children(self, parent_id: str, status: str | None = None, deleted: bool = False) -> list:
+        """The study's trial runs (with ``status`` only, if given); the deleted ones instead if ``deleted``."""
+        from mlflow.entities import ViewType
+
         flt = f"tags.`mlflow.parentRunId` = '{parent_id}'"
         if status:
             flt += f" and attributes.status = '{status}'"
+        view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
         runs, token = [], None
         while True:
-            page = self.call(self.client.search_runs, [self.experiment_id], filter_string=flt, max_results=1000,
-                             page_token=token)
+            page = self.call(self.client.search_runs, [self.experiment_id], filter_string=flt,
+                             run_view_type=view, max_results=1000, page_token=token)
             runs.extend(page)
             token = page.token
             if not token:
@@ -167,6 +163,17 @@ class Tracker:
 
     def finished_hashes(self, parent_id: str) -> set[str]:
         return {r.data.tags.get(CONFIG_HASH) for r in self.children(parent_id, "FINISHED")}
+
+    def deleted_hashes(self, parent_id: str) -> set[str]:
+        """Trials that were logged in full and then deleted from MLflow by someone: not to be logged again."""
+        return {r.data.tags.get(CONFIG_HASH) for r in self.children(parent_id, "FINISHED", deleted=True)}
+
+    def drop_unfinished(self, parent_id: str, config_hash: str) -> int:
+        """Delete this trial's runs left RUNNING, as a log_trial cut off by an outage or a kill leaves them."""
+        runs = [r for r in self.children(parent_id, "RUNNING") if r.data.tags.get(CONFIG_HASH) == config_hash]
+        for run in runs:
+            self.call(self.client.delete_run, run.info.run_id)
+        return len(runs)
 
     def close_stale(self, parent_id: str) -> int:
         """Children left RUNNING by a killed driver are marked KILLED, so each trial has one FINISHED run."""
@@ -176,7 +183,7 @@ class Tracker:
         return len(stale)
 
     def log_trial(self, parent_id: str, record: dict, artifacts: Path | None = None) -> str:
-        """One child run per trial, from the record the trainable produced (see trainables.record)."""
+        """One child run per trial, from the record the trainable produced (see study.outcome)."""
         from mlflow.entities import Metric, RunTag
 
         cfg = record["config"]
@@ -257,65 +264,6 @@ class Tracker:
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         """Log a folder (e.g. a study's report) as artifacts of a run that may already be finished."""
         self.call(self.client.log_artifacts, run_id, str(folder), artifact_path)
-
-    def journal_trial(self, record: dict, artifacts: Path | None, journal: Path) -> Path:
-        """Keep a finished trial in ``journal`` (``<hash>/`` artifacts, then ``<hash>.json``, written whole and last)
-        before it is written anywhere else, and until MLflow has it: a killed driver or a server outage then
-        never loses it; :meth:`replay` logs what is left. Returns the record's path."""
-        from study.cache import atomic_write_text
-
-        folder, entry = journal / record["config_hash"], journal / f"{record['config_hash']}.json"
-        if folder.exists():
-            shutil.rmtree(folder)
-        if artifacts is not None and Path(artifacts).exists():
-            shutil.copytree(artifacts, folder)
-        journal.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(entry, json.dumps(record, default=str))
-        return entry
-
-    def log_journalled(self, parent_id: str, entry: Path) -> bool:
-        """Log one journal entry and drop it; keep it if MLflow stays away. True if it reached MLflow."""
-        record = json.loads(entry.read_text())
-        folder = entry.with_suffix("")
-        try:
-            self.log_trial(parent_id, record, folder if folder.exists() else None)
-        except Exception as err:  # any failure to reach the store: keep the trial, never lose it
-            log.warning("MLflow is unreachable (%s); trial %s kept in %s for replay.", err, record["config_hash"],
-                        entry.parent)
-            return False
-        drop_entry(entry)
-        return True
-
-    def log_or_journal(self, parent_id: str, record: dict, artifacts: Path | None, journal: Path) -> bool:
-        """Log a trial, or keep it in ``journal`` if the server stays away; True if it reached MLflow."""
-        return self.log_journalled(parent_id, self.journal_trial(record, artifacts, journal))
-
-    def replay(self, parent_id: str, journal: Path, on_record=None) -> int:
-        """Log every journalled trial not already in MLflow, hand each record to ``on_record`` (the ledger, which
-        a killed driver may not have written yet), and empty the journal; return how many were logged now."""
-        if not journal.exists():
-            return 0
-        entries = sorted(journal.glob("*.json"))
-        present = self.finished_hashes(parent_id) if entries else set()
-        # A log_trial cut off by an outage or a kill may have created its run and never finished it: drop it.
-        partial: dict[str, list[str]] = {}
-        for run in self.children(parent_id, "RUNNING") if entries else []:
-            partial.setdefault(run.data.tags.get(CONFIG_HASH), []).append(run.info.run_id)
-        replayed = 0
-        for entry in entries:
-            record = json.loads(entry.read_text())
-            if on_record is not None:
-                on_record(record)
-            for run_id in partial.get(record["config_hash"], []):
-                self.call(self.client.delete_run, run_id)
-            if record["config_hash"] not in present:
-                folder = entry.with_suffix("")
-                self.log_trial(parent_id, record, folder if folder.exists() else None)
-                replayed += 1
-            drop_entry(entry)
-        for orphan in [p for p in journal.iterdir() if p.is_dir() and not p.with_suffix(".json").exists()]:
-            shutil.rmtree(orphan, ignore_errors=True)  # a journal write cut off before its record: never finished
-        return replayed
 
     def finish_study(self, parent_id: str, status: str = "FINISHED", artifacts: Path | None = None,
                      metrics: dict | None = None) -> None:
