@@ -36,7 +36,7 @@ import pandas as pd
 from study import metrics as M
 from study.cli import friendly_errors
 from study.errors import StudyError
-from study.tracking import Tracker, find_parent, tracker_for_run
+from study.tracking import Tracker, configure_client, find_parent, tracker_for_run
 
 EXAMPLE_ARTIFACT = "selection_seed0.png"
 PROVENANCE_ARTIFACT = "selection_seed0.pt"
@@ -272,6 +272,7 @@ def resolve_uri(a: argparse.Namespace) -> str:
 @friendly_errors
 def main(argv=None) -> int:
     a = parse(argv)
+    configure_client()
     tracker, parent = find_parent(resolve_uri(a), a.experiment, a.parent_run)
     out = Path(a.out) if a.out else Path("studies") / tracker.run_name(parent)
     build_report(tracker, parent, out, log=not a.no_log)

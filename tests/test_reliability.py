@@ -22,8 +22,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from servers import (MlflowServer, gone, kill_group, mentioning, short_tmp, sqlite_uri, stop_processes, tail,
-                     wait_for)
+from servers import (MlflowServer, free_port, gone, kill_group, mentioning, short_tmp, sqlite_uri, stop_processes,
+                     tail, wait_for)
 from study.scaling import main
 from study.spec import resolve_spec
 from study.journal import checkpointed, record_trial, replay
@@ -166,12 +166,13 @@ def mlflow_sqlite_server(tmp_path_factory):
         assert gone(stopped), f"MLflow server processes still alive: {stopped}"
 
 
-def test_sixteen_writers_at_once_against_one_server(mlflow_sqlite_server):
+def test_sixteen_writers_at_once_against_one_server(mlflow_sqlite_server, monkeypatch):
     """16 trials finishing at the same moment, each logged by its own thread through Tracker.log_trial (the
     whole child run: params, 10 curve points, metrics, tags, artifact, status): 16 runs, no duplicates, no
     errors, no 'database is locked'. (The study driver itself logs one trial at a time by design; the study
     form of this case is the slow test_sixteen_trials_at_once_study.)"""
-    tracker = Tracker(mlflow_sqlite_server.uri, "concurrency", retries=1)  # retries=1: any error shows up
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # no HTTP retries: any error shows up
+    tracker = Tracker(mlflow_sqlite_server.uri, "concurrency")
     spec = resolve_spec("smoke", selectors="random", ipc=",".join(map(str, range(1, 17))), regimes="hl",
                         budgets="20", seeds=1)
     parent = tracker.study_run(spec.hash, "sixteen", spec.to_dict())
@@ -198,6 +199,25 @@ def test_sixteen_writers_at_once_against_one_server(mlflow_sqlite_server):
     for r in runs:
         assert len(tracker.client.get_metric_history(r.info.run_id, "val_acc")) == 5
     assert "locked" not in tail(mlflow_sqlite_server.log, 1000).lower()
+
+
+def test_mlflow_client_gives_up_within_the_product_budget():
+    """With the product's client settings, a call to a server that is away fails after MLflow's own retries
+    in seconds, where MLflow's defaults would keep trying for about four minutes; a user's setting wins."""
+    from unittest import mock
+
+    from study.tracking import CLIENT_SETTINGS, configure_client
+
+    with mock.patch.dict(os.environ, {"MLFLOW_HTTP_REQUEST_TIMEOUT": "7"}):
+        for name in set(CLIENT_SETTINGS) - {"MLFLOW_HTTP_REQUEST_TIMEOUT"}:
+            os.environ.pop(name, None)
+        configure_client()
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == CLIENT_SETTINGS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        started = time.monotonic()
+        with pytest.raises(Exception, match="Max retries exceeded"):
+            MlflowClient(f"http://127.0.0.1:{free_port()}").get_experiment_by_name("nope")
+        assert 8 < time.monotonic() - started < 30
 
 
 def fake_checkpoint(storage: Path, record: dict, trial: str) -> Path:
@@ -486,10 +506,9 @@ def test_driver_killed_then_rerun_finishes_only_the_missing_trials(ray_tmp, tmp_
 @pytest.mark.slow
 def test_mlflow_server_stopped_and_restarted_mid_study(ray_tmp, tmp_path, cache_dir):
     """The MLflow server is stopped (by PID) after the first trial is logged and started again (same port,
-    same SQLite store) once the driver has given up on a trial, which stays in its Tune checkpoint. The study
-    finishes, the trial is replayed from the checkpoint, and the store holds every trial exactly once.
-    MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 makes the client fail at once instead of backing off for minutes
-    inside each call, so Tracker's own retries (5 tries, about 20 s) and then the replay are exercised."""
+    same SQLite store) once the driver has given up on a trial, after MLflow's own retries within the
+    product's budget (study.tracking.CLIENT_SETTINGS, about 15 s). The study finishes, the trial is replayed
+    from its Tune checkpoint, and the store holds every trial exactly once."""
     cells = tiny_cells("1,2,3,4", budgets="150")
     folder = tmp_path / "server"
     server = MlflowServer(sqlite_uri(folder / "mlflow.db"), folder)
@@ -500,7 +519,7 @@ def test_mlflow_server_stopped_and_restarted_mid_study(ray_tmp, tmp_path, cache_
         server.start()
         argv = TINY + ["--ipc", "1,2,3,4", "--budgets", "150", "--max-concurrent", "1", "--out", str(out),
                        "--cache-dir", str(cache_dir), "--tracking-uri", server.uri]
-        proc = start_study(argv, ray_tmp, log, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+        proc = start_study(argv, ray_tmp, log)
         try:
             wait_for(lambda: "[1/4]" in tail(log, 200), 400, "the first logged trial", proc, log)
             stopped |= server.stop()
