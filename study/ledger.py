@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.cache import atomic_write_text
-from study.tracking import flatten
+from study.records import flatten
 
 class Ledger:
     def __init__(self, out_dir: str | Path):

@@ -1,11 +1,11 @@
 """A finished (or failed) trial as plain data: the record MLflow and the ledger are written from.
 
 The trainable writes the record and the selection artifacts into one folder
-(a Ray checkpoint), so the driver can log them wherever the trial ran.
+(a Ray checkpoint), so the driver can log them wherever the trial ran, and a
+later run can replay them from there (study.journal).
 """
 from __future__ import annotations
 
-import json
 import platform
 import traceback
 from pathlib import Path
@@ -13,12 +13,10 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from study.cache import atomic_write_text
 from study.config import TrialConfig
+from study.records import write_record
 from study.selectors.artifacts import class_grid
 from study.trial import TrialOutcome
-
-RECORD_FILE = "record.json"
 
 
 def mean_curve(per_seed: list[dict], key: str) -> list[tuple[int, float]]:
@@ -80,9 +78,4 @@ def write_outcome(outcome: TrialOutcome, record: dict, folder: Path, data=None) 
     if data is not None and outcome.selections:
         grid = class_grid(outcome.selections[0], data.num_classes, per_class=8)
         save_image(grid, folder / "selection_seed0.png", nrow=8, padding=1)
-    atomic_write_text(folder / RECORD_FILE, json.dumps(record, default=str))
-    return folder
-
-
-def read_record(folder: Path) -> dict:
-    return json.loads((Path(folder) / RECORD_FILE).read_text())
+    return write_record(folder, record)

@@ -39,7 +39,7 @@ from study.analysis.prose import headline
 from study.analysis.trials import regime_sort_key, run_rows, tidy, trial_table
 from study.cli import friendly_errors
 from study.errors import StudyError
-from study.tracking import Tracker, find_parent, tracker_for_run
+from study.tracking import Tracker, configure_client, find_parent, tracker_for_run
 
 EXAMPLE_ARTIFACT = "selection_seed0.png"
 PROVENANCE_ARTIFACT = "selection_seed0.pt"
@@ -271,6 +271,7 @@ def resolve_uri(a: argparse.Namespace) -> str:
 @friendly_errors
 def main(argv=None) -> int:
     a = parse(argv)
+    configure_client()
     tracker, parent = find_parent(resolve_uri(a), a.experiment, a.parent_run)
     out = Path(a.out) if a.out else Path("studies") / tracker.run_name(parent)
     build_report(tracker, parent, out, log=not a.no_log)

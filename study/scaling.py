@@ -157,8 +157,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "study_spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
 
-    from study.tracking import Tracker, default_tracking_uri
+    from study.tracking import Tracker, configure_client, default_tracking_uri
 
+    configure_client()
     tracker = Tracker(a.tracking_uri or default_tracking_uri(out), a.experiment,
                       artifact_root=None if a.tracking_uri else str((out / "mlartifacts").resolve()))
     parent = tracker.study_run(spec.hash, f"{spec.space}-{spec.hash}", spec.to_dict())

@@ -5,30 +5,27 @@ each trial is a child run tagged with ``mlflow.parentRunId`` and carrying every
 config field as a param, the axes as tags (so the MLflow UI can filter and
 group by selector, IPC, regime and budget), per-step validation curves,
 final metrics and its artifacts. Only the study driver writes, one process,
-so a local SQLite store never sees concurrent writers; calls that fail
-because a server is briefly away are retried with a growing wait. Every
-finished trial is first written to a local journal (record plus artifacts)
-and dropped from it once MLflow has it, so a trial that cannot be logged, or
-whose driver is killed while logging it, is replayed when the study next
-talks to the server.
+and MLflow gives every SQLite session a 20 s busy timeout, so a local store
+never reports itself locked. A server that is away is retried by MLflow's own
+HTTP client, within the bounded budget :func:`configure_client` sets; a trial
+that still cannot be logged stays in its Tune checkpoint, from which
+study.journal logs it later.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
 import socket
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from study.errors import StudyError
+from study.records import flatten
 
-log = logging.getLogger(__name__)
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 STUDY_HASH = "hardtruths.study_hash"
@@ -36,21 +33,30 @@ CONFIG_HASH = "config_hash"
 KIND = "hardtruths.kind"
 AXIS_TAGS = ("dataset", "model", "selector", "ipc", "regime", "steps")
 
+# MLflow's HTTP client retries a failed request itself; by default 7 times, sleeping 0, 4, 8, ... s up to
+# 120 s between tries (about 4 minutes) and waiting up to 120 s for each answer, while the driver's Tune loop
+# waits. This budget gives up on a refused connection or a 5xx after about 12-15 s (3 retries, sleeps of
+# 0, 4 and 8 s, plus up to 1 s of jitter each) and on a silent server after about 75 s (4 tries of 15 s).
+# A trial whose logging gives up is not lost: it is logged from its Tune checkpoint later (study.journal).
+CLIENT_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def configure_client() -> None:
+    """Give MLflow's client the product's settings (:data:`CLIENT_SETTINGS`) unless the user set them; the
+    command-line entry points call this before they talk to MLflow."""
+    for name, value in CLIENT_SETTINGS.items():
+        os.environ.setdefault(name, value)
+
 
 def default_tracking_uri(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
 
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'teacher': {'epochs': 5}} -> {'teacher.epochs': 5}: every config field becomes one MLflow param."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
@@ -68,11 +74,6 @@ def chunks(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
-
-def drop_entry(entry: Path) -> None:
-    """Remove a journal entry: its artifacts first, the record last (a record alone is still replayable)."""
-    shutil.rmtree(entry.with_suffix(""), ignore_errors=True)
-    entry.unlink(missing_ok=True)
 
 
 def open_experiment(tracking_uri: str, experiment: str) -> "Tracker":
@@ -108,51 +109,31 @@ def find_parent(tracking_uri: str, experiment: str, parent_run: str | None = Non
 
 
 class Tracker:
-    """A thin, retrying wrapper over ``MlflowClient`` bound to one experiment."""
+    """A thin wrapper over ``MlflowClient`` bound to one experiment."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None,
-                 retries: int = 5, retry_wait: float = 2.0):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None):
         check_server(tracking_uri)
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
-        self.retries, self.retry_wait = retries, retry_wait
-        found = self.call(self.client.get_experiment_by_name, experiment)
-        self.experiment_id = found.experiment_id if found else self.call(
-            self.client.create_experiment, experiment, artifact_location=artifact_root)
-
-    def call(self, fn, *args, **kwargs):
-        """Run an MLflow call, retrying while a server is briefly away."""
-        for attempt in range(self.retries):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as err:  # MLflow raises many types for a lost connection
-                if attempt == self.retries - 1 or not self.transient(err):
-                    raise
-                log.warning("MLflow call %s failed (%s); retrying.", getattr(fn, "__name__", fn), err)
-                time.sleep(self.retry_wait * (attempt + 1))
-
-    @staticmethod
-    def transient(err: Exception) -> bool:
-        text = f"{type(err).__name__} {err}"
-        return any(s in text for s in ("Connection", "connection", "Timeout", "timed out", "503", "502",
-                                       "locked", "Max retries"))
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=artifact_root)
 
     def study_run(self, study_hash: str, name: str, spec: dict) -> str:
         """The parent run of this study: reused when the same study runs again, created otherwise."""
-        found = self.call(self.client.search_runs, [self.experiment_id],
-                          filter_string=f"tags.`{STUDY_HASH}` = '{study_hash}' and tags.`{KIND}` = 'study'",
-                          max_results=1)
+        found = self.client.search_runs([self.experiment_id],
+                                        filter_string=f"tags.`{STUDY_HASH}` = '{study_hash}' and "
+                                                      f"tags.`{KIND}` = 'study'", max_results=1)
         if found:
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
-                self.call(self.client.update_run, run_id, status="RUNNING")
+                self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.call(self.client.create_run, self.experiment_id, run_name=name,
-                        tags={STUDY_HASH: study_hash, KIND: "study"})
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={STUDY_HASH: study_hash, KIND: "study"})
         self.log_params(run.info.run_id, flatten(spec))
-        self.call(self.client.log_text, run.info.run_id, json.dumps(spec, indent=1, default=str), "study_spec.json")
+        self.client.log_text(run.info.run_id, json.dumps(spec, indent=1, default=str), "study_spec.json")
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict) -> None:
@@ -160,16 +141,20 @@ class Tracker:
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for batch in chunks(items, 100):
-            self.call(self.client.log_batch, run_id, params=batch)
+            self.client.log_batch(run_id, params=batch)
 
-    def children(self, parent_id: str, status: str | None = None) -> list:
+    def children(self, parent_id: str, status: str | None = None, deleted: bool = False) -> list:
+        """The study's trial runs (with ``status`` only, if given); the deleted ones instead if ``deleted``."""
+        from mlflow.entities import ViewType
+
         flt = f"tags.`mlflow.parentRunId` = '{parent_id}'"
         if status:
             flt += f" and attributes.status = '{status}'"
+        view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
         runs, token = [], None
         while True:
-            page = self.call(self.client.search_runs, [self.experiment_id], filter_string=flt, max_results=1000,
-                             page_token=token)
+            page = self.client.search_runs([self.experiment_id], filter_string=flt, run_view_type=view,
+                                           max_results=1000, page_token=token)
             runs.extend(page)
             token = page.token
             if not token:
@@ -178,21 +163,32 @@ class Tracker:
     def finished_hashes(self, parent_id: str) -> set[str]:
         return {r.data.tags.get(CONFIG_HASH) for r in self.children(parent_id, "FINISHED")}
 
+    def deleted_hashes(self, parent_id: str) -> set[str]:
+        """Trials that were logged in full and then deleted from MLflow by someone: not to be logged again."""
+        return {r.data.tags.get(CONFIG_HASH) for r in self.children(parent_id, "FINISHED", deleted=True)}
+
+    def drop_unfinished(self, parent_id: str, config_hash: str) -> int:
+        """Delete this trial's runs left RUNNING, as a log_trial cut off by an outage or a kill leaves them."""
+        runs = [r for r in self.children(parent_id, "RUNNING") if r.data.tags.get(CONFIG_HASH) == config_hash]
+        for run in runs:
+            self.client.delete_run(run.info.run_id)
+        return len(runs)
+
     def close_stale(self, parent_id: str) -> int:
         """Children left RUNNING by a killed driver are marked KILLED, so each trial has one FINISHED run."""
         stale = self.children(parent_id, "RUNNING")
         for run in stale:
-            self.call(self.client.set_terminated, run.info.run_id, status="KILLED")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
         return len(stale)
 
     def log_trial(self, parent_id: str, record: dict, artifacts: Path | None = None) -> str:
-        """One child run per trial, from the record the trainable produced (see trainables.record)."""
+        """One child run per trial, from the record the trainable produced (see study.outcome)."""
         from mlflow.entities import Metric, RunTag
 
         cfg = record["config"]
         tags = {"mlflow.parentRunId": parent_id, KIND: "trial", CONFIG_HASH: record["config_hash"],
                 **{k: str(cfg[k]) for k in AXIS_TAGS}, **{k: str(v) for k, v in record.get("tags", {}).items()}}
-        run = self.call(self.client.create_run, self.experiment_id, run_name=record.get("label"), tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=record.get("label"), tags=tags)
         run_id = run.info.run_id
         self.log_params(run_id, flatten(cfg))
         now = int(time.time() * 1000)
@@ -200,14 +196,14 @@ class Tracker:
         metrics += [Metric(name, float(v), now, int(step)) for name, curve in record.get("curves", {}).items()
                     for step, v in curve]
         for batch in chunks(metrics, 1000):
-            self.call(self.client.log_batch, run_id, metrics=batch, tags=[RunTag("status_note", record["status"])])
-        self.call(self.client.log_text, run_id, json.dumps(cfg, indent=1, default=str), "config.json")
+            self.client.log_batch(run_id, metrics=batch, tags=[RunTag("status_note", record["status"])])
+        self.client.log_text(run_id, json.dumps(cfg, indent=1, default=str), "config.json")
         if artifacts is not None and Path(artifacts).exists():
-            self.call(self.client.log_artifacts, run_id, str(artifacts))
+            self.client.log_artifacts(run_id, str(artifacts))
         if record["status"] == "FAILED":
-            self.call(self.client.set_tag, run_id, "error", str(record.get("error", ""))[:5000])
-            self.call(self.client.log_text, run_id, str(record.get("error", "")), "error.txt")
-        self.call(self.client.set_terminated, run_id, status=record["status"])
+            self.client.set_tag(run_id, "error", str(record.get("error", ""))[:5000])
+            self.client.log_text(run_id, str(record.get("error", "")), "error.txt")
+        self.client.set_terminated(run_id, status=record["status"])
         return run_id
 
     # ---------------------------------------------------------------- reading (reports)
@@ -216,21 +212,21 @@ class Tracker:
         """The study (parent) run: ``parent_run`` checked to be one, or the latest study run of the experiment."""
         if parent_run:
             try:
-                run = self.call(self.client.get_run, parent_run)
+                run = self.client.get_run(parent_run)
             except Exception:
                 raise StudyError(f"There is no run {parent_run!r} in the MLflow store {self.uri}.") from None
             if run.info.experiment_id != self.experiment_id or run.data.tags.get(KIND) != "study":
                 raise StudyError(f"Run {parent_run} is not a study (parent) run of this experiment; "
                                  f"leave --parent-run out to use the latest study.")
             return parent_run
-        found = self.call(self.client.search_runs, [self.experiment_id], filter_string=f"tags.`{KIND}` = 'study'",
-                          order_by=["attributes.start_time DESC"], max_results=1)
+        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KIND}` = 'study'",
+                                        order_by=["attributes.start_time DESC"], max_results=1)
         if not found:
             raise StudyError(f"The experiment has no study run in {self.uri}; run python -m study.scaling first.")
         return found[0].info.run_id
 
     def run_name(self, run_id: str) -> str:
-        return self.call(self.client.get_run, run_id).info.run_name or run_id
+        return self.client.get_run(run_id).info.run_name or run_id
 
     def trials_frame(self, parent_id: str) -> "pd.DataFrame":
         """Every child run of a study as one row: run_id, run_name, status, start_time, end_time, then
@@ -254,7 +250,7 @@ class Tracker:
         return frame.sort_values(["start_time", "run_id"], kind="stable").reset_index(drop=True)
 
     def artifact_names(self, run_id: str, path: str | None = None) -> list[str]:
-        return [f.path for f in self.call(self.client.list_artifacts, run_id, path)]
+        return [f.path for f in self.client.list_artifacts(run_id, path)]
 
     def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path | None:
         """Download one artifact of a run into ``dst``; None when the run has no such artifact."""
@@ -262,70 +258,11 @@ class Tracker:
         if path not in self.artifact_names(run_id, folder):
             return None
         Path(dst).mkdir(parents=True, exist_ok=True)
-        return Path(self.call(self.client.download_artifacts, run_id, path, str(dst)))
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         """Log a folder (e.g. a study's report) as artifacts of a run that may already be finished."""
-        self.call(self.client.log_artifacts, run_id, str(folder), artifact_path)
-
-    def journal_trial(self, record: dict, artifacts: Path | None, journal: Path) -> Path:
-        """Keep a finished trial in ``journal`` (``<hash>/`` artifacts, then ``<hash>.json``, written whole and last)
-        before it is written anywhere else, and until MLflow has it: a killed driver or a server outage then
-        never loses it; :meth:`replay` logs what is left. Returns the record's path."""
-        from study.cache import atomic_write_text
-
-        folder, entry = journal / record["config_hash"], journal / f"{record['config_hash']}.json"
-        if folder.exists():
-            shutil.rmtree(folder)
-        if artifacts is not None and Path(artifacts).exists():
-            shutil.copytree(artifacts, folder)
-        journal.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(entry, json.dumps(record, default=str))
-        return entry
-
-    def log_journalled(self, parent_id: str, entry: Path) -> bool:
-        """Log one journal entry and drop it; keep it if MLflow stays away. True if it reached MLflow."""
-        record = json.loads(entry.read_text())
-        folder = entry.with_suffix("")
-        try:
-            self.log_trial(parent_id, record, folder if folder.exists() else None)
-        except Exception as err:  # any failure to reach the store: keep the trial, never lose it
-            log.warning("MLflow is unreachable (%s); trial %s kept in %s for replay.", err, record["config_hash"],
-                        entry.parent)
-            return False
-        drop_entry(entry)
-        return True
-
-    def log_or_journal(self, parent_id: str, record: dict, artifacts: Path | None, journal: Path) -> bool:
-        """Log a trial, or keep it in ``journal`` if the server stays away; True if it reached MLflow."""
-        return self.log_journalled(parent_id, self.journal_trial(record, artifacts, journal))
-
-    def replay(self, parent_id: str, journal: Path, on_record=None) -> int:
-        """Log every journalled trial not already in MLflow, hand each record to ``on_record`` (the ledger, which
-        a killed driver may not have written yet), and empty the journal; return how many were logged now."""
-        if not journal.exists():
-            return 0
-        entries = sorted(journal.glob("*.json"))
-        present = self.finished_hashes(parent_id) if entries else set()
-        # A log_trial cut off by an outage or a kill may have created its run and never finished it: drop it.
-        partial: dict[str, list[str]] = {}
-        for run in self.children(parent_id, "RUNNING") if entries else []:
-            partial.setdefault(run.data.tags.get(CONFIG_HASH), []).append(run.info.run_id)
-        replayed = 0
-        for entry in entries:
-            record = json.loads(entry.read_text())
-            if on_record is not None:
-                on_record(record)
-            for run_id in partial.get(record["config_hash"], []):
-                self.call(self.client.delete_run, run_id)
-            if record["config_hash"] not in present:
-                folder = entry.with_suffix("")
-                self.log_trial(parent_id, record, folder if folder.exists() else None)
-                replayed += 1
-            drop_entry(entry)
-        for orphan in [p for p in journal.iterdir() if p.is_dir() and not p.with_suffix(".json").exists()]:
-            shutil.rmtree(orphan, ignore_errors=True)  # a journal write cut off before its record: never finished
-        return replayed
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
 
     def finish_study(self, parent_id: str, status: str = "FINISHED", artifacts: Path | None = None,
                      metrics: dict | None = None) -> None:
@@ -333,7 +270,7 @@ class Tracker:
 
         if metrics:
             now = int(time.time() * 1000)
-            self.call(self.client.log_batch, parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+            self.client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
         if artifacts is not None and Path(artifacts).exists():
-            self.call(self.client.log_artifacts, parent_id, str(artifacts))
-        self.call(self.client.set_terminated, parent_id, status=status)
+            self.client.log_artifacts(parent_id, str(artifacts))
+        self.client.set_terminated(parent_id, status=status)

@@ -13,8 +13,8 @@ from study.errors import StudyError
 from study.export import main as export_main
 from study.outcome import success_record
 from study.selectors import build_selector
+from study.records import flatten
 from study.selectors.external_formats import compute_content_hash
-from study.tracking import flatten
 from study.trial import context_for, get_selection, run_trial
 
 SMALL = dict(steps=30, seeds=1, model_kwargs={"width": 16})

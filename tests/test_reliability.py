@@ -8,6 +8,7 @@ killed, if a test killed its driver) by that folder, and never meets anyone else
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,10 +22,13 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from servers import (MlflowServer, gone, kill_group, mentioning, short_tmp, sqlite_uri, stop_processes, tail,
-                     wait_for)
+from servers import (MlflowServer, free_port, gone, kill_group, mentioning, short_tmp, sqlite_uri, stop_processes,
+                     tail, wait_for)
 from study.scaling import main
 from study.spec import resolve_spec
+from study.journal import checkpointed, record_trial, replay
+from study.ledger import Ledger
+from study.records import write_record
 from study.tracking import CONFIG_HASH, Tracker, default_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,12 +166,13 @@ def mlflow_sqlite_server(tmp_path_factory):
         assert gone(stopped), f"MLflow server processes still alive: {stopped}"
 
 
-def test_sixteen_writers_at_once_against_one_server(mlflow_sqlite_server):
+def test_sixteen_writers_at_once_against_one_server(mlflow_sqlite_server, monkeypatch):
     """16 trials finishing at the same moment, each logged by its own thread through Tracker.log_trial (the
     whole child run: params, 10 curve points, metrics, tags, artifact, status): 16 runs, no duplicates, no
     errors, no 'database is locked'. (The study driver itself logs one trial at a time by design; the study
     form of this case is the slow test_sixteen_trials_at_once_study.)"""
-    tracker = Tracker(mlflow_sqlite_server.uri, "concurrency", retries=1)  # retries=1: any error shows up
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # no HTTP retries: any error shows up
+    tracker = Tracker(mlflow_sqlite_server.uri, "concurrency")
     spec = resolve_spec("smoke", selectors="random", ipc=",".join(map(str, range(1, 17))), regimes="hl",
                         budgets="20", seeds=1)
     parent = tracker.study_run(spec.hash, "sixteen", spec.to_dict())
@@ -196,35 +201,81 @@ def test_sixteen_writers_at_once_against_one_server(mlflow_sqlite_server):
     assert "locked" not in tail(mlflow_sqlite_server.log, 1000).lower()
 
 
+def test_mlflow_client_gives_up_within_the_product_budget():
+    """With the product's client settings, a call to a server that is away fails after MLflow's own retries
+    in seconds, where MLflow's defaults would keep trying for about four minutes; a user's setting wins."""
+    from unittest import mock
+
+    from study.tracking import CLIENT_SETTINGS, configure_client
+
+    with mock.patch.dict(os.environ, {"MLFLOW_HTTP_REQUEST_TIMEOUT": "7"}):
+        for name in set(CLIENT_SETTINGS) - {"MLFLOW_HTTP_REQUEST_TIMEOUT"}:
+            os.environ.pop(name, None)
+        configure_client()
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == CLIENT_SETTINGS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        started = time.monotonic()
+        with pytest.raises(Exception, match="Max retries exceeded"):
+            MlflowClient(f"http://127.0.0.1:{free_port()}").get_experiment_by_name("nope")
+        assert 8 < time.monotonic() - started < 30
+
+
+def fake_checkpoint(storage: Path, record: dict, trial: str) -> Path:
+    """A trial's checkpoint as Tune or Ray Train persists it under the study's storage: artifacts, then the
+    record that lists them."""
+    folder = storage / trial / "checkpoint_000000"
+    folder.mkdir(parents=True)
+    (folder / "selection.txt").write_text("1 2 3")
+    return write_record(folder, record)
+
+
 def test_journal_replays_once_and_drops_a_cut_off_run(mlflow_sqlite_server, tmp_path):
-    """The write-ahead journal: a trial whose logging was cut off (its run created, never finished, as when
-    the server or the driver dies mid-call) is replayed exactly once; the cut-off run is removed, and the
-    ledger gets the record back too."""
-    tracker = Tracker(mlflow_sqlite_server.uri, "journal", retries=1)
-    cells = tiny_cells("1,2")
+    """The Tune checkpoints are the journal: a finished trial whose driver was killed before it reached the
+    ledger and MLflow, with its logging cut off (its run created, never finished, as when the server or the
+    driver dies mid-call), is replayed from its checkpoint exactly once; the cut-off run is removed, and the
+    ledger gets the record back too. A checkpoint whose copy was cut off, a trial of another study sharing
+    the folder, and a trial someone deleted from MLflow are not logged; a failed trial is in the ledger."""
+    tracker = Tracker(mlflow_sqlite_server.uri, "journal")
+    cells = tiny_cells("1,2,3")
+    other = tiny_cells("4")[0]
     parent = tracker.study_run("journal-study", "journal", {})
-    journal = tmp_path / "mlflow_journal"
-    artifacts = tmp_path / "artifacts"
-    artifacts.mkdir()
-    (artifacts / "selection.txt").write_text("1 2 3")
-    # cell 0: journalled and logged normally; cell 1: journalled, then its logging dies after create_run
-    assert tracker.log_or_journal(parent, fake_record(cells[0], 0), artifacts, journal)
-    assert not list(journal.iterdir()), "a logged trial leaves no journal entry"
-    tracker.journal_trial(fake_record(cells[1], 1), artifacts, journal)
+    storage, ledger = tmp_path / "ray", Ledger(tmp_path)
+    # cell 0: finished and logged normally; cell 1: finished, then the driver died while logging it
+    first = fake_checkpoint(storage, fake_record(cells[0], 0), "study-x/trial_0")
+    assert record_trial(tracker, parent, ledger, fake_record(cells[0], 0), first)
+    assert ledger.finished_hashes() == {cells[0].hash}, "the ledger has a logged trial"
+    fake_checkpoint(storage, fake_record(cells[1], 1), "train-trial_1")  # the Ray Train executor's layout
     cut = tracker.client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": parent,
                                                                  CONFIG_HASH: cells[1].hash})
-    (journal / "orphan").mkdir()  # a journal write killed before its record: must be cleaned, not replayed
+    # cell 2: two copies cut off by a kill (an artifact short of its listed size; a truncated record)
+    short = fake_checkpoint(storage, fake_record(cells[2], 2), "study-x/trial_2")
+    (short / "selection.txt").write_text("1 2")
+    torn = fake_checkpoint(storage, fake_record(cells[2], 2), "study-x/trial_2b")
+    (torn / "record.json").write_text((torn / "record.json").read_text()[:40])
+    fake_checkpoint(storage, fake_record(other, 3), "study-y/trial_0")  # another study, same folder
+    assert set(checkpointed(storage)) == {cells[0].hash, cells[1].hash, other.hash}
     seen = []
-    assert tracker.replay(parent, journal, on_record=seen.append) == 1
+    add = ledger.add
+    ledger.add = lambda record: seen.append(record) or add(record)
+    assert replay(tracker, parent, storage, ledger, [c.hash for c in cells]) == 1
     assert [r["config_hash"] for r in seen] == [cells[1].hash]
     runs = tracker.children(parent)
-    assert_each_once(runs, cells)
+    assert_each_once(runs, cells[:2])
     assert len(runs) == 2 and cut.info.run_id not in {r.info.run_id for r in runs}
     assert tracker.client.get_run(cut.info.run_id).info.lifecycle_stage == "deleted"
     assert "selection.txt" in tracker.artifact_names([r for r in runs if r.data.tags[CONFIG_HASH] == cells[1].hash][0]
                                                       .info.run_id)
-    assert not list(journal.iterdir())
-    assert tracker.replay(parent, journal) == 0
+    assert Ledger(tmp_path).finished_hashes() == {cells[0].hash, cells[1].hash}
+    assert not (tmp_path / "mlflow_journal").exists(), "no third copy of a trial"
+    assert replay(tracker, parent, storage, ledger, [c.hash for c in cells]) == 0
+
+    from study.outcome import failure_record
+
+    assert record_trial(tracker, parent, ledger, failure_record(cells[2], "boom"))
+    assert Ledger(tmp_path).rows[cells[2].hash]["status"] == "FAILED"
+    tracker.client.delete_run(next(r.info.run_id for r in runs if r.data.tags[CONFIG_HASH] == cells[0].hash))
+    assert replay(tracker, parent, storage, ledger, [c.hash for c in cells]) == 0, "a deleted trial stays deleted"
+    assert tracker.finished_hashes(parent) == {cells[1].hash}
 
 
 # ------------------------------------------------------------------ 5. atomic writes under SIGKILL
@@ -453,10 +504,9 @@ def test_driver_killed_then_rerun_finishes_only_the_missing_trials(ray_tmp, tmp_
 @pytest.mark.slow
 def test_mlflow_server_stopped_and_restarted_mid_study(ray_tmp, tmp_path, cache_dir):
     """The MLflow server is stopped (by PID) after the first trial is logged and started again (same port,
-    same SQLite store) once the driver has given up on a trial and journalled it. The study finishes, the
-    journalled trial is replayed, and the store holds every trial exactly once.
-    MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 makes the client fail at once instead of backing off for minutes
-    inside each call, so Tracker's own retries (5 tries, about 20 s) and then the journal are exercised."""
+    same SQLite store) once the driver has given up on a trial, after MLflow's own retries within the
+    product's budget (study.tracking.CLIENT_SETTINGS, about 15 s). The study finishes, the trial is replayed
+    from its Tune checkpoint, and the store holds every trial exactly once."""
     cells = tiny_cells("1,2,3,4", budgets="150")
     folder = tmp_path / "server"
     server = MlflowServer(sqlite_uri(folder / "mlflow.db"), folder)
@@ -467,12 +517,14 @@ def test_mlflow_server_stopped_and_restarted_mid_study(ray_tmp, tmp_path, cache_
         server.start()
         argv = TINY + ["--ipc", "1,2,3,4", "--budgets", "150", "--max-concurrent", "1", "--out", str(out),
                        "--cache-dir", str(cache_dir), "--tracking-uri", server.uri]
-        proc = start_study(argv, ray_tmp, log, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+        proc = start_study(argv, ray_tmp, log)
         try:
             wait_for(lambda: "[1/4]" in tail(log, 200), 400, "the first logged trial", proc, log)
             stopped |= server.stop()
-            wait_for(lambda: "MLflow is unreachable" in tail(log, 400), 300, "a journalled trial", proc, log)
-            assert list((out / "mlflow_journal").glob("*.json"))
+            wait_for(lambda: "MLflow is unreachable" in tail(log, 400), 300, "a trial MLflow missed", proc, log)
+            unlogged = re.search(r"MLflow is unreachable .*; trial (\w+) is logged", tail(log, 400)).group(1)
+            assert unlogged in checkpointed(out / "ray"), "the trial MLflow missed is in its Tune checkpoint"
+            assert unlogged in set(result_rows(out)["config_hash"]), "and in the ledger"
             server.start()
             assert finish(proc, log, 600) == 0, tail(log, 60)
         finally:
@@ -481,7 +533,8 @@ def test_mlflow_server_stopped_and_restarted_mid_study(ray_tmp, tmp_path, cache_
         _, _, runs = study_runs(server.uri)
         assert_each_once(runs, cells)
         assert len(runs) == len(cells)
-        assert not list((out / "mlflow_journal").glob("*"))
+        assert not (out / "mlflow_journal").exists()
+        assert re.search(r"logged \d+ trial\(s\) that finished while MLflow was unreachable", log.read_text())
         assert sorted(result_rows(out)["config_hash"]) == sorted(c.hash for c in cells)
     finally:
         stopped |= server.stop()

@@ -6,6 +6,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
+from study.journal import checkpointed
 from study.scaling import main
 from study.spec import resolve_spec
 from study.tracking import Tracker, default_tracking_uri
@@ -62,7 +63,10 @@ def test_small_study_logs_every_trial_once_and_resumes(local_ray, tmp_path, cach
     victim = runs[0]
     client.delete_run(victim.info.run_id)
     results[results.config_hash != victim.data.tags["config_hash"]].to_csv(out / "results.csv", index=False)
+    capsys.readouterr()
     assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert f"{len(runs)} cell(s) in the study, {len(runs) - 1} already finished" in said, "deleted by hand: rerun"
     _, rerun = child_runs(out)
     assert len(rerun) == len(runs)
     assert victim.data.tags["config_hash"] in {r.data.tags["config_hash"] for r in rerun}
@@ -96,6 +100,7 @@ def test_both_executors_agree(local_ray, tmp_path, cache_dir):
         _, runs = child_runs(out)
         assert [(r.data.tags["executor"], r.data.tags["workers"]) for r in runs] == [(executor, workers)]
         assert runs[0].data.tags["precision"] == "fp32"
+        assert set(checkpointed(out / "ray")) == {runs[0].data.tags["config_hash"]}, "the journal finds the record"
         accs[executor, workers] = runs[0].data.metrics["test_acc_seed0"]
     assert accs["inline", "1"] == accs["ray-train", "1"]
     assert accs["ray-train", "2"] == pytest.approx(accs["inline", "1"], abs=2 / 360)  # float rounding of the all-reduce

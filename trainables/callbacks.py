@@ -1,7 +1,8 @@
 """The study driver's Tune callback: every finished or failed trial goes to MLflow, the ledger and the terminal.
 
 It runs in the driver process only, so there is one writer to the tracking
-store whatever the number of concurrent trials.
+store whatever the number of concurrent trials. A trial MLflow cannot take
+stays in its checkpoint, from which study.journal logs it later.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from study.analysis.summary import mean_std
 from study.config import TrialConfig
+from study.journal import record_trial
 from study.ledger import Ledger
-from study.outcome import failure_record, read_record
+from study.outcome import failure_record
+from study.records import read_record
 from study.tracking import Tracker
 
 
@@ -21,7 +24,6 @@ class StudyLogger(tune.Callback):
     def __init__(self, tracker: Tracker, parent_id: str, ledger: Ledger, cells: list[TrialConfig], total: int,
                  done_before: int = 0):
         self.tracker, self.parent_id, self.ledger, self.cells = tracker, parent_id, ledger, cells
-        self.journal = ledger.path.parent / "mlflow_journal"
         self.total, self.done, self.failed = total, done_before, 0
         self.started = time.perf_counter()
 
@@ -29,9 +31,7 @@ class StudyLogger(tune.Callback):
         return self.cells[trial.config["cell"]].with_choices({k: v for k, v in trial.config.items() if k != "cell"})
 
     def log(self, record: dict, artifacts=None) -> None:
-        entry = self.tracker.journal_trial(record, artifacts, self.journal)  # first: survives a killed driver
-        self.ledger.add(record)
-        self.tracker.log_journalled(self.parent_id, entry)
+        record_trial(self.tracker, self.parent_id, self.ledger, record, artifacts)
         self.done += 1
         m = record["metrics"]
         if record["status"] == "FINISHED":

@@ -21,6 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.config import TrialConfig
 from study.errors import StudyError
+from study.journal import replay
 from study.ledger import Ledger
 from study.spec import StudySpec
 from study.tracking import Tracker
@@ -168,14 +169,13 @@ def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOpt
         os.environ.setdefault(name, value)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ledger = Ledger(options.out_dir)
-    replayed = tracker.replay(parent_id, options.out_dir / "mlflow_journal", on_record=ledger.add)
-    if replayed:
-        say(f"logged {replayed} trial(s) that finished while MLflow was unreachable or the study was stopped")
+    cells = spec.cells()
+    hashes = [c.hash for c in cells]
+    replay(tracker, parent_id, storage_dir(options), ledger, hashes, say)
     stale = tracker.close_stale(parent_id)
     if stale:
         say(f"marked {stale} trial run(s) left running by an interrupted study as KILLED; they will run again")
     finished = tracker.finished_hashes(parent_id) | ledger.finished_hashes()
-    cells = spec.cells()
     pending = [c for c in cells if c.hash not in finished]
     say(f"{len(cells)} cell(s) in the study, {len(cells) - len(pending)} already finished")
     if spec.kind == "grid" and not pending:
@@ -188,13 +188,18 @@ def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOpt
     finally:
         if started:
             ray.shutdown()
-    tracker.replay(parent_id, options.out_dir / "mlflow_journal", on_record=ledger.add)
+    replay(tracker, parent_id, storage_dir(options), ledger, hashes, say)
     return ledger
+
+
+def storage_dir(options: RunOptions) -> Path:
+    """Where Tune and Ray Train keep the study's trials, their checkpoints (each trial's record) included."""
+    return Path(options.out_dir, "ray").resolve()
 
 
 def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOptions, say) -> None:
     executor = resolve_executor(options, say)
-    storage = str(Path(options.out_dir, "ray").resolve())
+    storage = str(storage_dir(options))
     max_concurrent = concurrency(options)
     res = ray.cluster_resources()
     say(f"executor {executor}, {max_concurrent or 'unbounded'} concurrent trial(s), cluster has "
