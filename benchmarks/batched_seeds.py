@@ -5,7 +5,7 @@
 
 Both sides train ``--seeds`` students (ConvNet on ``--dataset``, random IPC-10 subsets, hard labels,
 AdamW, the same on-device augmentation and evaluations) for the same steps; the sequential side calls
-``study.train.train_student`` per seed, the batched side ``study.batched.train_students`` once. It prints
+``study.core.train.train_student`` per seed, the batched side ``study.core.batched.train_students`` once. It prints
 students x samples/s for each, their ratio (target: >= 3 on a GPU, >= 1 on a CPU) and the largest
 difference in test accuracy between the two (they must agree to float tolerance).
 """
@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from study.batched import train_students
-from study.cache import Cache
-from study.data import load_dataset
-from study.protocol import Protocol
-from study.selectors import SelectionContext, build_selector
-from study.train import train_student
+from study.core.batched import train_students
+from study.core.cache import Cache
+from study.core.data import load_dataset
+from study.core.protocol import Protocol
+from study.selection import SelectionContext, build_selector
+from study.core.train import train_student
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
 Each shape is ``model:image size``: ``convnet:32`` (the DD ConvNet, CIFAR-sized), ``resnet18:64``
 (Tiny-ImageNet-sized) and ``resnet18:224`` (ImageNet-sized). Data are random uint8 images of that size
 (3 channels, 10 classes, ``--images`` of them held on the device), so nothing is downloaded and only speed is
-measured. Each cell times ``study.train.train_student`` (hard labels, AdamW, crop + flip on device, one
+measured. Each cell times ``study.core.train.train_student`` (hard labels, AdamW, crop + flip on device, one
 validation pass on 256 images) after a warm-up of the same call, and prints training images/s. On CUDA the
 student and batches are channels_last; ``--compile`` adds ``torch.compile`` rows (the warm-up pays the
 compilation). The figure it is judged by: bf16 over fp32 images/s per shape, on the same card.
@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from study.data import Augment, Dataset
-from study.protocol import Protocol
-from study.train import train_student
+from study.core.data import Augment, Dataset
+from study.core.protocol import Protocol
+from study.core.train import train_student
 
 
 def random_dataset(size: int, images: int, seed: int = 0) -> Dataset:

@@ -1,12 +1,12 @@
-"""Student-training throughput: ``study.train.train_student`` against a bare PyTorch loop on the same work.
+"""Student-training throughput: ``study.core.train.train_student`` against a bare PyTorch loop on the same work.
 
     python benchmarks/train_throughput.py [--steps 300] [--batch-size 128] [--width 32] [--device cpu]
                                           [--precision fp32|bf16]
 
-Both sides train the same ConvNet (``study.models.model_for``) on the same Fashion-MNIST random IPC-50 subset
+Both sides train the same ConvNet (``study.core.models.model_for``) on the same Fashion-MNIST random IPC-50 subset
 (500 uint8 images held on the device), for the same number of steps at the same batch size, with the same
 optimiser (AdamW lr 1e-3, wd 0.01, cosine schedule), the same batched on-device augmentation
-(``study.augment.augment_batch``: per-sample random crop with padding 2 and flip), hard-label cross-entropy,
+(``study.core.augment.augment_batch``: per-sample random crop with padding 2 and flip), hard-label cross-entropy,
 and one final test-set evaluation (10,000 images). Each side's time runs from building the model to the test
 accuracy. What the bare loop leaves out is the harness: the label-regime object, the per-step loss record,
 the periodic validation passes, the FLOP count of one step, and the result bookkeeping. The ratio
@@ -14,7 +14,7 @@ the periodic validation passes, the FLOP count of one step, and the result bookk
 Runs alternate between the two sides and the median of ``--repeats`` is reported, because a shared machine
 makes single timings noisy; ``--clock cpu --threads 1`` times CPU seconds instead of wall seconds, which other
 people's jobs on the same cores barely disturb. ``--precision bf16`` runs both sides under bf16 autocast, and
-on a GPU both hold the model and batches channels_last (``study.precision``), so the ratio stays like for like.
+on a GPU both hold the model and batches channels_last (``study.core.precision``), so the ratio stays like for like.
 """
 from __future__ import annotations
 
@@ -26,15 +26,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from study.augment import augment_batch
-from study.cache import Cache
-from study.data import load_dataset
-from study.evaluate import accuracy
-from study.models import model_for
-from study.precision import autocast, device_layout, place_model
-from study.selectors import SelectionContext, build_selector
-from study.protocol import Protocol
-from study.train import train_student
+from study.core.augment import augment_batch
+from study.core.cache import Cache
+from study.core.data import load_dataset
+from study.core.evaluate import accuracy
+from study.core.models import model_for
+from study.core.precision import autocast, device_layout, place_model
+from study.selection import SelectionContext, build_selector
+from study.core.protocol import Protocol
+from study.core.train import train_student
 
 
 def bare_loop(x, y, data, steps, batch_size, width, device, precision, seed=0):

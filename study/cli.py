@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from study.errors import StudyError
+from study.core.errors import StudyError
 
 
 def friendly_errors(main):

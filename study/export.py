@@ -4,7 +4,7 @@
     python -m study.export --selector dm --ipc 1 --params '{"iterations": 1000}' --out dm1.npz
     python -m study.export --selector cad_prune --ipc 10 --set steps=300 --set regime=sl_kd --out cad10/
 
-The set is made exactly as a trial makes it (study.trial: context_for,
+The set is made exactly as a trial makes it (study.runs.trial: context_for,
 get_selection, build_selector), through the same preparation cache, so the
 exported set of ``--seed R`` is the set repeat R of the matching trial trains
 on. ``--seed`` is that repeat index; the card records the selection seed it
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from study.cache import atomic_write_bytes, atomic_write_text
+from study.core.cache import atomic_write_bytes, atomic_write_text
 from study.cli import friendly_errors
-from study.config import TrialConfig
-from study.errors import StudyError
-from study.selectors.external_formats import CARD_NAME, FILE_FORMATS, card_path, compute_content_hash, hash_scheme
+from study.runs.config import TrialConfig
+from study.core.errors import StudyError
+from study.selection.external_formats import CARD_NAME, FILE_FORMATS, card_path, compute_content_hash, hash_scheme
 
 CARD_FORMAT = "hardtruths-set/1"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same set always gives the same bytes and hash
@@ -119,10 +119,10 @@ def export_selection(cfg: TrialConfig, repeat: int, out: str | Path, cache_dir=N
                      force: bool = False) -> dict:
     """Make (or read from the cache) repeat ``repeat`` of ``cfg``'s selection, write it to ``out`` with its card,
     and return the card."""
-    from study.selectors import build_selector
-    from study.train import default_device
-    from study.trial import context_for, get_selection, selection_key
-    from study.validate import validate_trial
+    from study.selection import build_selector
+    from study.core.train import default_device
+    from study.runs.trial import context_for, get_selection, selection_key
+    from study.runs.validate import validate_trial
 
     out = Path(out).expanduser()
     if cfg.is_full_data:
@@ -171,7 +171,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def config_from_args(a: argparse.Namespace) -> TrialConfig:
-    from study.spec import parse_override
+    from study.runs.spec import parse_override
 
     try:
         params = json.loads(a.params)

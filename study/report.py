@@ -38,8 +38,8 @@ from study.analysis.alignment import CAD_SELECTOR, alignment
 from study.analysis.prose import headline
 from study.analysis.trials import regime_sort_key, run_rows, tidy, trial_table
 from study.cli import friendly_errors
-from study.errors import StudyError
-from study.tracking import Tracker, configure_client, find_parent, tracker_for_run
+from study.core.errors import StudyError
+from study.runs.tracking import Tracker, configure_client, find_parent, tracker_for_run
 
 EXAMPLE_ARTIFACT = "selection_seed0.png"
 PROVENANCE_ARTIFACT = "selection_seed0.pt"
@@ -259,7 +259,7 @@ def resolve_uri(a: argparse.Namespace) -> str:
     if a.tracking_uri:
         return a.tracking_uri
     if a.out and (Path(a.out) / "mlflow.db").exists():
-        from study.tracking import default_tracking_uri
+        from study.runs.tracking import default_tracking_uri
 
         return default_tracking_uri(a.out)
     if os.environ.get("MLFLOW_TRACKING_URI"):

@@ -9,8 +9,8 @@ import json
 
 from study.cli import friendly_errors
 from study.analysis.summary import mean_std
-from study.config import TrialConfig
-from study.validate import validate_trial
+from study.runs.config import TrialConfig
+from study.runs.validate import validate_trial
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
                                      ipc=a.ipc, regime=a.regime, steps=a.steps, batch_size=a.batch_size,
                                      recipe=a.recipe, seeds=a.seeds))
     validate_trial(cfg)
-    from study.trial import run_trial
+    from study.runs.trial import run_trial
 
     outcome = run_trial(cfg, a.cache_dir, a.device)
     m = outcome.metrics()

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from search_spaces import PRESETS, SPACES
 from study.cli import friendly_errors
-from study.errors import StudyError
-from study.spec import StudySpec, resolve_spec, validate_spec
+from study.core.errors import StudyError
+from study.runs.spec import StudySpec, resolve_spec, validate_spec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,7 +68,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def spec_from_args(a: argparse.Namespace) -> StudySpec:
-    from study.selectors import SELECTORS
+    from study.selection import SELECTORS
 
     overrides = list(a.overrides)
     if a.model:
@@ -86,7 +86,7 @@ def check_workers(workers: int, batch_size: int) -> None:
 
 
 def smallest_class(spec: StudySpec) -> int:
-    from study.trial import cached_dataset
+    from study.runs.trial import cached_dataset
 
     return int(cached_dataset(spec.protocol["dataset"], spec.protocol["data_root"]).class_counts().min())
 
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "study_spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
 
-    from study.tracking import Tracker, configure_client, default_tracking_uri
+    from study.runs.tracking import Tracker, configure_client, default_tracking_uri
 
     configure_client()
     tracker = Tracker(a.tracking_uri or default_tracking_uri(out), a.experiment,
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     ledger = run_study(spec, tracker, parent, options)
     frame = ledger.frame()
     summary = summarise_ledger(frame)
-    from study.cache import atomic_write_text
+    from study.core.cache import atomic_write_text
 
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
     print_summary(summary)

@@ -20,7 +20,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def digits():
-    from study.data import load_dataset
+    from study.core.data import load_dataset
 
     return load_dataset("digits")
 
@@ -32,8 +32,8 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_teacher(digits, cache_dir):
-    from study.cache import Cache
-    from study.teacher import TeacherSpec, get_teacher
+    from study.core.cache import Cache
+    from study.core.teacher import TeacherSpec, get_teacher
 
     return get_teacher(digits, TeacherSpec(**TEST_TEACHER), Cache(cache_dir), device="cpu")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study.augment import augment_batch, crop_boxes, cutmix, random_crop, random_flip, resized_crop
-from study.data import Augment
-from study.seeding import generator
+from study.core.augment import augment_batch, crop_boxes, cutmix, random_crop, random_flip, resized_crop
+from study.core.data import Augment
+from study.core.seeding import generator
 
 
 def images(b=32, c=3, h=12, w=10, seed=0):

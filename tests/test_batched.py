@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study.batched import batching_pays, train_students
-from study.protocol import Protocol
-from study.train import train_student
+from study.core.batched import batching_pays, train_students
+from study.core.protocol import Protocol
+from study.core.train import train_student
 
 
 @pytest.mark.parametrize("regime, cutmix_prob", [("hl", 0.0), ("sl_kd", 0.5), ("sl", 0.5)])

@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 
-from study.cache import Cache
-from study.teacher import TeacherSpec, get_teacher
+from study.core.cache import Cache
+from study.core.teacher import TeacherSpec, get_teacher
 
 KEY = {"kind": "scores", "dataset": "digits", "seed": 3, "params": {"b": 1, "a": [1, 2]}}
 
@@ -23,7 +23,7 @@ class Counter:
 
 
 def cache_warnings(caplog):
-    return [r for r in caplog.records if r.name == "study.cache" and r.levelno >= logging.WARNING]
+    return [r for r in caplog.records if r.name == "study.core.cache" and r.levelno >= logging.WARNING]
 
 
 def test_reuse_by_content_key(tmp_path):
@@ -52,7 +52,7 @@ def test_corrupted_entry_is_detected_and_recomputed(tmp_path, caplog, damage):
     else:
         sidecar.write_text('{"sha256": ')
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="study.cache"):
+    with caplog.at_level(logging.WARNING, logger="study.core.cache"):
         value = cache.get_or_compute("scores", KEY, compute)
     assert compute.calls == 2, "the damaged entry must be recomputed, not trusted"
     assert torch.equal(value["scores"], torch.arange(1000, dtype=torch.float32) * 2)
@@ -61,7 +61,7 @@ def test_corrupted_entry_is_detected_and_recomputed(tmp_path, caplog, damage):
     assert str(payload) in warnings[0].getMessage()
     # The recomputed entry was stored again and is trusted on the next call, silently.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="study.cache"):
+    with caplog.at_level(logging.WARNING, logger="study.core.cache"):
         cache.get_or_compute("scores", KEY, compute)
     assert compute.calls == 2 and not cache_warnings(caplog)
 
@@ -84,7 +84,7 @@ def test_corrupted_teacher_is_retrained_identically(tmp_path, caplog, digits):
     data[-200] ^= 0x01
     entry.write_bytes(bytes(data))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="study.cache"):
+    with caplog.at_level(logging.WARNING, logger="study.core.cache"):
         second = get_teacher(digits, spec, cache, device="cpu")
     assert len(cache_warnings(caplog)) == 1
     assert second.test_acc == first.test_acc

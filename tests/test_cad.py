@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from study.cache import Cache
-from study.errors import StudyError
-from study.protocol import Protocol
-from study.selectors import SelectionContext, build_selector
-from study.selectors import cad as cad_module
-from study.selectors.difficulty import class_percentiles, stratified_window_pick
-from study.selectors.cad import (
+from study.core.cache import Cache
+from study.core.errors import StudyError
+from study.core.protocol import Protocol
+from study.selection import SelectionContext, build_selector
+from study.selection import cad as cad_module
+from study.selection.difficulty import class_percentiles, stratified_window_pick
+from study.selection.cad import (
     cad_proxy, cad_window, late_steps, proxy_models,
 )
-from study.augment import resized_crop
+from study.core.augment import resized_crop
 
 # A real proxy that learns digits in a few hundred steps: convnet width 32, AdamW, batch 64, hard labels.
 PROXY = {"batch_size": 64, "model_kwargs": {"width": 32}}

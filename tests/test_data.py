@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import study.data
-from study.data import SPLIT_SEED, carve_val, list_datasets, load_dataset
-from study.errors import StudyError
+import study.core.data
+from study.core.data import SPLIT_SEED, carve_val, list_datasets, load_dataset
+from study.core.errors import StudyError
 
 # What each registered dataset must look like when it is available offline. A dataset added to the
 # registry without a row here fails test_every_registered_dataset_is_covered.
@@ -31,7 +31,7 @@ def test_every_registered_dataset_is_covered():
 
 @pytest.fixture(scope="module")
 def fashion():
-    if not study.data.DEBIAN_FASHION_MNIST.is_dir():
+    if not study.core.data.DEBIAN_FASHION_MNIST.is_dir():
         pytest.skip("dataset-fashion-mnist is not installed")
     return load_dataset("fashion-mnist")
 
@@ -80,7 +80,7 @@ def test_split_is_deterministic_and_disjoint():
 def test_missing_fashion_mnist_is_one_sentence(tmp_path, monkeypatch):
     empty_root, no_debian = tmp_path / "root", tmp_path / "no-debian"
     empty_root.mkdir()
-    monkeypatch.setattr(study.data, "DEBIAN_FASHION_MNIST", no_debian)
+    monkeypatch.setattr(study.core.data, "DEBIAN_FASHION_MNIST", no_debian)
     with pytest.raises(StudyError) as err:
         load_dataset("fashion-mnist", data_root=empty_root)
     msg = str(err.value)
@@ -95,9 +95,9 @@ def test_fashion_mnist_from_a_data_root(tmp_path, monkeypatch, fashion):
     """IDX files under --data-root are found (here: the Debian files copied into a torchvision-style folder)."""
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for f in study.data.DEBIAN_FASHION_MNIST.iterdir():
+    for f in study.core.data.DEBIAN_FASHION_MNIST.iterdir():
         (raw / f.name).symlink_to(f)
-    monkeypatch.setattr(study.data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(study.core.data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     data = load_dataset("fashion-mnist", data_root=tmp_path)
     assert torch.equal(data.test_y, fashion.test_y) and torch.equal(data.val_x, fashion.val_x)
 
@@ -135,7 +135,7 @@ def write_tree(root, classes, per_class, size=12, seed=0):
 
 
 def test_imagefolder_loads_writes_manifest_and_refuses_changed_classes(tmp_path, monkeypatch):
-    monkeypatch.setattr(study.data, "IMAGEFOLDER_SIZE", 16)
+    monkeypatch.setattr(study.core.data, "IMAGEFOLDER_SIZE", 16)
     tree = tmp_path / "tree"
     write_tree(tree, ["cat", "dog"], per_class=5)
     data = load_dataset(f"imagefolder:{tree}")
@@ -157,7 +157,7 @@ def test_imagefolder_loads_writes_manifest_and_refuses_changed_classes(tmp_path,
 
 
 def test_imagefolder_with_train_and_val_folders(tmp_path, monkeypatch):
-    monkeypatch.setattr(study.data, "IMAGEFOLDER_SIZE", 8)
+    monkeypatch.setattr(study.core.data, "IMAGEFOLDER_SIZE", 8)
     tree = tmp_path / "tiny"
     write_tree(tree / "train", ["a", "b"], per_class=4)
     write_tree(tree / "val", ["a", "b"], per_class=2, seed=3)

@@ -9,12 +9,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from study.data import load_dataset
-from study.data_parallel import DataParallel
-from study.errors import StudyError
-from study.models import model_for
-from study.protocol import Protocol
-from study.train import train_student
+from study.core.data import load_dataset
+from study.core.data_parallel import DataParallel
+from study.core.errors import StudyError
+from study.core.models import model_for
+from study.core.protocol import Protocol
+from study.core.train import train_student
 
 PROTOCOL = Protocol(steps=40, batch_size=32, model_kwargs={"width": 16}, regime="sl_kd", cutmix_prob=0.5)
 KW = dict(device="cpu", eval_points=2, seed=7)

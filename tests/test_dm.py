@@ -6,12 +6,12 @@ import statistics
 import pytest
 import torch
 
-from study.cache import Cache
-from study.config import TrialConfig
-from study.errors import StudyError
-from study.selectors import SelectionContext, build_selector
-from study.selectors.dm import apply_views, draw_views
-from study.trial import run_trial
+from study.core.cache import Cache
+from study.runs.config import TrialConfig
+from study.core.errors import StudyError
+from study.selection import SelectionContext, build_selector
+from study.selection.dm import apply_views, draw_views
+from study.runs.trial import run_trial
 
 
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import TrialConfig
-from study.errors import StudyError
+from study.runs.config import TrialConfig
+from study.core.errors import StudyError
 from study.export import main as export_main
-from study.outcome import success_record
-from study.selectors import build_selector
-from study.records import flatten
-from study.selectors.external_formats import compute_content_hash
-from study.trial import context_for, get_selection, run_trial
+from study.runs.outcome import success_record
+from study.selection import build_selector
+from study.runs.records import flatten
+from study.selection.external_formats import compute_content_hash
+from study.runs.trial import context_for, get_selection, run_trial
 
 SMALL = dict(steps=30, seeds=1, model_kwargs={"width": 16})
 

@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from servers import (MlflowServer, Postgres, RayNode, gone, mentioning, postgres_available, ray_nodes, short_tmp,
                      sqlite_uri, stop_processes, tail)
-from study.spec import resolve_spec
-from study.tracking import CONFIG_HASH
+from study.runs.spec import resolve_spec
+from study.runs.tracking import CONFIG_HASH
 
 REPO = Path(__file__).resolve().parents[1]
 

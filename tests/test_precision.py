@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study.batched import train_students
-from study.config import TrialConfig
-from study.errors import StudyError
-from study.precision import autocast, resolve_precision
-from study.protocol import Protocol
-from study.train import train_student
-from study.validate import validate_trial
+from study.core.batched import train_students
+from study.runs.config import TrialConfig
+from study.core.errors import StudyError
+from study.core.precision import autocast, resolve_precision
+from study.core.protocol import Protocol
+from study.core.train import train_student
+from study.runs.validate import validate_trial
 
 
 def subset(digits, n=100, seed=0):

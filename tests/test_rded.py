@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.augment import crop_boxes, resized_crop
-from study.cache import Cache
-from study.data import Augment, Dataset
-from study.errors import StudyError
-from study.protocol import Protocol
-from study.selectors import SelectionContext, build_selector
-from study.selectors.rded import default_factor, rded_patches, stitch
-from study.seeding import generator
+from study.core.augment import crop_boxes, resized_crop
+from study.core.cache import Cache
+from study.core.data import Augment, Dataset
+from study.core.errors import StudyError
+from study.core.protocol import Protocol
+from study.selection import SelectionContext, build_selector
+from study.selection.rded import default_factor, rded_patches, stitch
+from study.core.seeding import generator
 
 
 def expected_crops(images: torch.Tensor, boxes: torch.Tensor, factor: int, view: str):
@@ -178,7 +178,7 @@ def test_factor_must_divide_the_image(tmp_path):
 
 
 def test_synthetic_selection_saves_a_png_grid(tmp_path):
-    artifacts = pytest.importorskip("study.selectors.artifacts")
+    artifacts = pytest.importorskip("study.selection.artifacts")
     import json
 
     from PIL import Image

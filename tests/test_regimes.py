@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from study.augment import Mix, cutmix
-from study.errors import StudyError
-from study.models import create_model
-from study.regimes import build_regime, list_regimes
-from study.seeding import generator
+from study.core.augment import Mix, cutmix
+from study.core.errors import StudyError
+from study.core.models import create_model
+from study.core.regimes import build_regime, list_regimes
+from study.core.seeding import generator
 
 C, B, N = 5, 4, 6
 

@@ -25,11 +25,11 @@ from mlflow.tracking import MlflowClient
 from servers import (MlflowServer, free_port, gone, kill_group, mentioning, short_tmp, sqlite_uri, stop_processes,
                      tail, wait_for)
 from study.scaling import main
-from study.spec import resolve_spec
-from study.journal import checkpointed, record_trial, replay
-from study.ledger import Ledger
-from study.records import write_record
-from study.tracking import CONFIG_HASH, Tracker, default_tracking_uri
+from study.runs.spec import resolve_spec
+from study.runs.journal import checkpointed, record_trial, replay
+from study.runs.ledger import Ledger
+from study.runs.records import write_record
+from study.runs.tracking import CONFIG_HASH, Tracker, default_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--space", "smoke", "--selectors", "random", "--regimes", "hl", "--budgets", "20", "--seeds", "1",
@@ -103,7 +103,7 @@ def result_rows(out: Path) -> pd.DataFrame:
 
 
 def fake_record(cfg, i: int) -> dict:
-    """A finished trial's record as the trainable writes it (see study.outcome), without training anything."""
+    """A finished trial's record as the trainable writes it (see study.runs.outcome), without training anything."""
     return {"config": cfg.to_dict(), "config_hash": cfg.hash, "label": cfg.label(), "status": "FINISHED",
             "metrics": {"test_acc_mean": 0.5 + i / 100, "test_acc_std": 0.0, "val_acc_mean": 0.5,
                         "wall_seconds": 1.0},
@@ -206,7 +206,7 @@ def test_mlflow_client_gives_up_within_the_product_budget():
     in seconds, where MLflow's defaults would keep trying for about four minutes; a user's setting wins."""
     from unittest import mock
 
-    from study.tracking import CLIENT_SETTINGS, configure_client
+    from study.runs.tracking import CLIENT_SETTINGS, configure_client
 
     with mock.patch.dict(os.environ, {"MLFLOW_HTTP_REQUEST_TIMEOUT": "7"}):
         for name in set(CLIENT_SETTINGS) - {"MLFLOW_HTTP_REQUEST_TIMEOUT"}:
@@ -269,7 +269,7 @@ def test_journal_replays_once_and_drops_a_cut_off_run(mlflow_sqlite_server, tmp_
     assert not (tmp_path / "mlflow_journal").exists(), "no third copy of a trial"
     assert replay(tracker, parent, storage, ledger, [c.hash for c in cells]) == 0
 
-    from study.outcome import failure_record
+    from study.runs.outcome import failure_record
 
     assert record_trial(tracker, parent, ledger, failure_record(cells[2], "boom"))
     assert Ledger(tmp_path).rows[cells[2].hash]["status"] == "FAILED"
@@ -283,8 +283,8 @@ def test_journal_replays_once_and_drops_a_cut_off_run(mlflow_sqlite_server, tmp_
 WRITER = r"""
 import sys, torch
 from pathlib import Path
-from study.cache import Cache
-from study.ledger import Ledger
+from study.core.cache import Cache
+from study.runs.ledger import Ledger
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 cache, ledger = Cache(root), Ledger(out)
 big = torch.arange(12_000_000, dtype=torch.float32)  # about 48 MB per entry
@@ -308,7 +308,7 @@ def test_sigkill_during_writes_leaves_no_truncated_trusted_file(tmp_path):
     that lands mid-write leaves only an orphaned temporary file (the evidence it landed there); the cache
     entry either loads whole or is refused and recomputed, never trusted truncated, and results.csv always
     parses, without torn or duplicated rows."""
-    from study.cache import Cache
+    from study.core.cache import Cache
 
     root, out = tmp_path / "cache", tmp_path / "out"
     out.mkdir()
@@ -505,7 +505,7 @@ def test_driver_killed_then_rerun_finishes_only_the_missing_trials(ray_tmp, tmp_
 def test_mlflow_server_stopped_and_restarted_mid_study(ray_tmp, tmp_path, cache_dir):
     """The MLflow server is stopped (by PID) after the first trial is logged and started again (same port,
     same SQLite store) once the driver has given up on a trial, after MLflow's own retries within the
-    product's budget (study.tracking.CLIENT_SETTINGS, about 15 s). The study finishes, the trial is replayed
+    product's budget (study.runs.tracking.CLIENT_SETTINGS, about 15 s). The study finishes, the trial is replayed
     from its Tune checkpoint, and the store holds every trial exactly once."""
     cells = tiny_cells("1,2,3,4", budgets="150")
     folder = tmp_path / "server"

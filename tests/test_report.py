@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from study.analysis.summary import lrs
-from study.config import TrialConfig
-from study.ledger import Ledger
+from study.runs.config import TrialConfig
+from study.runs.ledger import Ledger
 from study.report import FIGURES, build_report, main, print_report
 from study.scaling import print_summary, summarise_ledger
-from study.tracking import Tracker, default_tracking_uri, find_parent
+from study.runs.tracking import Tracker, default_tracking_uri, find_parent
 
 D = 1 / 32
 CENTRES = {

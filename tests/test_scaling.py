@@ -6,10 +6,10 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from study.journal import checkpointed
+from study.runs.journal import checkpointed
 from study.scaling import main
-from study.spec import resolve_spec
-from study.tracking import Tracker, default_tracking_uri
+from study.runs.spec import resolve_spec
+from study.runs.tracking import Tracker, default_tracking_uri
 from trainables.tune_study import RunOptions, run_study
 
 SMALL = ["--selectors", "random,full", "--ipc", "1,3", "--regimes", "hl,sl_kd", "--budgets", "30", "--seeds", "2",
@@ -118,7 +118,7 @@ def test_selector_params_reach_only_their_selector():
 def test_dry_run_paper_counts_every_trial(capsys):
     assert main(["--space", "paper", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    from study.selectors import SELECTORS
+    from study.selection import SELECTORS
 
     spec = resolve_spec("paper", all_selectors=SELECTORS.names())
     assert f"total: {spec.trial_count()} trials" in out

@@ -7,18 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.cache import Cache
-from study.data import Dataset
-from study.errors import StudyError
-from study.models import model_for
-from study.scores import (
+from study.core.cache import Cache
+from study.core.data import Dataset
+from study.core.errors import StudyError
+from study.core.models import model_for
+from study.selection.scores import (
     SCORERS, checkpoint_scores, compute_scores, distance_to_class_median, dynamic_uncertainty, forgetting_events,
     proxy_scores, uncertainty,
 )
-from study.protocol import Protocol
-from study.selectors import SelectionContext
-from study.seeding import derive_seed
-from study.teacher import TeacherSpec
+from study.core.protocol import Protocol
+from study.selection import SelectionContext
+from study.core.seeding import derive_seed
+from study.core.teacher import TeacherSpec
 
 TINY_PROXY = {"seeds": 2, "fraction": 0.05}
 

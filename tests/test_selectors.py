@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from study.errors import StudyError
-from study.selectors import SELECTORS, Selection, build_selector
-from study.selectors.artifacts import save_selection_artifacts
-from study.selectors.geometry import d2_order, herding_order, kcenter_order
-from study.selectors.score_based import ccs_budgets, equal_width_strata
+from study.core.errors import StudyError
+from study.selection import SELECTORS, Selection, build_selector
+from study.selection.artifacts import save_selection_artifacts
+from study.selection.geometry import d2_order, herding_order, kcenter_order
+from study.selection.score_based import ccs_budgets, equal_width_strata
 from test_scores import TINY_PROXY, digits_ctx, toy_context  # noqa: F401 (digits_ctx is a fixture)
 
 CHEAP = {"el2n": TINY_PROXY, "grand": TINY_PROXY, "dm": {"iterations": 3, "width": 16, "batch_real": 16}}

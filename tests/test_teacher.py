@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from study.cache import Cache
-from study.data import load_dataset
-from study.errors import StudyError
-from study.evaluate import accuracy
-from study.teacher import DYNAMICS, TeacherSpec, get_teacher, train_teacher
+from study.core.cache import Cache
+from study.core.data import load_dataset
+from study.core.errors import StudyError
+from study.core.evaluate import accuracy
+from study.core.teacher import DYNAMICS, TeacherSpec, get_teacher, train_teacher
 
 from conftest import TEST_TEACHER
 
@@ -105,7 +105,7 @@ def test_bad_pretrained_weights_are_one_sentence(teacher, digits, tmp_path):
 
 @pytest.mark.slow
 def test_fashion_mnist_convnet_teacher_reaches_90_percent(one_thread, tmp_path):
-    if not __import__("study.data").data.DEBIAN_FASHION_MNIST.is_dir():
+    if not __import__("study.core.data", fromlist=["data"]).DEBIAN_FASHION_MNIST.is_dir():
         pytest.skip("dataset-fashion-mnist is not installed")
     data = load_dataset("fashion-mnist")
     start = time.perf_counter()

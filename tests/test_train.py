@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from study.cache import Cache
-from study.config import TrialConfig
-from study.protocol import Protocol
-from study.recipes import get_recipe
-from study.selectors import SelectionContext, build_selector
-from study.teacher import TeacherSpec, get_teacher
-from study.train import batch_indices, train_student
-from study.trial import run_trial
+from study.core.cache import Cache
+from study.runs.config import TrialConfig
+from study.core.protocol import Protocol
+from study.core.recipes import get_recipe
+from study.selection import SelectionContext, build_selector
+from study.core.teacher import TeacherSpec, get_teacher
+from study.core.train import batch_indices, train_student
+from study.runs.trial import run_trial
 
 from conftest import TEST_TEACHER
 

@@ -2,7 +2,7 @@
 
 It runs in the driver process only, so there is one writer to the tracking
 store whatever the number of concurrent trials. A trial MLflow cannot take
-stays in its checkpoint, from which study.journal logs it later.
+stays in its checkpoint, from which study.runs.journal logs it later.
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from study.analysis.summary import mean_std
-from study.config import TrialConfig
-from study.journal import record_trial
-from study.ledger import Ledger
-from study.outcome import failure_record
-from study.records import read_record
-from study.tracking import Tracker
+from study.runs.config import TrialConfig
+from study.runs.journal import record_trial
+from study.runs.ledger import Ledger
+from study.runs.outcome import failure_record
+from study.runs.records import read_record
+from study.runs.tracking import Tracker
 
 
 class StudyLogger(tune.Callback):

@@ -1,7 +1,7 @@
 """The Tune trainable, and the two ways it trains a trial's students: inline in the Tune trial, or in a Ray
 Train TorchTrainer.
 
-Both call :func:`execute`, which runs ``study.trial.run_trial`` and writes the
+Both call :func:`execute`, which runs ``study.runs.trial.run_trial`` and writes the
 record and artifacts into a folder that becomes the trial's checkpoint. The
 inline path saves Ray Train's fixed start-up cost (seconds per trial) on CPU
 laptops; the TorchTrainer path is what a GPU cluster uses.
@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from study.config import TrialConfig
-from study.data_parallel import world
-from study.precision import resolve_precision
-from study.outcome import success_record, write_outcome
-from study.train import default_device
-from study.trial import cached_dataset, run_trial
+from study.runs.config import TrialConfig
+from study.core.data_parallel import world
+from study.core.precision import resolve_precision
+from study.runs.outcome import success_record, write_outcome
+from study.core.train import default_device
+from study.runs.trial import cached_dataset, run_trial
 
 SUMMARY_KEYS = ("test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds")
 
@@ -47,7 +47,7 @@ def execute(cfg: TrialConfig, cache_dir: str | None, tags: dict, threads: int | 
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker body: every rank trains (DDP over the workers, see study.data_parallel); rank 0
+    """Ray Train worker body: every rank trains (DDP over the workers, see study.core.data_parallel); rank 0
     records the trial and reports it with its folder as the checkpoint."""
     import ray.train
 

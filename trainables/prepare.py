@@ -12,12 +12,12 @@ from collections import Counter
 
 import ray
 
-from study.config import TrialConfig
-from study.regimes import REGIMES
-from study.seeding import canonical_json
-from study.selectors import build_selector
-from study.train import default_device
-from study.trial import context_for, prepare_selection, selection_key
+from study.runs.config import TrialConfig
+from study.core.regimes import REGIMES
+from study.core.seeding import canonical_json
+from study.selection import build_selector
+from study.core.train import default_device
+from study.runs.trial import context_for, prepare_selection, selection_key
 
 
 class _Lines(logging.Handler):
@@ -33,7 +33,7 @@ class _Lines(logging.Handler):
 def cache_notes():
     """The cache's warnings (a damaged entry found and recomputed) inside a task, for the driver to say:
     what a Ray task logs goes to the worker's log file, which the user does not see."""
-    handler, logger = _Lines(), logging.getLogger("study.cache")
+    handler, logger = _Lines(), logging.getLogger("study.core.cache")
     logger.addHandler(handler)
     try:
         yield handler.lines

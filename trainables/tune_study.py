@@ -19,12 +19,12 @@ import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from study.config import TrialConfig
-from study.errors import StudyError
-from study.journal import replay
-from study.ledger import Ledger
-from study.spec import StudySpec
-from study.tracking import Tracker
+from study.runs.config import TrialConfig
+from study.core.errors import StudyError
+from study.runs.journal import replay
+from study.runs.ledger import Ledger
+from study.runs.spec import StudySpec
+from study.runs.tracking import Tracker
 from trainables.callbacks import StudyLogger
 from trainables.prepare import prepare_study
 from trainables.executors import study_trial

@@ -3,7 +3,7 @@
 From cad_prune trials (:mod:`.trials`): a searched trial has
 ``selector_params.center`` (and ``.width``, default the selector's ``w``); its
 window is [center - width/2, center + width/2] clipped to [0, 1], as
-:class:`study.selectors.cad.CADParams` draws it. The best searched window per
+:class:`study.selection.cad.CADParams` draws it. The best searched window per
 (regime, IPC, budget) is the one with the highest ``val_acc_mean`` (the search
 metric; never test accuracy). CAD-Prune's predicted window is the CAD rule
 (``CADParams.window``) applied to the per-class frontier u*_c recorded in a
@@ -19,7 +19,7 @@ import statistics
 import pandas as pd
 
 from study.analysis.trials import order_cells
-from study.selectors.cad import CADParams
+from study.selection.cad import CADParams
 
 CAD_SELECTOR = "cad_prune"
 RULE_PARAMS = ("delta", "beta", "w")

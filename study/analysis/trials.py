@@ -25,7 +25,7 @@ import math
 
 import pandas as pd
 
-from study.config import TrialConfig
+from study.runs.config import TrialConfig
 
 RANDOM, FULL, HL = "random", "full", "hl"
 CORESET, DD = "coreset", "dd"

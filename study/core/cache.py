@@ -1,0 +1,105 @@
+"""Content-addressed cache for expensive preparation (teachers, scores, selections).
+
+Entries are keyed by a hash of everything that determines them, written
+atomically (temporary file, then rename) with a SHA-256 of their bytes beside
+them. A file whose bytes no longer match is reported in one line and
+recomputed, so a kill during a write can never leave a truncated entry that is
+later trusted. Computing an entry holds an exclusive lock on ``<hash>.lock``,
+so processes that need the same entry at once (two preparation tasks sharing a
+proxy, say) compute it once: the others wait, then read it.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from study.core.seeding import canonical_json, content_hash
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path(os.environ.get("HARDTRUTHS_CACHE", Path.home() / ".cache" / "hardtruths"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(Path(path), text.encode())
+
+
+class Cache:
+    """A folder of ``<kind>/<hash>.pt`` payloads with ``<hash>.json`` sidecars."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else DEFAULT_ROOT
+
+    def paths(self, kind: str, key: dict) -> tuple[Path, Path]:
+        h = content_hash(key, length=24)
+        folder = self.root / kind
+        return folder / f"{h}.pt", folder / f"{h}.json"
+
+    def load(self, kind: str, key: dict, warn: bool = True) -> Any | None:
+        payload, sidecar = self.paths(kind, key)
+        if not (payload.exists() and sidecar.exists()):
+            return None
+        data = payload.read_bytes()
+        try:
+            expected = json.loads(sidecar.read_text()).get("sha256")
+        except (ValueError, AttributeError):  # a damaged sidecar is a damaged entry, not a crash
+            expected = None
+        if hashlib.sha256(data).hexdigest() != expected:
+            if warn:
+                log.warning("Cache entry %s does not match its recorded hash; recomputing it.", payload)
+            return None
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+    def store(self, kind: str, key: dict, value: Any) -> Path:
+        payload, sidecar = self.paths(kind, key)
+        buf = io.BytesIO()
+        torch.save(value, buf)
+        data = buf.getvalue()
+        atomic_write_bytes(payload, data)
+        meta = {"key": json.loads(canonical_json(key)), "sha256": hashlib.sha256(data).hexdigest()}
+        atomic_write_text(sidecar, json.dumps(meta, indent=1))
+        return payload
+
+    @contextlib.contextmanager
+    def computing(self, kind: str, key: dict):
+        """Hold the entry's lock (a POSIX advisory lock, released when the process dies)."""
+        payload, _ = self.paths(kind, key)
+        payload.parent.mkdir(parents=True, exist_ok=True)
+        with open(payload.with_suffix(".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def get_or_compute(self, kind: str, key: dict, compute: Callable[[], Any]) -> Any:
+        value = self.load(kind, key)
+        if value is not None:
+            return value
+        with self.computing(kind, key):
+            value = self.load(kind, key, warn=False)  # whoever held the lock before us may have computed it
+            if value is None:
+                value = compute()
+                self.store(kind, key, value)
+        return value

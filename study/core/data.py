@@ -1,0 +1,286 @@
+"""Datasets as uint8 image tensors with a fixed, seeded train / val / test split.
+
+Every loader returns a :class:`Dataset` whose images are ``uint8`` tensors of
+shape ``(N, C, H, W)`` and whose labels are ``int64``. The validation split is
+carved from the training data, class-balanced, with a seed that belongs to the
+dataset (not to a trial), so every trial of every study sees the same split and
+learning rates are never chosen on the test set.
+
+Names: ``digits`` (ships with scikit-learn: the embedded default),
+``fashion-mnist`` (Debian's ``dataset-fashion-mnist`` or a data root),
+``mnist`` / ``cifar10`` / ``cifar100`` (torchvision datasets under a data root),
+and ``imagefolder:PATH`` (an ImageFolder tree, e.g. Tiny-ImageNet).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from study.core.cache import atomic_write_text
+from study.core.errors import StudyError
+from study.core.registry import Registry
+from study.core.seeding import numpy_rng
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SPLIT_SEED = 20260418
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Which train-time augmentations suit a dataset (applied on device, see study.core.augment)."""
+
+    crop_padding: int = 0
+    flip: bool = False
+    random_resized_crop: bool = False
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: Augment = field(default_factory=Augment)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+    def class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.train_y, minlength=self.num_classes)
+
+    def summary(self) -> dict:
+        return {
+            "dataset": self.name,
+            "num_classes": self.num_classes,
+            "image_shape": list(self.image_shape),
+            "n_train": len(self.train_y),
+            "n_val": len(self.val_y),
+            "n_test": len(self.test_y),
+        }
+
+
+LoaderFn = Callable[..., Dataset]
+DATASETS: Registry[LoaderFn] = Registry("dataset")
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
+    """Load a registered dataset; ``kind:ARG`` names pass ARG to the loader."""
+    loader, named = DATASETS.resolve(name)
+    root = Path(data_root).expanduser() if data_root else None
+    return loader(root=root, download=download, **named)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    xf = x.float().div_(255)
+    return tuple(xf.mean(dim=(0, 2, 3)).tolist()), tuple(xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+
+def carve_val(x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int = SPLIT_SEED):
+    """Class-balanced validation split: a tenth of each class, at most 100 per class."""
+    rng = numpy_rng(seed)
+    yn = y.numpy()
+    val_idx = []
+    for c in range(num_classes):
+        members = np.flatnonzero(yn == c)
+        n_val = max(1, min(100, len(members) // 10))
+        val_idx.append(rng.choice(members, size=n_val, replace=False))
+    val = np.sort(np.concatenate(val_idx))
+    keep = np.setdiff1d(np.arange(len(yn)), val)
+    return (x[keep], y[keep]), (x[val], y[val])
+
+
+def stratified_test_split(x, y, num_classes: int, fraction: float, seed: int = SPLIT_SEED):
+    """Split off a class-balanced test set for datasets that ship without one."""
+    rng = numpy_rng(seed + 1)
+    yn = y.numpy()
+    test = np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(yn == c), size=int(round(fraction * (yn == c).sum())), replace=False)
+        for c in range(num_classes)
+    ]))
+    keep = np.setdiff1d(np.arange(len(yn)), test)
+    return (x[keep], y[keep]), (x[test], y[test])
+
+
+def assemble(name, classes, train, test, augment: Augment) -> Dataset:
+    (tx, ty), (vx, vy) = carve_val(train[0], train[1], len(classes))
+    mean, std = channel_stats(tx)
+    return Dataset(name, list(classes), tx, ty, vx, vy, test[0], test[1], mean, std, augment)
+
+
+def as_nchw_uint8(images: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+        t = t.permute(0, 3, 1, 2).contiguous()
+    return t.to(torch.uint8)
+
+
+@DATASETS.register("digits")
+def load_digits(arg: str = "", root: Path | None = None, download: bool = False) -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.from_numpy((bunch.images * 16).clip(0, 255).astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    train, test = stratified_test_split(x, y, 10, fraction=0.2)
+    return assemble("digits", [str(i) for i in range(10)], train, test, Augment(crop_padding=1))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def find_idx_files(folders: list[Path]) -> dict[str, Path] | None:
+    stems = {
+        "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+        "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+    }
+    for folder in folders:
+        found = {}
+        for key, stem in stems.items():
+            for candidate in (folder / stem, folder / f"{stem}.gz"):
+                if candidate.exists():
+                    found[key] = candidate
+                    break
+        if len(found) == 4:
+            return found
+    return None
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+@DATASETS.register("fashion-mnist")
+def load_fashion_mnist(arg: str = "", root: Path | None = None, download: bool = False) -> Dataset:
+    folders = []
+    if root is not None:
+        folders += [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
+    folders.append(DEBIAN_FASHION_MNIST)
+    files = find_idx_files(folders)
+    if files is None and download and root is not None:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+        files = find_idx_files(folders)
+    if files is None:
+        looked = ", ".join(str(f) for f in folders)
+        raise StudyError(
+            f"Fashion-MNIST was not found in {looked}; install it with "
+            "'apt-get install dataset-fashion-mnist', pass --data-root to a folder holding its IDX files, "
+            "or fetch it once with study.core.data.load_dataset('fashion-mnist', ROOT, download=True) where there is internet."
+        )
+    arrays = {k: read_idx(p) for k, p in files.items()}
+    train = (as_nchw_uint8(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64)))
+    test = (as_nchw_uint8(arrays["test_x"]), torch.from_numpy(arrays["test_y"].astype(np.int64)))
+    return assemble("fashion-mnist", FASHION_CLASSES, train, test, Augment(crop_padding=2, flip=True))
+
+
+def torchvision_loader(name: str, cls_name: str, augment: Augment) -> LoaderFn:
+    def load(arg: str = "", root: Path | None = None, download: bool = False) -> Dataset:
+        import torchvision.datasets as tvd
+
+        if root is None:
+            raise StudyError(f"Dataset {name!r} needs --data-root pointing at a torchvision {cls_name} folder.")
+        cls = getattr(tvd, cls_name)
+        try:
+            parts = [cls(str(root), train=flag, download=download) for flag in (True, False)]
+        except RuntimeError:
+            raise StudyError(
+                f"{cls_name} was not found under {root}; pass the folder that holds it, or fetch it once with "
+                f"study.core.data.load_dataset({name!r}, ROOT, download=True) where there is internet."
+            ) from None
+        tensors = [(as_nchw_uint8(np.asarray(p.data)), torch.as_tensor(np.asarray(p.targets), dtype=torch.int64))
+                   for p in parts]
+        return assemble(name, list(parts[0].classes), tensors[0], tensors[1], augment)
+
+    return load
+
+
+DATASETS.register("mnist")(torchvision_loader("mnist", "MNIST", Augment(crop_padding=2)))
+DATASETS.register("cifar10")(torchvision_loader("cifar10", "CIFAR10", Augment(crop_padding=4, flip=True)))
+DATASETS.register("cifar100")(torchvision_loader("cifar100", "CIFAR100", Augment(crop_padding=4, flip=True)))
+
+IMAGEFOLDER_SIZE = int(os.environ.get("HARDTRUTHS_IMAGEFOLDER_SIZE", "64"))
+
+
+def read_image_folder(path: Path, size: int):
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    tf = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    try:
+        folder = ImageFolder(str(path), transform=tf)
+    except FileNotFoundError:
+        raise StudyError(f"{path} holds no class sub-folders with images; imagefolder expects PATH/CLASS/IMAGE "
+                         "files (.png, .jpg, ...).") from None
+    x = torch.stack([folder[i][0] for i in range(len(folder))]) if len(folder) else torch.empty(0)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1).contiguous()
+    return x.to(torch.uint8), torch.as_tensor(folder.targets, dtype=torch.int64), folder.class_to_idx
+
+
+def check_manifest(root: Path, class_to_idx: dict[str, int]) -> None:
+    """Write the class-to-index mapping once and refuse a tree whose mapping has changed since."""
+    manifest = root / ".hardtruths-classes.json"
+    if manifest.exists():
+        recorded = json.loads(manifest.read_text())
+        if recorded != class_to_idx:
+            raise StudyError(
+                f"The classes under {root} differ from those recorded in {manifest}; "
+                "delete the manifest if the change is intended."
+            )
+    else:
+        try:
+            atomic_write_text(manifest, json.dumps(class_to_idx, indent=1, sort_keys=True))
+        except OSError:
+            pass
+
+
+@DATASETS.register("imagefolder")
+def load_image_folder(arg: str = "", root: Path | None = None, download: bool = False) -> Dataset:
+    path = Path(arg).expanduser()
+    if not arg or not path.is_dir():
+        raise StudyError(f"imagefolder:PATH needs an existing folder of class sub-folders, and {arg!r} is not one.")
+    train_dir, test_dir = path / "train", next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
+    if train_dir.is_dir() and test_dir is not None:
+        tx, ty, mapping = read_image_folder(train_dir, IMAGEFOLDER_SIZE)
+        sx, sy, test_mapping = read_image_folder(test_dir, IMAGEFOLDER_SIZE)
+        if test_mapping != mapping:
+            raise StudyError(f"The class folders of {train_dir} and {test_dir} differ.")
+        train, test = (tx, ty), (sx, sy)
+    else:
+        x, y, mapping = read_image_folder(path, IMAGEFOLDER_SIZE)
+        train, test = stratified_test_split(x, y, len(mapping), fraction=0.2)
+    check_manifest(path, mapping)
+    classes = sorted(mapping, key=mapping.get)
+    return assemble(f"imagefolder:{path}", classes, train, test, Augment(random_resized_crop=True, flip=True))

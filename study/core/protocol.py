@@ -1,0 +1,65 @@
+"""How a student is trained, as one frozen value: the only place its settings are spelled.
+
+A trial's :class:`~study.runs.config.TrialConfig` holds one, a compute-aware
+selector's proxy trains under the trial's own, and a teacher's run is one too
+(:meth:`TeacherSpec.protocol`). Two runs with equal protocols, data and seed
+train the same student, so the protocol is also what cache keys and
+provenance record. ``regime`` and ``steps`` are the study's axes; the rest
+comes from the dataset preset. Augmentation (the views a student sees) is the
+dataset's own :class:`~study.core.data.Augment`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+AXES = ("regime", "steps")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    model: str = "convnet"
+    model_kwargs: dict = field(default_factory=lambda: {"width": 64})
+    regime: str = "hl"
+    steps: int = 1000
+    batch_size: int = 64
+    recipe: str = "adamw-v1"
+    lr: float | None = None
+    temperature: float = 4.0
+    t2_scale: bool = True
+    cutmix_prob: float = 0.0
+    precision: str = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "Protocol":
+        return replace(self, **changes)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A full-data model, trained for whole epochs under hard labels (or loaded from ``path``)."""
+
+    model: str = "convnet"
+    model_kwargs: dict = field(default_factory=dict)
+    recipe: str = "adamw-v1"
+    lr: float | None = None
+    epochs: int = 50
+    batch_size: int = 64
+    seed: int = 0
+    path: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def steps_per_epoch(self, train_size: int) -> int:
+        return -(-train_size // self.batch_size)
+
+    def protocol(self, train_size: int) -> Protocol:
+        """The teacher's run as a student protocol: ``epochs`` passes over ``train_size`` images."""
+        return Protocol(model=self.model, model_kwargs=self.model_kwargs, regime="hl", recipe=self.recipe,
+                        lr=self.lr, batch_size=self.batch_size, steps=self.epochs * self.steps_per_epoch(train_size))

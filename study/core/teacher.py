@@ -1,0 +1,105 @@
+"""Teachers: full-data models that supply soft labels, observer scores and training dynamics.
+
+A teacher is trained once per (dataset, model, recipe, seed) and cached by
+content hash. While it trains, a clean (unaugmented) pass over the training
+split after every epoch records each sample's training dynamics, which the
+forgetting, AUM and EL2N-style scorers read instead of training again.
+A user with trained weights passes ``path`` and skips training.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from study.core.cache import Cache
+from study.core.data import Dataset
+from study.core.errors import StudyError
+from study.core.evaluate import accuracy, predict_logits
+from study.core.models import model_for
+from study.core.protocol import TeacherSpec
+from study.core.seeding import content_hash
+from study.core.train import default_device, train_student
+
+DYNAMICS = ("correct", "p_true", "margin", "logit_margin", "loss", "el2n")
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    dynamics: dict[str, torch.Tensor]
+    test_acc: float
+    spec: TeacherSpec
+
+
+def sample_dynamics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample statistics of one clean pass: correctness, true-class probability, margins, loss, EL2N."""
+    probs = logits.softmax(1)
+    true_p = probs.gather(1, labels[:, None]).squeeze(1)
+    other_p = probs.scatter(1, labels[:, None], -1.0).amax(1)
+    true_logit = logits.gather(1, labels[:, None]).squeeze(1)
+    other_logit = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+    onehot = F.one_hot(labels, logits.shape[1]).float()
+    return {
+        "correct": (logits.argmax(1) == labels).float(),
+        "p_true": true_p,
+        "margin": true_p - other_p,
+        "logit_margin": true_logit - other_logit,
+        "loss": F.cross_entropy(logits, labels, reduction="none"),
+        "el2n": (probs - onehot).norm(dim=1),
+    }
+
+
+def train_teacher(data: Dataset, spec: TeacherSpec, device: str | None = None) -> Teacher:
+    device = device or default_device()
+    history: list[dict[str, torch.Tensor]] = []
+
+    def record(step: int, model: nn.Module) -> None:
+        history.append(sample_dynamics(predict_logits(model, data.train_x, device), data.train_y))
+
+    result = train_student(data.train_x, data.train_y, data, spec.protocol(len(data.train_y)), seed=spec.seed,
+                           device=device, on_checkpoint=record,
+                           checkpoint_every=spec.steps_per_epoch(len(data.train_y)))
+    dynamics = {k: torch.stack([h[k] for h in history]).half() for k in DYNAMICS}
+    return Teacher(result.model.cpu().eval(), dynamics, result.test_acc, spec)
+
+
+def load_pretrained(data: Dataset, spec: TeacherSpec, device: str) -> Teacher:
+    model = model_for(data, spec.model, **spec.model_kwargs)
+    try:
+        state = torch.load(spec.path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as err:
+        raise StudyError(f"The teacher weights at {spec.path} could not be read ({err}).") from None
+    except (pickle.UnpicklingError, EOFError):  # a pickled whole model, or not a checkpoint at all
+        raise StudyError(f"The teacher weights at {spec.path} could not be read as a state dict; "
+                         "save them with torch.save(model.state_dict()).") from None
+    try:
+        model.load_state_dict(state.get("state_dict", state))
+    except RuntimeError:
+        raise StudyError(f"The teacher weights at {spec.path} do not fit model {spec.model!r} on {data.name}.") from None
+    model.eval()
+    return Teacher(model, {}, accuracy(model, data.test_x, data.test_y, device), spec)
+
+
+def get_teacher(data: Dataset, spec: TeacherSpec, cache: Cache | None = None, device: str | None = None) -> Teacher:
+    """The teacher for ``spec``: loaded from ``spec.path``, from the cache, or trained and cached."""
+    device = device or default_device()
+    if spec.path:
+        return load_pretrained(data, spec, device)
+    cache = cache or Cache()
+    model = model_for(data, spec.model, **spec.model_kwargs)
+    # The architecture's parameter shapes are part of the key: a change to a model's code (say, its depth on
+    # small inputs) must retrain the teacher, not load a checkpoint that no longer fits.
+    arch = content_hash([(k, list(v.shape)) for k, v in model.state_dict().items()])
+    key = {"kind": "teacher", "dataset": data.name, "split": data.summary(), "arch": arch, **spec.to_dict()}
+
+    def compute() -> dict:
+        teacher = train_teacher(data, spec, device)
+        return {"state_dict": teacher.model.state_dict(), "dynamics": teacher.dynamics, "test_acc": teacher.test_acc}
+
+    entry = cache.get_or_compute("teachers", key, compute)
+    model.load_state_dict(entry["state_dict"])
+    return Teacher(model.eval(), entry["dynamics"], entry["test_acc"], spec)

@@ -1,0 +1,161 @@
+"""A study spec: a named space plus a dataset preset plus the user's overrides, resolved and checked.
+
+Resolution is pure data handling, so ``--dry-run`` can print the trial table
+of even the ImageNet grid in a second, and every mistake is found before Ray
+starts.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from search_spaces import PRESETS, SPACES
+from study.runs.config import FULL_DATA_IPC, TrialConfig
+from study.core.errors import StudyError
+from study.core.protocol import AXES as PROTOCOL_AXES, Protocol
+from study.core.seeding import content_hash
+from study.runs.validate import validate_trial
+
+# What a preset (and --set) fixes for every cell: the student Protocol but for the study's axes, plus the data
+# and the teacher.
+PROTOCOL_FIELDS = tuple(n for n in Protocol.names() if n not in PROTOCOL_AXES) + ("dataset", "teacher", "data_root")
+
+
+@dataclass
+class StudySpec:
+    space: str
+    kind: str
+    preset: str
+    protocol: dict
+    selectors: list[str]
+    ipc: list[int]
+    regimes: list[str]
+    budgets: list[int]
+    seeds: int
+    full_data_reference: bool = True
+    search: dict = field(default_factory=dict)
+    num_samples: int = 1
+    metric: str = "val_acc_mean"
+    mode: str = "max"
+    selector_params: dict = field(default_factory=dict)  # selector name -> its parameters, for every cell
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def hash(self) -> str:
+        d = self.to_dict()
+        d["protocol"] = {k: v for k, v in d["protocol"].items() if k != "data_root"}
+        if not d["selector_params"]:
+            del d["selector_params"]  # studies from before the setting existed keep their names
+        return content_hash(d)
+
+    def cell(self, selector: str, ipc: int, regime: str, steps: int) -> TrialConfig:
+        return TrialConfig.from_dict({"selector": selector, "selector_params": dict(self.selector_params.get(selector, {})),
+                                      "ipc": ipc, "regime": regime, "steps": steps, "seeds": self.seeds, **self.protocol})
+
+    def cells(self) -> list[TrialConfig]:
+        """The grid: every (selector, IPC, regime, budget), then the full-data reference per (regime, budget),
+        which ignores IPC and so runs once (also when ``full`` is listed among the selectors)."""
+        subsets = [s for s in self.selectors if s != "full"]
+        out = [self.cell(s, i, r, b) for s, i, r, b in itertools.product(subsets, self.ipc, self.regimes, self.budgets)]
+        if self.full_data_reference or "full" in self.selectors:
+            out += [self.cell("full", FULL_DATA_IPC, r, b) for r, b in itertools.product(self.regimes, self.budgets)]
+        return out
+
+    def trial_count(self) -> int:
+        return len(self.cells()) * (self.num_samples if self.kind == "optuna" else 1)
+
+
+def parse_list(value, cast=str) -> list:
+    if isinstance(value, (list, tuple)):
+        return [cast(v) for v in value]
+    try:
+        return [cast(v.strip()) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise StudyError(f"Could not read {value!r} as a comma-separated list of {cast.__name__} values.") from None
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with a JSON value where it parses (numbers, lists, dicts, true/false), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise StudyError(f"The override {text!r} is malformed; write it as key=value, e.g. temperature=2.")
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw
+
+
+def lookup(registry_like: dict, name: str, axis: str) -> dict:
+    if name not in registry_like:
+        raise StudyError(f"Unknown {axis} {name!r}; valid {axis}s are: {', '.join(registry_like)}.")
+    return registry_like[name]
+
+
+def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str | None = None,
+                 selectors=None, ipc=None, regimes=None, budgets=None, seeds: int | None = None,
+                 overrides: list[str] | None = None, data_root: str | None = None,
+                 all_selectors: list[str] | None = None) -> StudySpec:
+    """Merge space, preset and overrides into a StudySpec (no data is touched here)."""
+    s = dict(lookup(SPACES, space, "space"))
+    p = dict(lookup(PRESETS, preset or s["preset"], "preset"))
+    protocol = {k: p[k] for k in PROTOCOL_FIELDS if k in p}
+    if dataset:
+        protocol["dataset"] = dataset
+    protocol["data_root"] = data_root
+    spec_fields = {f.name for f in fields(StudySpec)}
+    extra, params = {}, {}
+    for key, value in map(parse_override, overrides or []):
+        head, _, sub = key.partition(".")
+        if head == "selector_params":
+            name, _, param = sub.partition(".")
+            if not (name and param):
+                raise StudyError(f"The override {key!r} is malformed; write it as selector_params.SELECTOR.PARAM=value, "
+                                 f"e.g. selector_params.dm.iterations=200.")
+            params.setdefault(name, {})[param] = value
+        elif head in PROTOCOL_FIELDS:
+            if sub:
+                protocol[head] = {**protocol.get(head, {}), sub: value}
+            else:
+                protocol[head] = value
+        elif key in spec_fields:
+            extra[key] = value
+        else:
+            valid = ", ".join(PROTOCOL_FIELDS + ("selector_params.SELECTOR.PARAM", "num_samples", "metric", "mode"))
+            raise StudyError(f"Unknown override {key!r}; overridable settings are: {valid}.")
+    chosen = selectors if selectors is not None else s["selectors"]
+    if chosen == "all" or chosen == ["all"]:
+        chosen = [n for n in (all_selectors or ["random"]) if n not in ("full", "external")]  # external needs a PATH
+    spec = StudySpec(
+        space=space, kind=s["kind"], preset=preset or s["preset"], protocol=protocol,
+        selectors=parse_list(chosen), ipc=parse_list(ipc if ipc is not None else s["ipc"], int),
+        regimes=parse_list(regimes if regimes is not None else s["regimes"]),
+        budgets=parse_list(budgets if budgets is not None else s.get("budgets", p["budgets"]), int),
+        seeds=int(seeds if seeds is not None else s["seeds"]),
+        full_data_reference=s.get("full_data_reference", True), search=s.get("search", {}),
+        num_samples=s.get("num_samples", 1), metric=s.get("metric", "val_acc_mean"), mode=s.get("mode", "max"),
+        selector_params=params,
+    )
+    for key, value in extra.items():
+        setattr(spec, key, value)
+    return spec
+
+
+def validate_spec(spec: StudySpec, smallest_class: int | None = None) -> None:
+    """Check every cell before any compute; ``smallest_class`` comes from loading the dataset once."""
+    if not (spec.selectors and spec.ipc and spec.regimes and spec.budgets):
+        raise StudyError("A study needs at least one selector, IPC, regime and budget.")
+    from study.selection import build_selector
+
+    for name, params in spec.selector_params.items():
+        if name not in spec.selectors:
+            raise StudyError(f"Parameters were set for the selector {name!r}, which this study does not run "
+                             f"(its selectors: {', '.join(spec.selectors)}).")
+        build_selector(name, **params)  # a selector refuses its own bad parameters in one sentence
+    sizes = {spec.protocol["dataset"]: smallest_class} if smallest_class else None
+    for cfg in spec.cells():
+        validate_trial(cfg, sizes)
+    if spec.kind == "optuna" and spec.num_samples < 1:
+        raise StudyError(f"num_samples must be at least 1, not {spec.num_samples}.")

@@ -1,0 +1,130 @@
+"""One trial, start to finish, in a plain Python process.
+
+Both executors (inline in a Tune trial, or a Ray Train worker) call
+:func:`run_trial`; it loads the data, gets the teacher when the regime or the
+selector needs one, selects a subset per repeat, trains a student per repeat
+under the budget and returns plain numbers.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from study.core.cache import Cache
+from study.runs.config import TrialConfig
+from study.core.data import Dataset, load_dataset
+from study.core.regimes import REGIMES
+from study.selection import Selection, SelectionContext, build_selector
+from study.core.teacher import get_teacher
+from study.core.batched import batching_pays, train_students
+from study.core.data_parallel import is_data_parallel
+from study.core.train import default_device, train_student
+
+
+@lru_cache(maxsize=4)
+def cached_dataset(name: str, data_root: str | None) -> Dataset:
+    return load_dataset(name, data_root)
+
+
+@dataclass
+class TrialOutcome:
+    config: TrialConfig
+    per_seed: list[dict]
+    selections: list[Selection] = field(repr=False, default_factory=list)
+    teacher_test_acc: float | None = None
+    wall_seconds: float = 0.0
+    family: str = "coreset"
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [s["test_acc"] for s in self.per_seed]
+
+    def metrics(self) -> dict:
+        accs = self.accuracies
+        first = self.per_seed[0]
+        out = {
+            "test_acc_mean": statistics.fmean(accs),
+            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else math.nan,
+            "val_acc_mean": statistics.fmean(s["val_acc"] for s in self.per_seed),
+            "wall_seconds": self.wall_seconds,
+            "train_seconds": sum(s["train_seconds"] for s in self.per_seed),
+            "select_seconds": sum(s["select_seconds"] for s in self.per_seed),
+            "flops": first["flops"],
+            "samples_seen": first["samples_seen"],
+            "epochs_equivalent": first["epochs_equivalent"],
+            "train_size": first["train_size"],
+        }
+        out.update({f"test_acc_seed{s['repeat']}": s["test_acc"] for s in self.per_seed})
+        if self.teacher_test_acc is not None:
+            out["teacher_test_acc"] = self.teacher_test_acc
+        return out
+
+
+def selection_key(cfg: TrialConfig, selector, repeat: int) -> dict:
+    """What a selection depends on: the data and selector always, the teacher and budget only if it reads them
+    (a budget-aware selector's proxy trains under the regime, and so reads the teacher under soft labels)."""
+    key = {"dataset": cfg.dataset, "selector": cfg.selector, "params": cfg.selector_params, "ipc": cfg.ipc,
+           "seed": cfg.selection_seed(repeat)}
+    if selector.needs_teacher or selector.budget_aware:
+        key["teacher"] = cfg.teacher.to_dict()
+    if selector.budget_aware:
+        key["budget"] = cfg.protocol.to_dict()
+    if getattr(selector, "identity", None):  # what a name cannot say, e.g. an external file's content hash
+        key["identity"] = selector.identity
+    return key
+
+
+def get_selection(ctx: SelectionContext, selector, cfg: TrialConfig, repeat: int) -> Selection:
+    if cfg.is_full_data:
+        return selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat))
+    return ctx.cache.get_or_compute("selections", selection_key(cfg, selector, repeat),
+                                    lambda: selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat)))
+
+
+def context_for(cfg: TrialConfig, cache_dir, device: str) -> SelectionContext:
+    data = cached_dataset(cfg.dataset, cfg.data_root)
+    cache = Cache(cache_dir)
+    return SelectionContext(data, cache, device, cfg.protocol, lambda: get_teacher(data, cfg.teacher, cache, device))
+
+
+def prepare_selection(cfg: TrialConfig, repeat: int, cache_dir=None, device: str | None = None) -> None:
+    """Make and cache one repeat's selection of a cell ahead of training (a study's preparation step)."""
+    ctx = context_for(cfg, cache_dir, device or default_device())
+    get_selection(ctx, build_selector(cfg.selector, **cfg.selector_params), cfg, repeat)
+
+
+def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str | None = None,
+              batched: bool = True, compile_model: bool = False) -> TrialOutcome:
+    """Select and train every repeat of ``cfg``; repeats with equal-sized sets train as one vmapped model
+    when ``batched`` and it pays on the device (same accuracies to float tolerance, see study.core.batched),
+    otherwise one by one: with torch.compile when ``compile_model``, data-parallel over the ranks when a
+    process group is set up."""
+    start = time.perf_counter()
+    device = device or default_device()
+    ctx = context_for(cfg, cache_dir, device)
+    selector = build_selector(cfg.selector, **cfg.selector_params)
+    teacher = ctx.teacher.model if REGIMES.get(cfg.protocol.regime).needs_teacher else None
+
+    selections, select_seconds = [], []
+    for repeat in range(cfg.seeds):
+        t0 = time.perf_counter()
+        selections.append(get_selection(ctx, selector, cfg, repeat))
+        select_seconds.append(time.perf_counter() - t0)
+    seeds = [cfg.train_seed(r) for r in range(cfg.seeds)]
+    vmappable = not (compile_model or is_data_parallel()) and len({len(s) for s in selections}) == 1
+    if batched and vmappable and cfg.seeds > 1 and batching_pays(device):
+        results = train_students([(s.images, s.labels) for s in selections], seeds, ctx.data, cfg.protocol,
+                                 teacher=teacher, device=device)
+    else:
+        results = [train_student(s.images, s.labels, ctx.data, cfg.protocol, teacher=teacher, seed=seed,
+                                 device=device, compile_model=compile_model) for s, seed in zip(selections, seeds)]
+    per_seed = [{"repeat": r, "selection_seed": cfg.selection_seed(r), "train_seed": seeds[r],
+                 "select_seconds": select_seconds[r], "train_seconds": res.wall_seconds, **res.to_dict()}
+                for r, res in enumerate(results)]
+    teacher_acc = ctx.teacher.test_acc if "teacher" in ctx.__dict__ else None
+    return TrialOutcome(cfg, per_seed, selections, teacher_acc, time.perf_counter() - start,
+                        selector.family)

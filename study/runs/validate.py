@@ -1,0 +1,36 @@
+"""Checks that run before any compute: every mistake a user can make is one sentence, up front."""
+from __future__ import annotations
+
+from study.runs.config import TrialConfig
+from study.core.errors import StudyError
+from study.core.models import MODELS
+from study.core.precision import check_precision
+from study.core.recipes import RECIPES
+from study.core.regimes import REGIMES
+from study.selection import SELECTORS
+
+
+def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) -> None:
+    """Raise StudyError for the first problem in ``cfg``; ``class_sizes`` maps dataset -> smallest class."""
+    SELECTORS.resolve(cfg.selector)
+    protocol = cfg.protocol
+    REGIMES.get(protocol.regime)
+    MODELS.resolve(protocol.model)
+    RECIPES.get(protocol.recipe)
+    from study.core.data import DATASETS
+
+    DATASETS.resolve(cfg.dataset)
+    if protocol.steps < 1:
+        raise StudyError(f"The budget must be a positive number of steps, not {protocol.steps}.")
+    if protocol.batch_size < 1:
+        raise StudyError(f"The batch size must be positive, not {protocol.batch_size}.")
+    if cfg.seeds < 1:
+        raise StudyError(f"A trial needs at least one seed, not {cfg.seeds}.")
+    check_precision(protocol.precision)
+    if protocol.temperature <= 0:
+        raise StudyError(f"The soft-label temperature must be positive, not {protocol.temperature}.")
+    if not cfg.is_full_data:
+        smallest = (class_sizes or {}).get(cfg.dataset)
+        if cfg.ipc < 1 or (smallest is not None and cfg.ipc > smallest):
+            limit = f" and at most {smallest}, the smallest class of {cfg.dataset}" if smallest else ""
+            raise StudyError(f"IPC must be at least 1{limit}; got {cfg.ipc}.")

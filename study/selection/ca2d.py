@@ -1,0 +1,134 @@
+"""CA2D: RDED's patch pipeline with CAD-Prune's difficulty window in place of "easiest first".
+
+``ca2d``, per class:
+1. ``m`` candidate real images (raised to at least ``ipc * f^2 / w`` so the
+   window can hold the patches it needs; capped by the class size);
+2. ``k`` random-resized crops each, scored by the observer (the teacher); the
+   lowest-loss crop of each candidate is kept (as in RDED: the observer picks
+   the most class-like view of each image);
+3. the CAD proxy (trained under ctx.protocol on a random subset of the target
+   IPC, cached, see study.selection.cad) scores each kept patch on the same
+   view the observer saw; patch difficulty u = percentile of -margin among the
+   class's patches, frontier u*_c = fraction of them the proxy gets right;
+4. ``ipc * f^2`` patches are drawn stratified inside the CAD window
+   [u_hi - w, u_hi], u_hi = min(u*_c + delta, 1 - beta) (or the window set by
+   ``center`` / ``width``), then placed at random in the f x f grids (slot
+   layout as in study.selection.rded).
+
+``ca2d_coreset`` is the same alignment without crops or stitching (f = 1,
+whole images, proxy margins of the whole images): it returns real indices, so
+comparing it with ``ca2d`` separates the effect of stitching from the effect
+of difficulty alignment, and comparing it with ``cad_prune`` shows the effect
+of drawing from ``m`` candidates only.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from study.selection.base import Selection, SelectionContext, check_ipc, from_indices, register_selector
+from study.selection.difficulty import percentiles, stratified_window_pick
+from study.selection.cad import (
+    CADParams, cad_proxy, proxy_models, proxy_scores,
+)
+from study.selection.rded import FULL_BOX, PatchSelector, Patches, best_crops, patch_size, stitch
+from study.core.seeding import generator
+
+
+class CADPatchSelector(PatchSelector):
+    budget_aware = True
+
+    def __init__(self, m: int = 300, k: int = 5, factor: int | None = None, score_view: str = "pad",
+                 scale: tuple[float, float] = (0.08, 1.0), delta: float = 0.0, beta: float = 0.05, w: float = 0.3,
+                 proxy_seeds: int = 3, checkpoints: int = 3, late: float = 0.3, center: float | None = None,
+                 width: float | None = None):
+        self.cad = CADParams(delta, beta, w, proxy_seeds, checkpoints, late, center, width)
+        super().__init__(m=m, k=k, factor=factor, score_view=score_view, scale=scale, **self.cad.as_dict())
+
+    def pool_size(self, need: int, class_size: int) -> int:
+        """Candidates per class: m, raised so a window of the chosen width can hold ``need`` items."""
+        return min(class_size, max(self.m, math.ceil(need / self.cad.window_width)))
+
+    def proxy(self, ctx: SelectionContext, ipc: int) -> dict:
+        return cad_proxy(ctx, ipc, self.cad.proxy_seeds, self.cad.checkpoints, self.cad.late)
+
+
+@register_selector("ca2d")
+class CA2D(CADPatchSelector):
+    def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
+        check_ipc(ctx, ipc)
+        factor = self.factor_for(ctx)
+        patch_size(ctx.data.image_shape, factor)
+        need = ipc * factor * factor
+        rng, g = np.random.default_rng(seed), generator(seed)
+        observer = self.observer(ctx)
+        models = proxy_models(ctx, self.proxy(ctx, ipc)["states"])
+        images, chosen, windows, u_stars, slot_u, pools = [], [], [], [], [], []
+        for c, members in enumerate(ctx.class_members()):
+            cand = torch.as_tensor(self.candidates(members, self.pool_size(need, len(members)), rng))
+            labels = torch.full((len(cand),), c, dtype=torch.long)
+            patches = best_crops(ctx.data.train_x[cand], labels, cand, observer, k=self.k, factor=factor, g=g,
+                                 scale=self.scale, score_view=self.score_view,
+                                 per_image=math.ceil(need / len(cand)), device=ctx.device)
+            margin, correct = proxy_scores(models, patches.views, torch.full((len(patches.loss),), c))
+            u = percentiles(-margin.double().numpy())
+            u_star = float(correct.mean())
+            lo, hi = self.cad.window(u_star)
+            pos = stratified_window_pick(u, lo, hi, need, rng)
+            pos = pos[torch.randperm(need, generator=g).numpy()]
+            idx = torch.as_tensor(pos)
+            picked = Patches(patches.pixels[idx.to(patches.pixels.device)], patches.views[:0], patches.source[idx],
+                             patches.boxes[idx], patches.loss[idx])
+            images.append(stitch(picked.pixels, factor))
+            chosen.append(picked)
+            windows.append([round(lo, 4), round(hi, 4)])
+            u_stars.append(round(u_star, 4))
+            slot_u.append(torch.as_tensor(u[pos]))
+            pools.append(len(cand))
+        u_all = torch.cat(slot_u)
+        return self.assemble(
+            ctx, images, chosen, factor, ipc, seed, budget=ctx.protocol.to_dict(), windows=windows, u_star=u_stars,
+            candidates_per_class=pools, mean_difficulty=float(u_all.mean()),
+            patch_difficulty=u_all.view(-1, factor * factor).mul(1e4).round().div(1e4).tolist())
+
+
+@register_selector("ca2d_coreset")
+class CA2DCoreset(CADPatchSelector):
+    """CA2D with f = 1 and whole images: difficulty alignment over m candidates, no crops, no stitching."""
+
+    family = "coreset"
+    needs_teacher = False
+
+    def __init__(self, m: int = 300, delta: float = 0.0, beta: float = 0.05, w: float = 0.3, proxy_seeds: int = 3,
+                 checkpoints: int = 3, late: float = 0.3, center: float | None = None, width: float | None = None):
+        super().__init__(m=m, k=1, factor=1, delta=delta, beta=beta, w=w, proxy_seeds=proxy_seeds,
+                         checkpoints=checkpoints, late=late, center=center, width=width)
+        for key in ("k", "factor", "score_view", "scale"):
+            self.params.pop(key)
+
+    def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
+        check_ipc(ctx, ipc)
+        rng = np.random.default_rng(seed)
+        scores = self.proxy(ctx, ipc)
+        margin, correct = scores["margin"].double().numpy(), scores["correct"].double().numpy()
+        picks, windows, u_stars, diffs, pools = [], [], [], [], []
+        for members in ctx.class_members():
+            cand = self.candidates(members, self.pool_size(ipc, len(members)), rng)
+            u = percentiles(-margin[cand])
+            u_star = float(correct[cand].mean())
+            lo, hi = self.cad.window(u_star)
+            pos = stratified_window_pick(u, lo, hi, ipc, rng)
+            picks.append(cand[pos])
+            diffs.append(u[pos])
+            windows.append([round(lo, 4), round(hi, 4)])
+            u_stars.append(round(u_star, 4))
+            pools.append(len(cand))
+        chosen = np.concatenate(picks)
+        d = np.concatenate(diffs)
+        return from_indices(ctx, chosen, self.provenance(
+            ipc, seed, factor=1, budget=ctx.protocol.to_dict(), windows=windows, u_star=u_stars,
+            candidates_per_class=pools, mean_difficulty=float(d.mean()),
+            patch_source=[[int(i)] for i in chosen], patch_box=[[list(FULL_BOX)]] * len(chosen),
+            patch_difficulty=np.round(d, 4).reshape(-1, 1).tolist()))
