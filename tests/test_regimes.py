@@ -9,6 +9,7 @@ import torch
 from study.core.augment import Mix, cutmix
 from study.core.errors import StudyError
 from study.core.models import create_model
+from study.core.protocol import Protocol
 from study.core.regimes import build_regime, list_regimes
 from study.core.seeding import generator
 
@@ -84,7 +85,7 @@ def test_every_regime_is_tested():
 
 def test_hard_labels(batch):
     stored, index, views, labels, logits = batch
-    rule = build_regime("hl", stored_images=stored)
+    rule = build_regime(Protocol(regime="hl"), stored_images=stored)
     assert rule.loss(logits, views, labels, index, None).item() == pytest.approx(hand_ce(logits, labels), rel=1e-6)
     _, mix = fixed_mix(views)
     expected = mix.lam * hand_ce(logits, labels) + (1 - mix.lam) * hand_ce(logits, labels[mix.perm])
@@ -95,7 +96,8 @@ def test_hard_labels(batch):
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_fixed_soft_labels(batch, teacher, temperature, t2):
     stored, index, views, labels, logits = batch
-    rule = build_regime("sl", teacher=teacher, temperature=temperature, t2_scale=t2, stored_images=stored)
+    protocol = Protocol(regime="sl", temperature=temperature, t2_scale=t2)
+    rule = build_regime(protocol, teacher=teacher, stored_images=stored)
     # The targets are the teacher's softmax at T on each stored, unaugmented image, computed once.
     stored_probs = hand_teacher_probs(teacher, stored.float() / 255, temperature)
     assert torch.allclose(rule.targets.double(), torch.tensor(stored_probs, dtype=torch.float64), atol=1e-6)
@@ -115,7 +117,8 @@ def test_fixed_soft_labels(batch, teacher, temperature, t2):
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_knowledge_distillation(batch, teacher, temperature, t2):
     stored, index, views, labels, logits = batch
-    rule = build_regime("sl_kd", teacher=teacher, temperature=temperature, t2_scale=t2, stored_images=stored)
+    protocol = Protocol(regime="sl_kd", temperature=temperature, t2_scale=t2)
+    rule = build_regime(protocol, teacher=teacher, stored_images=stored)
     expected = hand_kl(logits, hand_teacher_probs(teacher, views, temperature), temperature, t2)
     assert rule.loss(logits, views, labels, index, None).item() == pytest.approx(expected, rel=1e-5)
     # CutMix: the teacher sees the mixed image itself; nothing is mixed by area.
@@ -129,8 +132,8 @@ def test_knowledge_distillation(batch, teacher, temperature, t2):
 @pytest.mark.parametrize("name", ["sl", "sl_kd"])
 def test_t2_factor_is_exactly_t_squared(batch, teacher, name):
     stored, index, views, labels, logits = batch
-    on = build_regime(name, teacher=teacher, temperature=4.0, t2_scale=True, stored_images=stored)
-    off = build_regime(name, teacher=teacher, temperature=4.0, t2_scale=False, stored_images=stored)
+    on = build_regime(Protocol(regime=name, temperature=4.0, t2_scale=True), teacher=teacher, stored_images=stored)
+    off = build_regime(Protocol(regime=name, temperature=4.0, t2_scale=False), teacher=teacher, stored_images=stored)
     a, b = on.loss(logits, views, labels, index, None), off.loss(logits, views, labels, index, None)
     assert a.item() == pytest.approx(16 * b.item(), rel=1e-6)
 
@@ -138,7 +141,7 @@ def test_t2_factor_is_exactly_t_squared(batch, teacher, name):
 def test_soft_loss_gradient_reaches_the_student_only(batch, teacher):
     stored, index, views, labels, logits = batch
     student_logits = logits.clone().requires_grad_(True)
-    rule = build_regime("sl_kd", teacher=teacher, temperature=2.0, stored_images=stored)
+    rule = build_regime(Protocol(regime="sl_kd", temperature=2.0), teacher=teacher, stored_images=stored)
     rule.loss(student_logits, views, labels, index, None).backward()
     # d/dz of T^2 * KL(p || softmax(z/T)) / B is T * (q - p) / B.
     p = torch.tensor(hand_teacher_probs(teacher, views, 2.0), dtype=torch.float64)
@@ -151,15 +154,15 @@ def test_soft_regimes_need_a_teacher_and_names_are_checked(batch):
     stored = batch[0]
     for name in ("sl", "sl_kd"):
         with pytest.raises(ValueError):
-            build_regime(name, stored_images=stored)
+            build_regime(Protocol(regime=name), stored_images=stored)
     with pytest.raises(StudyError):
-        build_regime("soft", stored_images=stored)
+        build_regime(Protocol(regime="soft"), stored_images=stored)
 
 
 def test_mix_with_identity_partner_leaves_the_loss_unchanged(batch, teacher):
     stored, index, views, labels, logits = batch
     identity = Mix(torch.arange(B), 0.3)
     for name in ("hl", "sl"):
-        rule = build_regime(name, teacher=teacher, stored_images=stored)
+        rule = build_regime(Protocol(regime=name), teacher=teacher, stored_images=stored)
         plain = rule.loss(logits, views, labels, index, None).item()
         assert rule.loss(logits, views, labels, index, identity).item() == pytest.approx(plain, rel=1e-6)

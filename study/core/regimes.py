@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.core.augment import Mix
+from study.core.protocol import Protocol
 from study.core.registry import Registry
 
 REGIMES: Registry[type] = Registry("label regime")
@@ -44,9 +45,9 @@ class Regime:
 
     needs_teacher = True
 
-    def __init__(self, teacher: nn.Module | None = None, temperature: float = 4.0, t2_scale: bool = True,
-                 stored_images: torch.Tensor | None = None, batch_size: int = 1024):
-        self.teacher, self.temperature, self.t2_scale = teacher, temperature, t2_scale
+    def __init__(self, protocol: Protocol, teacher: nn.Module | None = None, stored_images: torch.Tensor | None = None,
+                 batch_size: int = 1024):
+        self.teacher, self.temperature, self.t2_scale = teacher, protocol.temperature, protocol.t2_scale
         if self.needs_teacher and teacher is None:
             raise ValueError(f"label regime {type(self).__name__} needs a teacher")
 
@@ -67,10 +68,10 @@ class HardLabels(Regime):
 
 @REGIMES.register("sl")
 class FixedSoftLabels(Regime):
-    def __init__(self, teacher=None, temperature=4.0, t2_scale=True, stored_images=None, batch_size=1024):
-        super().__init__(teacher, temperature, t2_scale)
+    def __init__(self, protocol, teacher=None, stored_images=None, batch_size=1024):
+        super().__init__(protocol, teacher)
         views = stored_images.float().div(255)
-        self.targets = torch.cat([teacher_probs(teacher, chunk, temperature) for chunk in views.split(batch_size)])
+        self.targets = torch.cat([teacher_probs(teacher, chunk, self.temperature) for chunk in views.split(batch_size)])
 
     def loss(self, logits, views, labels, index, mix):
         target = self.targets[index]
@@ -85,5 +86,6 @@ class KnowledgeDistillation(Regime):
         return soft_kl(logits, teacher_probs(self.teacher, views, self.temperature), self.temperature, self.t2_scale)
 
 
-def build_regime(name: str, **kwargs) -> Regime:
-    return REGIMES.get(name)(**kwargs)
+def build_regime(protocol: Protocol, **kwargs) -> Regime:
+    """The label regime ``protocol`` names, at its temperature and T^2 setting."""
+    return REGIMES.get(protocol.regime)(protocol, **kwargs)

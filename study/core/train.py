@@ -130,8 +130,7 @@ def fit(students, sets: list[tuple[torch.Tensor, torch.Tensor]], gens: list[torc
     kd_teacher = teacher if protocol.regime == "sl_kd" else None
     xs = [x.to(device) for x, _ in sets]
     ys = [y.to(device) for _, y in sets]
-    rules = [build_regime(protocol.regime, teacher=teacher, temperature=protocol.temperature,
-                          t2_scale=protocol.t2_scale, stored_images=x) for x in xs]
+    rules = [build_regime(protocol, teacher=teacher, stored_images=x) for x in xs]
     streams = [batch_indices(len(x), protocol.batch_size, g) for x, g in zip(xs, gens)]
     optimizer, schedule = get_recipe(protocol.recipe, protocol.lr).build(students.parameters(), protocol.steps)
     run = stop_at or protocol.steps

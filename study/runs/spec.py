@@ -52,8 +52,9 @@ class StudySpec:
         return content_hash(d)
 
     def cell(self, selector: str, ipc: int, regime: str, steps: int) -> TrialConfig:
-        return TrialConfig.from_dict({"selector": selector, "selector_params": dict(self.selector_params.get(selector, {})),
-                                      "ipc": ipc, "regime": regime, "steps": steps, "seeds": self.seeds, **self.protocol})
+        params = dict(self.selector_params.get(selector, {}))
+        return TrialConfig.from_dict({"selector": selector, "selector_params": params, "ipc": ipc, "regime": regime,
+                                      "steps": steps, "seeds": self.seeds, **self.protocol})
 
     def cells(self) -> list[TrialConfig]:
         """The grid: every (selector, IPC, regime, budget), then the full-data reference per (regime, budget),
