@@ -14,6 +14,7 @@ import torch
 from torchvision.utils import save_image
 
 from study.runs.config import TrialConfig
+from study.runs.provenance import code_version
 from study.runs.records import write_record
 from study.selection.artifacts import class_grid
 from study.runs.trial import TrialOutcome
@@ -55,14 +56,15 @@ def success_record(outcome: TrialOutcome, tags: dict) -> dict:
         "status": "FINISHED",
         "metrics": outcome.metrics(),
         "curves": {"val_acc": mean_curve(outcome.per_seed, "val_curve"), "train_loss": loss_points(outcome.per_seed)},
-        "tags": {"host": platform.node(), "family": outcome.family, **tags},
+        "tags": {"host": platform.node(), "family": outcome.family, "code_version": code_version(), **tags},
     }
 
 
 def failure_record(cfg: TrialConfig, error: BaseException | str, tags: dict | None = None) -> dict:
     text = error if isinstance(error, str) else "".join(traceback.format_exception(error))
     return {"config": cfg.to_dict(), "config_hash": cfg.hash, "label": cfg.label(), "status": "FAILED",
-            "metrics": {}, "curves": {}, "error": text.strip(), "tags": tags or {}}
+            "metrics": {}, "curves": {}, "error": text.strip(),
+            "tags": {"code_version": code_version(), **(tags or {})}}
 
 
 def write_outcome(outcome: TrialOutcome, record: dict, folder: Path, data=None) -> Path:
