@@ -125,19 +125,25 @@ def test_dry_run_paper_counts_every_trial(capsys):
     assert spec.trial_count() == (len(spec.selectors) * 4 * 3 * len(spec.budgets)) + 3 * len(spec.budgets)
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
 @pytest.mark.parametrize("argv, needle", [
     (["--selectors", "nope"], "Unknown selector 'nope'"),
     (["--ipc", "0"], "IPC must be at least 1"),
+    (["--ipc", "500"], "at most 126, the smallest class of digits; got 500"),
     (["--budgets", "0"], "positive number of steps"),
     (["--seeds", "0"], "at least one seed"),
     (["--regimes", "xx"], "Unknown label regime"),
     (["--space", "nope"], "Unknown space"),
     (["--set", "bogus=1"], "Unknown override"),
     (["--tracking-uri", "http://127.0.0.1:9"], "does not answer"),
+    (["--executor", "inline", "--workers-per-trial", "2"], "needs the ray-train executor"),
+    (["--workers-per-trial", "3"], "must divide the batch size 64"),
 ])
-def test_bad_input_fails_before_compute(argv, needle, tmp_path, capsys):
+def test_bad_input_fails_before_compute(argv, needle, dry_run, tmp_path, capsys):
+    """The dry run refuses exactly what the run refuses, and a refused command leaves no output folder."""
     with pytest.raises(SystemExit) as exit_info:
-        main(argv + ["--out", str(tmp_path / "o")])
+        main(argv + ["--out", str(tmp_path / "o")] + (["--dry-run"] if dry_run else []))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
