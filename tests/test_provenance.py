@@ -74,6 +74,15 @@ def test_runs_carry_provenance_sort_numerically_and_stale_trials_need_a_choice(l
     assert by_metric == ["0", "2", "10"], "ipc as a metric sorts as a number"
     assert by_tag == ["0", "10", "2"], "the string tag alone would not"
     assert {r.data.metrics["steps"] for r in runs} == {20.0}
+
+    inputs = {r.data.tags["ipc"]: {i.tags[0].value: i.dataset for i in r.inputs.dataset_inputs} for r in runs}
+    assert {ipc: sorted(d) for ipc, d in inputs.items()} == {ipc: ["source", "training"] for ipc in ("0", "2", "10")}
+    assert {d["source"].name for d in inputs.values()} == {"digits"}
+    assert len({d["source"].digest for d in inputs.values()}) == 1, "one data set under every trial"
+    assert inputs["2"]["training"].name == "digits random ipc=2"
+    assert len({d["training"].digest for d in inputs.values()}) == 3, "each trial trained on its own selection"
+    assert json.loads(inputs["10"]["training"].profile)["images_per_seed"] == 100
+    assert json.loads(inputs["0"]["source"].profile) == {"train_images": 1299, "classes": 10}
     assert ray.get(ray.remote(tempfile.gettempdir).remote()) == str(trial_tmp), "the workers' TMPDIR is watched"
     assert not list(trial_tmp.glob("hardtruths-trial-*")), "every trial removed its temporary folder"
 

@@ -17,7 +17,7 @@ from study.runs.config import TrialConfig
 from study.runs.provenance import code_version
 from study.runs.records import write_record
 from study.selection.artifacts import class_grid
-from study.runs.trial import TrialOutcome
+from study.runs.trial import TrialOutcome, dataset_profile, tensor_digest
 
 
 def mean_curve(per_seed: list[dict], key: str) -> list[tuple[int, float]]:
@@ -40,6 +40,21 @@ def tracked_params(outcome: TrialOutcome) -> dict:
     return {k: s.provenance[k] for s in outcome.selections for k in TRACKED_PROVENANCE if k in s.provenance}
 
 
+def training_inputs(outcome: TrialOutcome) -> list[dict]:
+    """What the trial trained on, for MLflow's Datasets column: the data set it drew from, and the selection
+    (every seed's images or indices, with labels) it trained its students on."""
+    cfg = outcome.config
+    parts = [t for s in outcome.selections for t in ((s.images if s.indices is None else s.indices), s.labels)]
+    digest, profile = dataset_profile(cfg.dataset, cfg.data_root)
+    source = {"name": cfg.dataset, "source": cfg.dataset, "digest": digest, "context": "source", "profile": profile}
+    ipc = "full" if cfg.is_full_data else f"ipc={cfg.ipc}"
+    selection = {"name": f"{cfg.dataset} {cfg.selector} {ipc}", "source": cfg.dataset, "digest": tensor_digest(*parts),
+                 "context": "training",
+                 "profile": {"selector": cfg.selector, "ipc": cfg.ipc, "seeds": cfg.seeds,
+                             "images_per_seed": outcome.per_seed[0]["train_size"]}}
+    return [source, selection]
+
+
 def success_record(outcome: TrialOutcome, tags: dict) -> dict:
     """The recorded config adds :func:`tracked_params` to ``selector_params`` (so they become MLflow params);
     ``config_hash`` stays the hash of the config as asked. Rerun as recorded, the external selector refuses a
@@ -56,6 +71,7 @@ def success_record(outcome: TrialOutcome, tags: dict) -> dict:
         "status": "FINISHED",
         "metrics": outcome.metrics(),
         "curves": {"val_acc": mean_curve(outcome.per_seed, "val_curve"), "train_loss": loss_points(outcome.per_seed)},
+        "inputs": training_inputs(outcome),
         "tags": {"host": platform.node(), "family": outcome.family, "code_version": code_version(), **tags},
     }
 

@@ -261,6 +261,7 @@ class Tracker:
                     for step, v in curve]
         for batch in chunks(metrics, 1000):
             self.client.log_batch(run_id, metrics=batch, tags=[RunTag("status_note", record["status"])])
+        self.log_inputs(run_id, record.get("inputs", []))
         self.client.log_text(run_id, json.dumps(cfg, indent=1, default=str), "config.json")
         if artifacts is not None and Path(artifacts).exists():
             self.client.log_artifacts(run_id, str(artifacts))
@@ -269,6 +270,19 @@ class Tracker:
             self.client.log_text(run_id, str(record.get("error", "")), "error.txt")
         self.client.set_terminated(run_id, status=record["status"])
         return run_id
+
+    def log_inputs(self, run_id: str, inputs: list[dict]) -> None:
+        """A trial's data (see study.runs.outcome.training_inputs) as MLflow dataset inputs: the UI's Datasets
+        column, filterable by name and digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        datasets = [DatasetInput(Dataset(name=i["name"], digest=i["digest"], source_type="hardtruths",
+                                         source=json.dumps({"dataset": i["source"]}),
+                                         profile=json.dumps(i["profile"])),
+                                 tags=[InputTag(MLFLOW_DATASET_CONTEXT, i["context"])]) for i in inputs]
+        if datasets:
+            self.client.log_inputs(run_id, datasets=datasets)
 
     # ---------------------------------------------------------------- reading (reports)
 
