@@ -68,6 +68,9 @@ def test_runs_carry_provenance_sort_numerically_and_stale_trials_need_a_choice(l
         assert tags["mlflow.user"] and tags["mlflow.user"] != "unknown"
         assert len(tags["mlflow.source.git.commit"]) == 40, "the tests run from a git checkout"
     assert {r.data.tags["code_version"] for r in runs} == {code_version()}
+    for run in runs:  # the run spans the trial, not the moment the driver logged it
+        span = (run.info.end_time - run.info.start_time) / 1000
+        assert span == pytest.approx(run.data.metrics["wall_seconds"], abs=0.01), run.info.run_name
 
     by_metric = [r.data.tags["ipc"] for r in children(client, exp, parent, ["metrics.ipc ASC"])]
     by_tag = [r.data.tags["ipc"] for r in children(client, exp, parent, ["tags.ipc ASC"])]

@@ -7,6 +7,7 @@ later run can replay them from there (study.runs.journal).
 from __future__ import annotations
 
 import platform
+import time
 import traceback
 from pathlib import Path
 
@@ -64,11 +65,14 @@ def success_record(outcome: TrialOutcome, tags: dict) -> dict:
     config = cfg.to_dict()
     if extra:
         config = {**config, "selector_params": {**extra, **config["selector_params"]}}
+    end = time.time()
     return {
         "config": config,
         "config_hash": cfg.hash,
         "label": cfg.label(),
         "status": "FINISHED",
+        "start_ms": int((end - outcome.wall_seconds) * 1000),  # the run's true span in MLflow, however late it
+        "end_ms": int(end * 1000),                             # is logged (the driver logs after the trial)
         "metrics": outcome.metrics(),
         "curves": {"val_acc": mean_curve(outcome.per_seed, "val_curve"), "train_loss": loss_points(outcome.per_seed)},
         "inputs": training_inputs(outcome),

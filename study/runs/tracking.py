@@ -244,14 +244,16 @@ class Tracker:
         return len(stale)
 
     def log_trial(self, parent_id: str, record: dict, artifacts: Path | None = None) -> str:
-        """One child run per trial, from the record the trainable produced (see study.runs.outcome)."""
+        """One child run per trial, from the record the trainable produced (see study.runs.outcome), spanning
+        the trial's own start and end when the record has them."""
         from mlflow.entities import Metric, RunTag
 
         cfg = record["config"]
         tags = {"mlflow.parentRunId": parent_id, KIND: "trial", CONFIG_HASH: record["config_hash"],
                 **source_tags(self.source), **{k: str(cfg[k]) for k in AXIS_TAGS},
                 **{k: str(v) for k, v in record.get("tags", {}).items()}}
-        run = self.client.create_run(self.experiment_id, run_name=record.get("label"), tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=record.get("label"), tags=tags,
+                                     start_time=record.get("start_ms"))
         run_id = run.info.run_id
         self.log_params(run_id, flatten(cfg))
         now = int(time.time() * 1000)
@@ -268,7 +270,7 @@ class Tracker:
         if record["status"] == "FAILED":
             self.client.set_tag(run_id, "error", str(record.get("error", ""))[:5000])
             self.client.log_text(run_id, str(record.get("error", "")), "error.txt")
-        self.client.set_terminated(run_id, status=record["status"])
+        self.client.set_terminated(run_id, status=record["status"], end_time=record.get("end_ms"))
         return run_id
 
     def log_inputs(self, run_id: str, inputs: list[dict]) -> None:
