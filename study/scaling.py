@@ -161,6 +161,12 @@ def summarise_ledger(frame: pd.DataFrame) -> pd.DataFrame:
     return summarise(tidy(trial_table(frame.to_dict("records"))))
 
 
+def teacher_metric(frame: pd.DataFrame) -> dict:
+    """The teacher's test accuracy, for the parent run: a study's trials share one teacher (the protocol's)."""
+    measured = frame["teacher_test_acc"].dropna() if "teacher_test_acc" in frame else []
+    return {"teacher_test_acc": float(measured.iloc[0])} if len(measured) else {}
+
+
 def print_summary(summary: pd.DataFrame) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -237,7 +243,8 @@ def main(argv=None) -> int:
     phases = {**options.phases, "total_s": time.perf_counter() - start}
     atomic_write_text(out / "phases.json", json.dumps(phases, indent=1))
     tracker.finish_study(parent, "FAILED" if failed else "FINISHED",
-                         metrics={"trials_failed": failed, **{f"phase_{k}": v for k, v in phases.items()}})
+                         metrics={"trials_failed": failed, **teacher_metric(frame),
+                                  **{f"phase_{k}": v for k, v in phases.items()}})
     print(f"results: {out / 'results.csv'}  summary: {out / 'summary.csv'}  failed trials: {failed}")
     return 1 if failed else 0
 

@@ -49,6 +49,9 @@ def test_small_study_logs_every_trial_once_and_resumes(local_ray, tmp_path, cach
         assert r.data.params["steps"] == "30" and r.data.params["seeds"] == "2"
         assert r.data.tags["regime"] in {"hl", "sl_kd"}
         assert r.data.tags["family"] == "coreset"
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    teacher = {r.data.metrics["teacher_test_acc"] for r in runs if r.data.tags["regime"] == "sl_kd"}
+    assert len(teacher) == 1 and parent.data.metrics["teacher_test_acc"] == teacher.pop(), "the teacher, once"
     results = pd.read_csv(out / "results.csv")
     by_hash = {r.data.tags["config_hash"]: r.data.metrics["test_acc_mean"] for r in runs}
     assert len(results) == len(runs)
