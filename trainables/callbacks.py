@@ -3,18 +3,16 @@
 It runs in the driver process only, so there is one writer to the tracking
 store whatever the number of concurrent trials. A trial MLflow cannot take
 stays in its checkpoint, from which study.runs.journal logs it later. In a
-terminal a progress bar with the trials' ETA stays under the per-trial lines;
-where the output is a file or a pipe there are only the lines.
+terminal a progress bar with the trials' ETA stays under the per-trial lines
+(trainables.progress).
 """
 from __future__ import annotations
 
 import time
 
 from ray import tune
-from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+from rich.console import Console
 
 from study.analysis.summary import mean_std
 from study.runs.config import TrialConfig
@@ -23,13 +21,7 @@ from study.runs.ledger import Ledger
 from study.runs.outcome import failure_record
 from study.runs.records import read_record
 from study.runs.tracking import Tracker
-
-
-def trial_progress(console: Console) -> Progress:
-    """Trials done of all, elapsed and remaining time; drawn only on a terminal."""
-    return Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                    transient=True, disable=not console.is_terminal)
+from trainables.progress import progress_bar
 
 
 class StudyLogger(tune.Callback):
@@ -38,7 +30,7 @@ class StudyLogger(tune.Callback):
         self.tracker, self.parent_id, self.ledger, self.cells = tracker, parent_id, ledger, cells
         self.total, self.done, self.failed = total, done_before, 0
         self.started = time.perf_counter()
-        self.progress = trial_progress(console or Console())
+        self.progress = progress_bar("trials", console)
         self.bar = self.progress.add_task("trials", total=total, completed=done_before)
 
     def __getstate__(self) -> dict:

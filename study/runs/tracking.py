@@ -256,7 +256,7 @@ class Tracker:
                                      start_time=record.get("start_ms"))
         run_id = run.info.run_id
         self.log_params(run_id, flatten(cfg))
-        now = int(time.time() * 1000)
+        now = record.get("end_ms") or int(time.time() * 1000)
         axes = {k: cfg[k] for k in AXIS_METRICS}
         metrics = [Metric(k, float(v), now, 0) for k, v in {**axes, **record.get("metrics", {})}.items()]
         metrics += [Metric(name, float(v), now, int(step)) for name, curve in record.get("curves", {}).items()
