@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from study.core.cache import atomic_write_bytes, atomic_write_text
-from study.cli import friendly_errors
+from study.cli import friendly_errors, parser
 from study.runs.config import TrialConfig
 from study.core.errors import StudyError
 from study.selection.external_formats import CARD_NAME, FILE_FORMATS, card_path, compute_content_hash, hash_scheme
@@ -153,20 +153,21 @@ def export_selection(cfg: TrialConfig, repeat: int, out: str | Path, cache_dir=N
 
 def parse(argv=None) -> argparse.Namespace:
     d = TrialConfig()
-    p = argparse.ArgumentParser(prog="python -m study.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--selector", required=True)
+    p = parser("python -m study.export", __doc__)
+    p.add_argument("--dataset", default=d.dataset, help="dataset to select from")
+    p.add_argument("--data-root", default=None, help="folder holding torchvision / IDX datasets (default: the "
+                                                     "dataset's usual places)")
+    p.add_argument("--selector", required=True, help="selector whose set is exported (required)")
     p.add_argument("--params", default="{}", help="selector parameters as a JSON object")
-    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--ipc", type=int, required=True, help="images per class (required)")
     p.add_argument("--seed", type=int, default=0, help="the repeat index whose selection is exported")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other trial field a selector reads (steps, regime, model_kwargs.width, teacher.epochs)")
-    p.add_argument("--out", required=True, help="FILE.pt, FILE.npz, or a folder for an ImageFolder tree of PNGs")
+    p.add_argument("--out", required=True, help="FILE.pt, FILE.npz, or a folder for an ImageFolder tree of PNGs "
+                                                "(required)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("--cache-dir", default=None, help="preparation cache (default ~/.cache/hardtruths)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--cache-dir", default=None, help="preparation cache (default: ~/.cache/hardtruths)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when there is one, else cpu)")
     return p.parse_args(argv)
 
 

@@ -37,7 +37,7 @@ from study.analysis import summary as S
 from study.analysis.alignment import CAD_SELECTOR, alignment
 from study.analysis.prose import headline
 from study.analysis.trials import regime_sort_key, run_rows, tidy, trial_table
-from study.cli import friendly_errors
+from study.cli import friendly_errors, parser
 from study.core.errors import StudyError
 from study.runs.tracking import Tracker, configure_client, find_parent, tracker_for_run
 
@@ -243,14 +243,13 @@ def print_report(report: Report, console=None) -> None:
 # ---------------------------------------------------------------- command line
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", default="hardtruths", help="MLflow experiment name (default hardtruths)")
+    p = parser("python -m study.report", __doc__)
+    p.add_argument("--experiment", default="hardtruths", help="MLflow experiment name")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: sqlite <out>/mlflow.db, else $MLFLOW_TRACKING_URI)")
     p.add_argument("--parent-run", default=None, help="the study's parent run id (default: the latest study)")
     p.add_argument("--out", default=None, help="study output folder; the report goes to <out>/report "
-                                               "(default studies/<parent run name>)")
+                                               "(default: studies/<parent run name>)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     return p.parse_args(argv)
 

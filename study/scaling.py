@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search_spaces import PRESETS, SPACES
-from study.cli import friendly_errors
+from study.cli import friendly_errors, parser
 from study.core.errors import StudyError
+from study.runs.history import STALE_POLICIES
 from study.runs.spec import StudySpec, resolve_spec, validate_spec
 
 if TYPE_CHECKING:
@@ -28,40 +29,51 @@ if TYPE_CHECKING:
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m study.scaling", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("python -m study.scaling", __doc__)
     g = p.add_argument_group("what to run")
-    g.add_argument("--space", default="quick", help=f"study space: {', '.join(SPACES)} (default quick)")
-    g.add_argument("--preset", default=None, help=f"dataset protocol: {', '.join(PRESETS)} (default: the space's)")
-    g.add_argument("--dataset", default=None, help="override the preset's dataset (e.g. imagefolder:/data/tin)")
-    g.add_argument("--data-root", default=None, help="folder holding torchvision / IDX datasets")
-    g.add_argument("--model", default=None, help="student model: convnet, resnet18, timm:<name>")
-    g.add_argument("--selectors", default=None, help="comma-separated selectors, or 'all'")
-    g.add_argument("--ipc", default=None, help="comma-separated images per class, e.g. 1,10,50")
-    g.add_argument("--regimes", default=None, help="comma-separated label regimes: hl, sl, sl_kd")
-    g.add_argument("--budgets", default=None, help="comma-separated student step budgets")
-    g.add_argument("--seeds", type=int, default=None, help="repeats per trial")
-    g.add_argument("--num-samples", type=int, default=None, help="Optuna trials per cell group (optuna spaces)")
+    g.add_argument("--space", default="quick", help=f"study space: {', '.join(SPACES)}")
+    g.add_argument("--preset", default=None, help=f"dataset protocol: {', '.join(PRESETS)} (default: the "
+                                                  f"--dataset's own preset, else the space's)")
+    g.add_argument("--dataset", default=None, help="dataset, e.g. fashion-mnist or imagefolder:/data/tin; brings its "
+                                                   "own preset when it has one, else needs --preset (default: the "
+                                                   "preset's dataset)")
+    g.add_argument("--data-root", default=None, help="folder holding torchvision / IDX datasets (default: the "
+                                                     "dataset's usual places)")
+    g.add_argument("--model", default=None, help="student model: convnet, resnet18, timm:<name> (default: the preset's)")
+    g.add_argument("--selectors", default=None, help="comma-separated selectors, or 'all' (default: the space's)")
+    g.add_argument("--ipc", default=None, help="comma-separated images per class, e.g. 1,10,50 (default: the space's)")
+    g.add_argument("--regimes", default=None, help="comma-separated label regimes: hl, sl, sl_kd (default: the space's)")
+    g.add_argument("--budgets", default=None, help="comma-separated student step budgets (default: the space's, "
+                                                   "else the preset's)")
+    g.add_argument("--seeds", type=int, default=None, help="repeats per trial (default: the space's)")
+    g.add_argument("--num-samples", type=int, default=None, help="Optuna trials per cell group in optuna spaces "
+                                                                 "(default: the space's)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a protocol setting, e.g. --set temperature=2 --set model_kwargs.width=64")
     r = p.add_argument_group("where and how")
-    r.add_argument("--out", default=None, help="output folder (default studies/<space>-<hash>)")
+    r.add_argument("--out", default=None, help="output folder (default: studies/<space>-<hash>)")
     r.add_argument("--cache-dir", default=None,
-                   help="preparation cache (default ~/.cache/hardtruths; on a cluster: shared storage)")
-    r.add_argument("--address", default=None, help="Ray cluster address (default RAY_ADDRESS, else local Ray)")
-    r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite in --out)")
+                   help="preparation cache (default: ~/.cache/hardtruths; on a cluster: shared storage)")
+    r.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite in --out)")
     r.add_argument("--experiment", default="hardtruths", help="MLflow experiment name")
     r.add_argument("--executor", default="auto", choices=["auto", "inline", "ray-train"],
                    help="auto: Ray Train TorchTrainer when the cluster has GPUs, else inline in the Tune trial")
-    r.add_argument("--max-concurrent", type=int, default=None, help="concurrent trials (default: fill the cluster)")
-    r.add_argument("--cpus-per-trial", type=float, default=1.0)
-    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
-    r.add_argument("--workers-per-trial", type=int, default=1, help="data-parallel (DDP) workers per trial, each training on its share of every batch "
-                        "(ray-train executor; the batch size must divide evenly)")
+    r.add_argument("--max-concurrent", type=int, default=None,
+                   help="concurrent trials (default: as many as the cluster fits)")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial (each DDP worker) holds")
+    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each trial holds; fractions allowed, e.g. 0.25")
+    r.add_argument("--workers-per-trial", type=int, default=1, help="data-parallel (DDP) workers per trial, each "
+                   "training on its share of every batch (ray-train executor; the batch size must divide evenly)")
     r.add_argument("--compile", action="store_true",
                    help="torch.compile each student (one seed at a time; pays off on GPUs with long budgets)")
     r.add_argument("--max-failures", type=int, default=1, help="retries of a failing trial")
-    r.add_argument("--dry-run", action="store_true", help="print the trial table and exit")
+    r.add_argument("--stale", default=None, choices=STALE_POLICIES,
+                   help="what to do with trials that finished under an older version of the code: reuse their "
+                        "results or rerun them (default: stop and ask, when there are any)")
+    r.add_argument("--dry-run", action="store_true", help="check everything the run checks, print the trial table, "
+                                                          "the protocol, the output folder and what already finished, "
+                                                          "and exit")
     r.add_argument("--no-report", action="store_true", help="skip the report at the end")
     r.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     return p.parse_args(argv)
@@ -91,15 +103,54 @@ def smallest_class(spec: StudySpec) -> int:
     return int(cached_dataset(spec.protocol["dataset"], spec.protocol["data_root"]).class_counts().min())
 
 
-def print_dry_run(spec: StudySpec) -> None:
+def run_options(a: argparse.Namespace, out: Path):
+    from trainables.tune_study import RunOptions
+
+    return RunOptions(out_dir=out, cache_dir=a.cache_dir, executor=a.executor, max_concurrent=a.max_concurrent,
+                      cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
+                      workers_per_trial=a.workers_per_trial, max_failures=a.max_failures, address=a.address,
+                      compile_model=a.compile, verbose=a.verbose, stale=a.stale)
+
+
+def check_study(spec: StudySpec, options) -> None:
+    """Everything a run refuses before its first trial, the dry run included: the spec against the dataset's
+    smallest class (loaded once), the workers against the batch, the cluster and its GPUs."""
+    from trainables.tune_study import preflight
+
+    validate_spec(spec, smallest_class(spec))
+    check_workers(options.workers_per_trial, spec.protocol["batch_size"])
+    preflight(options)
+
+
+def finished_before(spec: StudySpec, out: Path, tracking_uri: str, experiment: str) -> dict[str, str]:
+    """Config hash -> code version of the trials of this study that already finished; reads, creates nothing."""
+    from study.runs.history import finished_versions
+    from study.runs.ledger import Ledger
+    from study.runs.tracking import existing_tracker
+
+    tracker = existing_tracker(tracking_uri, experiment)
+    parent = tracker.find_study(spec.hash) if tracker else None
+    return finished_versions({c.hash for c in spec.cells()}, Ledger(out), tracker,
+                             parent.info.run_id if parent else None)
+
+
+def protocol_line(spec: StudySpec) -> str:
+    settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in spec.protocol.items() if k not in ("dataset", "data_root"))
+    return f"protocol (preset {spec.preset}) on {spec.protocol['dataset']}: {settings}"
+
+
+def print_dry_run(spec: StudySpec, out: Path, executor: str, finished: str) -> None:
     cells = spec.cells()
     print(f"space {spec.space}, preset {spec.preset}, dataset {spec.protocol['dataset']}: "
           f"{spec.trial_count()} trials x {spec.seeds} seed(s)")
+    print(protocol_line(spec))
     for c in cells:
         print(f"  {c.hash}  {c.label()}")
     if spec.kind == "optuna":
         print(f"  each of the {len(cells)} groups runs {spec.num_samples} Optuna trials over {', '.join(spec.search)}")
-    print(f"total: {spec.trial_count()} trials")
+    print(f"total: {spec.trial_count()} trials, {finished}")
+    print(f"output folder: {out}{'' if out.exists() else ' (not created yet)'}")
+    print(f"executor: {executor}")
 
 
 def summarise_ledger(frame: pd.DataFrame) -> pd.DataFrame:
@@ -108,6 +159,12 @@ def summarise_ledger(frame: pd.DataFrame) -> pd.DataFrame:
     from study.analysis.trials import tidy, trial_table
 
     return summarise(tidy(trial_table(frame.to_dict("records"))))
+
+
+def teacher_metric(frame: pd.DataFrame) -> dict:
+    """The teacher's test accuracy, for the parent run: a study's trials share one teacher (the protocol's)."""
+    measured = frame["teacher_test_acc"].dropna() if "teacher_test_acc" in frame else []
+    return {"teacher_test_acc": float(measured.iloc[0])} if len(measured) else {}
 
 
 def print_summary(summary: pd.DataFrame) -> None:
@@ -144,34 +201,33 @@ def make_report(tracker, parent: str, out: Path) -> None:
 def main(argv=None) -> int:
     start = time.perf_counter()
     a = parse(argv)
-    spec = spec_from_args(a)
-    validate_spec(spec, None if a.dry_run else smallest_class(spec))
-    check_workers(a.workers_per_trial, spec.protocol["batch_size"])
-    if a.dry_run:
-        print_dry_run(spec)
-        return 0
-    from trainables.tune_study import preflight
-
-    preflight(a.address, a.gpus_per_trial)
-    out = Path(a.out or Path("studies") / f"{spec.space}-{spec.hash}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study_spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
-
+    from study.runs.history import check_stale, describe, stale_hashes
     from study.runs.tracking import Tracker, configure_client, default_tracking_uri
 
     configure_client()
-    tracker = Tracker(a.tracking_uri or default_tracking_uri(out), a.experiment,
-                      artifact_root=None if a.tracking_uri else str((out / "mlartifacts").resolve()))
+    spec = spec_from_args(a)
+    out = Path(a.out or Path("studies") / f"{spec.space}-{spec.hash}")
+    options = run_options(a, out)
+    check_study(spec, options)
+    uri = a.tracking_uri or default_tracking_uri(out)
+    done = finished_before(spec, out, uri, a.experiment)
+    stale = len(stale_hashes(done))
+    if a.dry_run:
+        from trainables.tune_study import planned_executor
+
+        print_dry_run(spec, out, planned_executor(options), describe(len(done), stale, a.stale))
+        return 0
+    check_stale(stale, a.stale)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study_spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
+    tracker = Tracker(uri, a.experiment, artifact_root=None if a.tracking_uri else str((out / "mlartifacts").resolve()))
     parent = tracker.study_run(spec.hash, f"{spec.space}-{spec.hash}", spec.to_dict())
     print(f"study {spec.space}-{spec.hash}: {spec.trial_count()} trials; output in {out}; "
           f"MLflow {tracker.uri} (parent run {parent})", flush=True)
+    print(protocol_line(spec), flush=True)
 
-    from trainables.tune_study import RunOptions, run_study
+    from trainables.tune_study import run_study
 
-    options = RunOptions(out_dir=out, cache_dir=a.cache_dir, executor=a.executor, max_concurrent=a.max_concurrent,
-                         cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
-                         workers_per_trial=a.workers_per_trial, max_failures=a.max_failures, address=a.address,
-                         compile_model=a.compile, verbose=a.verbose)
     ledger = run_study(spec, tracker, parent, options)
     frame = ledger.frame()
     summary = summarise_ledger(frame)
@@ -187,7 +243,8 @@ def main(argv=None) -> int:
     phases = {**options.phases, "total_s": time.perf_counter() - start}
     atomic_write_text(out / "phases.json", json.dumps(phases, indent=1))
     tracker.finish_study(parent, "FAILED" if failed else "FINISHED",
-                         metrics={"trials_failed": failed, **{f"phase_{k}": v for k, v in phases.items()}})
+                         metrics={"trials_failed": failed, **teacher_metric(frame),
+                                  **{f"phase_{k}": v for k, v in phases.items()}})
     print(f"results: {out / 'results.csv'}  summary: {out / 'summary.csv'}  failed trials: {failed}")
     return 1 if failed else 0
 

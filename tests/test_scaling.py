@@ -49,6 +49,9 @@ def test_small_study_logs_every_trial_once_and_resumes(local_ray, tmp_path, cach
         assert r.data.params["steps"] == "30" and r.data.params["seeds"] == "2"
         assert r.data.tags["regime"] in {"hl", "sl_kd"}
         assert r.data.tags["family"] == "coreset"
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    teacher = {r.data.metrics["teacher_test_acc"] for r in runs if r.data.tags["regime"] == "sl_kd"}
+    assert len(teacher) == 1 and parent.data.metrics["teacher_test_acc"] == teacher.pop(), "the teacher, once"
     results = pd.read_csv(out / "results.csv")
     by_hash = {r.data.tags["config_hash"]: r.data.metrics["test_acc_mean"] for r in runs}
     assert len(results) == len(runs)
@@ -125,19 +128,25 @@ def test_dry_run_paper_counts_every_trial(capsys):
     assert spec.trial_count() == (len(spec.selectors) * 4 * 3 * len(spec.budgets)) + 3 * len(spec.budgets)
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
 @pytest.mark.parametrize("argv, needle", [
     (["--selectors", "nope"], "Unknown selector 'nope'"),
     (["--ipc", "0"], "IPC must be at least 1"),
+    (["--ipc", "500"], "at most 126, the smallest class of digits; got 500"),
     (["--budgets", "0"], "positive number of steps"),
     (["--seeds", "0"], "at least one seed"),
     (["--regimes", "xx"], "Unknown label regime"),
     (["--space", "nope"], "Unknown space"),
     (["--set", "bogus=1"], "Unknown override"),
     (["--tracking-uri", "http://127.0.0.1:9"], "does not answer"),
+    (["--executor", "inline", "--workers-per-trial", "2"], "needs the ray-train executor"),
+    (["--workers-per-trial", "3"], "must divide the batch size 64"),
 ])
-def test_bad_input_fails_before_compute(argv, needle, tmp_path, capsys):
+def test_bad_input_fails_before_compute(argv, needle, dry_run, tmp_path, capsys):
+    """The dry run refuses exactly what the run refuses, and a refused command leaves no output folder."""
     with pytest.raises(SystemExit) as exit_info:
-        main(argv + ["--out", str(tmp_path / "o")])
+        main(argv + ["--out", str(tmp_path / "o")] + (["--dry-run"] if dry_run else []))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

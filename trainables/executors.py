@@ -4,7 +4,9 @@ Train TorchTrainer.
 Both call :func:`execute`, which runs ``study.runs.trial.run_trial`` and writes the
 record and artifacts into a folder that becomes the trial's checkpoint. The
 inline path saves Ray Train's fixed start-up cost (seconds per trial) on CPU
-laptops; the TorchTrainer path is what a GPU cluster uses.
+laptops; the TorchTrainer path is what a GPU cluster uses. The folder is a
+temporary one: Tune and Ray Train copy a reported checkpoint into the study's
+storage before ``report`` returns, so it is removed right after.
 """
 from __future__ import annotations
 
@@ -25,9 +27,12 @@ from study.runs.trial import cached_dataset, run_trial
 SUMMARY_KEYS = ("test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds")
 
 
-def execute(cfg: TrialConfig, cache_dir: str | None, tags: dict, threads: int | None = None,
-            compile_model: bool = False, record: bool = True) -> tuple[dict, str] | None:
-    """Run one trial; return the summary metrics Tune reports and the folder holding the full record
+TRIAL_FOLDER_PREFIX = "hardtruths-trial-"
+
+
+def execute(cfg: TrialConfig, cache_dir: str | None, tags: dict, folder: Path, threads: int | None = None,
+            compile_model: bool = False, record: bool = True) -> dict | None:
+    """Run one trial, write its full record into ``folder`` and return the summary metrics Tune reports
     (nothing when ``record`` is off: a data-parallel worker other than rank 0)."""
     if threads:
         torch.set_num_threads(threads)
@@ -40,10 +45,9 @@ def execute(cfg: TrialConfig, cache_dir: str | None, tags: dict, threads: int | 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     record = success_record(outcome, {**tags, "ray_node": node, "device": device, "workers": str(world()[1]),
                                       "precision": resolve_precision(cfg.protocol.precision, device)})
-    folder = Path(tempfile.mkdtemp(prefix="hardtruths-trial-"))
     write_outcome(outcome, record, folder, cached_dataset(cfg.dataset, cfg.data_root))
     metrics = {k: record["metrics"][k] for k in SUMMARY_KEYS}
-    return {**metrics, "config_hash": cfg.hash}, str(folder)
+    return {**metrics, "config_hash": cfg.hash}
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -52,13 +56,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
 
     rank = ray.train.get_context().get_world_rank()
-    done = execute(loop_config["trial"], loop_config["cache_dir"], loop_config["tags"], loop_config.get("threads"),
-                   loop_config["compile"], record=rank == 0)
-    if done:
-        metrics, folder = done
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-    else:
-        ray.train.report({})
+    with tempfile.TemporaryDirectory(prefix=TRIAL_FOLDER_PREFIX) as folder:
+        metrics = execute(loop_config["trial"], loop_config["cache_dir"], loop_config["tags"], Path(folder),
+                          loop_config.get("threads"), loop_config["compile"], record=rank == 0)
+        if metrics:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report({})
 
 
 def run_with_torch_trainer(cfg: TrialConfig, cache_dir: str | None, tags: dict, resources: dict,
@@ -92,6 +96,7 @@ def study_trial(config: dict, cells: list[TrialConfig], options: dict) -> None:
         run_with_torch_trainer(cfg, options["cache_dir"], tags, options["resources"], options["storage_path"],
                                f"train-{tune.get_context().get_trial_id()}", options["compile"])
         return
-    metrics, folder = execute(cfg, options["cache_dir"], tags, int(options["resources"].get("CPU", 1)),
-                              options["compile"])
-    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    with tempfile.TemporaryDirectory(prefix=TRIAL_FOLDER_PREFIX) as folder:
+        metrics = execute(cfg, options["cache_dir"], tags, Path(folder), int(options["resources"].get("CPU", 1)),
+                          options["compile"])
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

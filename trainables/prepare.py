@@ -18,6 +18,7 @@ from study.core.seeding import canonical_json
 from study.selection import build_selector
 from study.core.train import default_device
 from study.runs.trial import context_for, prepare_selection, selection_key
+from trainables.progress import progress_bar
 
 
 class _Lines(logging.Handler):
@@ -85,14 +86,17 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) ->
         cells_by_cost = sorted(distinct.values(), key=likely_cost, reverse=True)
         pending = {prepare_repeat.remote(c, r, cache_dir): c for c in cells_by_cost for r in range(c.seeds)}
         total, seconds = len(pending), Counter()
-        while pending:
-            [ref], _ = ray.wait(list(pending))
-            cfg = pending.pop(ref)
-            took, notes = ray.get(ref)
-            for note in notes:
-                say(note)
-            seconds[cfg.selector] += took
-            if took > 10:
-                say(f"preparing: {cfg.selector} IPC {cfg.ipc} ({total - len(pending)}/{total}) {took:.0f} s")
+        with progress_bar("selections") as bar:
+            task = bar.add_task("selections", total=total)
+            while pending:
+                [ref], _ = ray.wait(list(pending))
+                cfg = pending.pop(ref)
+                took, notes = ray.get(ref)
+                for note in notes:
+                    say(note)
+                seconds[cfg.selector] += took
+                bar.update(task, completed=total - len(pending))
+                if took > 10:
+                    say(f"preparing: {cfg.selector} IPC {cfg.ipc} ({total - len(pending)}/{total}) {took:.0f} s")
         say("preparing: done; most task time in " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.most_common(3)))
     return teacher_acc

@@ -21,7 +21,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.runs.config import TrialConfig
 from study.core.errors import StudyError
+from study.runs.history import check_stale, describe, finished_versions, stale_hashes
 from study.runs.journal import replay
+from study.runs.provenance import code_version
 from study.runs.ledger import Ledger
 from study.runs.spec import StudySpec
 from study.runs.tracking import Tracker
@@ -46,6 +48,7 @@ class RunOptions:
     address: str | None = None
     compile_model: bool = False
     verbose: bool = False
+    stale: str | None = None  # trials finished under older code: "reuse", "rerun", or None to refuse them
     phases: dict = field(default_factory=dict)  # filled in: seconds spent starting Ray, preparing, running trials
 
 
@@ -70,16 +73,36 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
                      f"(ray start --head) or fix --address / RAY_ADDRESS.")
 
 
-def preflight(address: str | None, gpus_per_trial: float) -> None:
-    """What can be refused before the study opens its MLflow run: an unreachable cluster, GPUs on a machine
-    without any (only for a local Ray; a cluster's autoscaler may still add GPU nodes)."""
-    address = address or os.environ.get("RAY_ADDRESS")
+def check_executor(options: RunOptions) -> None:
+    if options.workers_per_trial > 1 and options.executor == "inline":
+        raise StudyError("--workers-per-trial above 1 needs the ray-train executor.")
+
+
+def preflight(options: RunOptions) -> None:
+    """What can be refused before the study opens its MLflow run: an executor that cannot run the workers, an
+    unreachable cluster, GPUs on a machine without any (only for a local Ray; a cluster's autoscaler may still
+    add GPU nodes)."""
+    check_executor(options)
+    address = options.address or os.environ.get("RAY_ADDRESS")
     check_reachable(address)
-    if gpus_per_trial > 0 and not address:
+    if options.gpus_per_trial > 0 and not address:
         import torch
 
         if torch.cuda.device_count() == 0:
-            raise StudyError(f"--gpus-per-trial {gpus_per_trial} was asked for, but this machine has no GPUs.")
+            raise StudyError(f"--gpus-per-trial {options.gpus_per_trial} was asked for, but this machine has no GPUs.")
+
+
+def planned_executor(options: RunOptions) -> str:
+    """The executor :func:`resolve_executor` will pick, said before Ray starts (a dry run prints it)."""
+    if options.executor != "auto":
+        return options.executor
+    if options.gpus_per_trial > 0 or options.workers_per_trial > 1:
+        return "ray-train"
+    if remote(options):
+        return "auto: ray-train if the cluster has GPU nodes, else inline"
+    import torch
+
+    return "ray-train" if torch.cuda.device_count() else "inline"
 
 
 def connect(options: RunOptions) -> bool:
@@ -110,8 +133,7 @@ def resolve_executor(options: RunOptions, say=print) -> str:
         if not remote(options):
             raise StudyError(f"--gpus-per-trial {options.gpus_per_trial} was asked for, but this machine has no GPUs.")
         say("the cluster has no GPU node yet; trials will wait for the autoscaler to add one")
-    if options.workers_per_trial > 1 and options.executor == "inline":
-        raise StudyError("--workers-per-trial above 1 needs the ray-train executor.")
+    check_executor(options)
     if options.executor == "auto":
         return "ray-train" if gpus > 0 or options.gpus_per_trial > 0 or options.workers_per_trial > 1 else "inline"
     return options.executor
@@ -151,16 +173,20 @@ def optuna_distribution(spec: dict):
     raise StudyError(f"Unknown search distribution {kind!r}; use uniform, loguniform, int or categorical.")
 
 
-def run_tuner(trainable, searcher: OptunaSearch, num_samples: int, name: str, storage: str, callbacks,
+def run_tuner(trainable, searcher: OptunaSearch, num_samples: int, name: str, storage: str, logger: StudyLogger,
               max_concurrent: int | None, max_failures: int) -> None:
+    """One Tune run; the logger's progress bar goes away with it, also when it is interrupted."""
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks, verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[logger], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        logger.progress.stop()
 
 
 def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOptions, say=print) -> Ledger:
@@ -172,12 +198,18 @@ def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOpt
     cells = spec.cells()
     hashes = [c.hash for c in cells]
     replay(tracker, parent_id, storage_dir(options), ledger, hashes, say)
-    stale = tracker.close_stale(parent_id)
-    if stale:
-        say(f"marked {stale} trial run(s) left running by an interrupted study as KILLED; they will run again")
-    finished = tracker.finished_hashes(parent_id) | ledger.finished_hashes()
+    killed = tracker.close_stale(parent_id)
+    if killed:
+        say(f"marked {killed} trial run(s) left running by an interrupted study as KILLED; they will run again")
+    finished = finished_versions(set(hashes), ledger, tracker, parent_id)
+    stale = stale_hashes(finished)
+    check_stale(len(stale), options.stale)
+    if stale and options.stale == "rerun":
+        tracker.retire(parent_id, stale, f"run again under code version {code_version()}")
+        ledger.drop(stale)
+        finished = {h: v for h, v in finished.items() if h not in stale}
     pending = [c for c in cells if c.hash not in finished]
-    say(f"{len(cells)} cell(s) in the study, {len(cells) - len(pending)} already finished")
+    say(f"{len(cells)} cell(s) in the study, {describe(len(cells) - len(pending), len(stale), options.stale)}")
     if spec.kind == "grid" and not pending:
         return ledger
     clock = time.perf_counter()
@@ -212,7 +244,7 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
                                 sampler=optuna.samplers.GridSampler({"cell": index}, seed=0),
                                 metric=spec.metric, mode=spec.mode)
         timed(options, "trials_s", run_tuner, trainable_for(executor, options, pending, storage), searcher, len(pending),
-              f"study-{spec.hash}", storage, [logger], max_concurrent, options.max_failures)
+              f"study-{spec.hash}", storage, logger, max_concurrent, options.max_failures)
         return
 
     timed(options, "prepare_s", prepare_study, cells, options.cache_dir, say)
@@ -232,7 +264,7 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
                                 points_to_evaluate=[{"cell": 0, **p} for p, _ in earlier] or None,
                                 evaluated_rewards=[r for _, r in earlier] or None)
         run_tuner(trainable_for(executor, options, logger.cells, storage), searcher, remaining,
-                  f"study-{spec.hash}-group{group}", storage, [logger], max_concurrent, options.max_failures)
+                  f"study-{spec.hash}-group{group}", storage, logger, max_concurrent, options.max_failures)
     options.phases["trials_s"] = time.perf_counter() - clock
 
 

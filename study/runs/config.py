@@ -79,5 +79,9 @@ class TrialConfig:
         return derive_seed("train", self.dataset, self.protocol.model, self.protocol.model_kwargs, repeat)
 
     def label(self) -> str:
+        """The run's name: its cell, then its selector parameters (what an Optuna search chose), so the runs
+        of one searched cell can be told apart."""
         ipc = "full" if self.is_full_data else f"ipc={self.ipc}"
-        return f"{self.selector} {ipc} {self.protocol.regime} steps={self.protocol.steps}"
+        params = "".join(f" {k}={v:.3g}" if isinstance(v, float) else f" {k}={v}"
+                         for k, v in sorted(self.selector_params.items()))
+        return f"{self.selector} {ipc} {self.protocol.regime} steps={self.protocol.steps}{params}"

@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from study.core.cache import atomic_write_text
+from study.runs.provenance import UNKNOWN
 from study.runs.records import flatten
+
 
 class Ledger:
     def __init__(self, out_dir: str | Path):
@@ -25,6 +27,18 @@ class Ledger:
     def finished_hashes(self) -> set[str]:
         return {h for h, r in self.rows.items() if r.get("status") == "FINISHED"}
 
+    def finished_versions(self, cells: set[str]) -> dict[str, str]:
+        """Config hash -> code version of the finished trials of a study whose cells (or search groups) are
+        ``cells``; rows written before trials carried a code version have :data:`UNKNOWN`."""
+        return {h: version_of(r) for h, r in self.rows.items()
+                if r.get("status") == "FINISHED" and (h in cells or r.get("search_group") in cells)}
+
+    def drop(self, hashes: set[str]) -> None:
+        """Forget trials that run again."""
+        for h in hashes:
+            self.rows.pop(h, None)
+        atomic_write_text(self.path, self.frame().to_csv(index=False))
+
     def add(self, record: dict) -> None:
         row = {**flatten(record["config"]), "config_hash": record["config_hash"], "status": record["status"],
                **record.get("metrics", {}), **record.get("tags", {}), "error": record.get("error", "")}
@@ -33,3 +47,8 @@ class Ledger:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(list(self.rows.values()))
+
+
+def version_of(row: dict) -> str:
+    version = row.get("code_version")
+    return str(version) if isinstance(version, str) and version else UNKNOWN

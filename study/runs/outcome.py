@@ -7,6 +7,7 @@ later run can replay them from there (study.runs.journal).
 from __future__ import annotations
 
 import platform
+import time
 import traceback
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import torch
 from torchvision.utils import save_image
 
 from study.runs.config import TrialConfig
+from study.runs.provenance import code_version
 from study.runs.records import write_record
 from study.selection.artifacts import class_grid
-from study.runs.trial import TrialOutcome
+from study.runs.trial import TrialOutcome, dataset_profile, tensor_digest
 
 
 def mean_curve(per_seed: list[dict], key: str) -> list[tuple[int, float]]:
@@ -39,6 +41,21 @@ def tracked_params(outcome: TrialOutcome) -> dict:
     return {k: s.provenance[k] for s in outcome.selections for k in TRACKED_PROVENANCE if k in s.provenance}
 
 
+def training_inputs(outcome: TrialOutcome) -> list[dict]:
+    """What the trial trained on, for MLflow's Datasets column: the data set it drew from, and the selection
+    (every seed's images or indices, with labels) it trained its students on."""
+    cfg = outcome.config
+    parts = [t for s in outcome.selections for t in ((s.images if s.indices is None else s.indices), s.labels)]
+    digest, profile = dataset_profile(cfg.dataset, cfg.data_root)
+    source = {"name": cfg.dataset, "source": cfg.dataset, "digest": digest, "context": "source", "profile": profile}
+    ipc = "full" if cfg.is_full_data else f"ipc={cfg.ipc}"
+    selection = {"name": f"{cfg.dataset} {cfg.selector} {ipc}", "source": cfg.dataset, "digest": tensor_digest(*parts),
+                 "context": "training",
+                 "profile": {"selector": cfg.selector, "ipc": cfg.ipc, "seeds": cfg.seeds,
+                             "images_per_seed": outcome.per_seed[0]["train_size"]}}
+    return [source, selection]
+
+
 def success_record(outcome: TrialOutcome, tags: dict) -> dict:
     """The recorded config adds :func:`tracked_params` to ``selector_params`` (so they become MLflow params);
     ``config_hash`` stays the hash of the config as asked. Rerun as recorded, the external selector refuses a
@@ -48,21 +65,26 @@ def success_record(outcome: TrialOutcome, tags: dict) -> dict:
     config = cfg.to_dict()
     if extra:
         config = {**config, "selector_params": {**extra, **config["selector_params"]}}
+    end = time.time()
     return {
         "config": config,
         "config_hash": cfg.hash,
         "label": cfg.label(),
         "status": "FINISHED",
+        "start_ms": int((end - outcome.wall_seconds) * 1000),  # the run's true span in MLflow, however late it
+        "end_ms": int(end * 1000),                             # is logged (the driver logs after the trial)
         "metrics": outcome.metrics(),
         "curves": {"val_acc": mean_curve(outcome.per_seed, "val_curve"), "train_loss": loss_points(outcome.per_seed)},
-        "tags": {"host": platform.node(), "family": outcome.family, **tags},
+        "inputs": training_inputs(outcome),
+        "tags": {"host": platform.node(), "family": outcome.family, "code_version": code_version(), **tags},
     }
 
 
 def failure_record(cfg: TrialConfig, error: BaseException | str, tags: dict | None = None) -> dict:
     text = error if isinstance(error, str) else "".join(traceback.format_exception(error))
     return {"config": cfg.to_dict(), "config_hash": cfg.hash, "label": cfg.label(), "status": "FAILED",
-            "metrics": {}, "curves": {}, "error": text.strip(), "tags": tags or {}}
+            "metrics": {}, "curves": {}, "error": text.strip(),
+            "tags": {"code_version": code_version(), **(tags or {})}}
 
 
 def write_outcome(outcome: TrialOutcome, record: dict, folder: Path, data=None) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from search_spaces import PRESETS, SPACES
 from study.runs.config import FULL_DATA_IPC, TrialConfig
@@ -95,19 +95,41 @@ def lookup(registry_like: dict, name: str, axis: str) -> dict:
     return registry_like[name]
 
 
-def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str | None = None,
-                 selectors=None, ipc=None, regimes=None, budgets=None, seeds: int | None = None,
-                 overrides: list[str] | None = None, data_root: str | None = None,
-                 all_selectors: list[str] | None = None) -> StudySpec:
-    """Merge space, preset and overrides into a StudySpec (no data is touched here)."""
-    s = dict(lookup(SPACES, space, "space"))
-    p = dict(lookup(PRESETS, preset or s["preset"], "preset"))
+def preset_for(dataset: str | None, preset: str | None, default: str) -> str:
+    """The preset to train with: the one named, else the dataset's own, else ``default`` (a space's, when no
+    dataset is named). A dataset without a preset needs one named: another dataset's protocol (its teacher,
+    batch, width) is never applied to it silently."""
+    if preset:
+        lookup(PRESETS, preset, "preset")
+        return preset
+    if not dataset:
+        return default
+    own = [name for name, p in PRESETS.items() if dataset in (name, p["dataset"])]
+    if own:
+        return own[0]
+    from study.core.data import DATASETS
+
+    DATASETS.resolve(dataset)  # an unknown dataset is refused as such
+    raise StudyError(f"The dataset {dataset!r} has no preset; name the protocol to train it with, "
+                     f"e.g. --preset {default} (presets: {', '.join(PRESETS)}).")
+
+
+def preset_protocol(preset: str, dataset: str | None = None, data_root: str | None = None) -> dict:
+    """What a preset fixes for every cell (:data:`PROTOCOL_FIELDS`), on ``dataset`` if given."""
+    p = lookup(PRESETS, preset, "preset")
     protocol = {k: p[k] for k in PROTOCOL_FIELDS if k in p}
     if dataset:
         protocol["dataset"] = dataset
     protocol["data_root"] = data_root
-    spec_fields = {f.name for f in fields(StudySpec)}
-    extra, params = {}, {}
+    return protocol
+
+
+def apply_overrides(protocol: dict, overrides: list[str] | None, spec_fields: tuple[str, ...] = ()
+                    ) -> tuple[dict, dict, dict]:
+    """``key=value`` overrides on a protocol: (the protocol, selector name -> its parameters, the study
+    settings among ``spec_fields``). Study commands and study.run read --set through here, so it means the
+    same in both."""
+    protocol, extra, params = dict(protocol), {}, {}
     for key, value in map(parse_override, overrides or []):
         head, _, sub = key.partition(".")
         if head == "selector_params":
@@ -124,13 +146,29 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
         elif key in spec_fields:
             extra[key] = value
         else:
-            valid = ", ".join(PROTOCOL_FIELDS + ("selector_params.SELECTOR.PARAM", "num_samples", "metric", "mode"))
+            valid = ", ".join(PROTOCOL_FIELDS + ("selector_params.SELECTOR.PARAM",) + spec_fields)
             raise StudyError(f"Unknown override {key!r}; overridable settings are: {valid}.")
+    return protocol, params, extra
+
+
+STUDY_SETTINGS = ("num_samples", "metric", "mode", "full_data_reference")
+
+
+def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str | None = None,
+                 selectors=None, ipc=None, regimes=None, budgets=None, seeds: int | None = None,
+                 overrides: list[str] | None = None, data_root: str | None = None,
+                 all_selectors: list[str] | None = None) -> StudySpec:
+    """Merge space, preset and overrides into a StudySpec (no data is touched here)."""
+    s = dict(lookup(SPACES, space, "space"))
+    preset = preset_for(dataset, preset, s["preset"])
+    p = PRESETS[preset]
+    protocol, params, extra = apply_overrides(preset_protocol(preset, dataset, data_root), overrides,
+                                              STUDY_SETTINGS)
     chosen = selectors if selectors is not None else s["selectors"]
     if chosen == "all" or chosen == ["all"]:
         chosen = [n for n in (all_selectors or ["random"]) if n not in ("full", "external")]  # external needs a PATH
     spec = StudySpec(
-        space=space, kind=s["kind"], preset=preset or s["preset"], protocol=protocol,
+        space=space, kind=s["kind"], preset=preset, protocol=protocol,
         selectors=parse_list(chosen), ipc=parse_list(ipc if ipc is not None else s["ipc"], int),
         regimes=parse_list(regimes if regimes is not None else s["regimes"]),
         budgets=parse_list(budgets if budgets is not None else s.get("budgets", p["budgets"]), int),

@@ -13,6 +13,7 @@ study.runs.journal logs it later.
 """
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -20,10 +21,12 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
 from study.core.errors import StudyError
+from study.runs.provenance import PROJECT, UNKNOWN
 from study.runs.records import flatten
 
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -32,6 +35,10 @@ STUDY_HASH = "hardtruths.study_hash"
 CONFIG_HASH = "config_hash"
 KIND = "hardtruths.kind"
 AXIS_TAGS = ("dataset", "model", "selector", "ipc", "regime", "steps")
+AXIS_METRICS = ("ipc", "steps")  # tags are strings and sort 1, 100, 20; the UI sorts metrics as numbers
+CODE_VERSION = "code_version"
+# The MLflow UI opens an experiment of this kind on its runs table, not on the GenAI overview.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 # MLflow's HTTP client retries a failed request itself; by default 7 times, sleeping 0, 4, 8, ... s up to
 # 120 s between tries (about 4 minutes) and waiting up to 120 s for each answer, while the driver's Tune loop
@@ -44,14 +51,31 @@ CLIENT_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow's INFO lines (creating the store's tables, ...) are not the study's
 }
 
 
 def configure_client() -> None:
     """Give MLflow's client the product's settings (:data:`CLIENT_SETTINGS`) unless the user set them; the
-    command-line entry points call this before they talk to MLflow."""
+    command-line entry points call this before they talk to MLflow. MLflow reads its logging level once, when
+    it is imported, so the level is also set on its logger for an MLflow imported earlier."""
     for name, value in CLIENT_SETTINGS.items():
         os.environ.setdefault(name, value)
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+
+
+@lru_cache(maxsize=4)
+def source_tags(source: str) -> dict:
+    """MLflow's system tags for a run this process creates: who ran it, from which entry point, and the git
+    commit of the project's tree when it is one. MlflowClient.create_run adds none of them itself."""
+    from mlflow.utils.git_utils import get_git_commit
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+    tags = {MLFLOW_SOURCE_NAME: source, MLFLOW_SOURCE_TYPE: "LOCAL", MLFLOW_USER: getpass.getuser()}
+    commit = get_git_commit(str(PROJECT))
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
 
 
 def default_tracking_uri(out_dir: str | Path) -> str:
@@ -89,6 +113,19 @@ def open_experiment(tracking_uri: str, experiment: str) -> "Tracker":
     return Tracker(tracking_uri, experiment)
 
 
+def existing_tracker(tracking_uri: str, experiment: str) -> "Tracker | None":
+    """A Tracker on an experiment that already exists, or None; nothing is created (a dry run reads through
+    this, and a SQLite store that is not there stays not there)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        return None
+    check_server(tracking_uri)
+    from mlflow.tracking import MlflowClient
+
+    if MlflowClient(tracking_uri).get_experiment_by_name(experiment) is None:
+        return None
+    return Tracker(tracking_uri, experiment)
+
+
 def tracker_for_run(tracking_uri: str, run_id: str) -> "Tracker":
     """A Tracker on the experiment that holds ``run_id``."""
     check_server(tracking_uri)
@@ -111,27 +148,37 @@ def find_parent(tracking_uri: str, experiment: str, parent_run: str | None = Non
 class Tracker:
     """A thin wrapper over ``MlflowClient`` bound to one experiment."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None,
+                 source: str = "study.scaling"):
         check_server(tracking_uri)
         from mlflow.tracking import MlflowClient
 
-        self.uri = tracking_uri
+        self.uri, self.source = tracking_uri, source
         self.client = MlflowClient(tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=artifact_root)
+            experiment, artifact_location=artifact_root, tags=EXPERIMENT_KIND)
+        if found and not EXPERIMENT_KIND.items() <= found.tags.items():
+            for key, value in EXPERIMENT_KIND.items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
 
-    def study_run(self, study_hash: str, name: str, spec: dict) -> str:
-        """The parent run of this study: reused when the same study runs again, created otherwise."""
+    def find_study(self, study_hash: str):
+        """The parent run of the study with this hash, or None."""
         found = self.client.search_runs([self.experiment_id],
                                         filter_string=f"tags.`{STUDY_HASH}` = '{study_hash}' and "
                                                       f"tags.`{KIND}` = 'study'", max_results=1)
+        return found[0] if found else None
+
+    def study_run(self, study_hash: str, name: str, spec: dict) -> str:
+        """The parent run of this study: reused when the same study runs again, created otherwise."""
+        found = self.find_study(study_hash)
         if found:
-            run_id = found[0].info.run_id
-            if found[0].info.status != "RUNNING":
+            run_id = found.info.run_id
+            if found.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={STUDY_HASH: study_hash, KIND: "study"})
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={STUDY_HASH: study_hash, KIND: "study", **source_tags(self.source)})
         self.log_params(run.info.run_id, flatten(spec))
         self.client.log_text(run.info.run_id, json.dumps(spec, indent=1, default=str), "study_spec.json")
         return run.info.run_id
@@ -161,7 +208,22 @@ class Tracker:
                 return runs
 
     def finished_hashes(self, parent_id: str) -> set[str]:
-        return {r.data.tags.get(CONFIG_HASH) for r in self.children(parent_id, "FINISHED")}
+        return set(self.finished_versions(parent_id))
+
+    def finished_versions(self, parent_id: str) -> dict[str, str]:
+        """Config hash -> code version of each finished trial (:data:`UNKNOWN` for trials logged before
+        trials carried one)."""
+        return {r.data.tags.get(CONFIG_HASH): r.data.tags.get(CODE_VERSION, UNKNOWN)
+                for r in self.children(parent_id, "FINISHED")}
+
+    def retire(self, parent_id: str, hashes: set[str], note: str) -> int:
+        """Delete (MLflow's soft delete: the UI can restore them) the finished runs of trials that run again,
+        so each trial keeps one FINISHED run; ``note`` says why, as a tag on each."""
+        runs = [r for r in self.children(parent_id, "FINISHED") if r.data.tags.get(CONFIG_HASH) in hashes]
+        for run in runs:
+            self.client.set_tag(run.info.run_id, "hardtruths.retired", note)
+            self.client.delete_run(run.info.run_id)
+        return len(runs)
 
     def deleted_hashes(self, parent_id: str) -> set[str]:
         """Trials that were logged in full and then deleted from MLflow by someone: not to be logged again."""
@@ -182,29 +244,47 @@ class Tracker:
         return len(stale)
 
     def log_trial(self, parent_id: str, record: dict, artifacts: Path | None = None) -> str:
-        """One child run per trial, from the record the trainable produced (see study.runs.outcome)."""
+        """One child run per trial, from the record the trainable produced (see study.runs.outcome), spanning
+        the trial's own start and end when the record has them."""
         from mlflow.entities import Metric, RunTag
 
         cfg = record["config"]
         tags = {"mlflow.parentRunId": parent_id, KIND: "trial", CONFIG_HASH: record["config_hash"],
-                **{k: str(cfg[k]) for k in AXIS_TAGS}, **{k: str(v) for k, v in record.get("tags", {}).items()}}
-        run = self.client.create_run(self.experiment_id, run_name=record.get("label"), tags=tags)
+                **source_tags(self.source), **{k: str(cfg[k]) for k in AXIS_TAGS},
+                **{k: str(v) for k, v in record.get("tags", {}).items()}}
+        run = self.client.create_run(self.experiment_id, run_name=record.get("label"), tags=tags,
+                                     start_time=record.get("start_ms"))
         run_id = run.info.run_id
         self.log_params(run_id, flatten(cfg))
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in record.get("metrics", {}).items()]
+        now = record.get("end_ms") or int(time.time() * 1000)
+        axes = {k: cfg[k] for k in AXIS_METRICS}
+        metrics = [Metric(k, float(v), now, 0) for k, v in {**axes, **record.get("metrics", {})}.items()]
         metrics += [Metric(name, float(v), now, int(step)) for name, curve in record.get("curves", {}).items()
                     for step, v in curve]
         for batch in chunks(metrics, 1000):
             self.client.log_batch(run_id, metrics=batch, tags=[RunTag("status_note", record["status"])])
+        self.log_inputs(run_id, record.get("inputs", []))
         self.client.log_text(run_id, json.dumps(cfg, indent=1, default=str), "config.json")
         if artifacts is not None and Path(artifacts).exists():
             self.client.log_artifacts(run_id, str(artifacts))
         if record["status"] == "FAILED":
             self.client.set_tag(run_id, "error", str(record.get("error", ""))[:5000])
             self.client.log_text(run_id, str(record.get("error", "")), "error.txt")
-        self.client.set_terminated(run_id, status=record["status"])
+        self.client.set_terminated(run_id, status=record["status"], end_time=record.get("end_ms"))
         return run_id
+
+    def log_inputs(self, run_id: str, inputs: list[dict]) -> None:
+        """A trial's data (see study.runs.outcome.training_inputs) as MLflow dataset inputs: the UI's Datasets
+        column, filterable by name and digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        datasets = [DatasetInput(Dataset(name=i["name"], digest=i["digest"], source_type="hardtruths",
+                                         source=json.dumps({"dataset": i["source"]}),
+                                         profile=json.dumps(i["profile"])),
+                                 tags=[InputTag(MLFLOW_DATASET_CONTEXT, i["context"])]) for i in inputs]
+        if datasets:
+            self.client.log_inputs(run_id, datasets=datasets)
 
     # ---------------------------------------------------------------- reading (reports)
 
