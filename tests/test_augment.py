@@ -1,10 +1,15 @@
 """Batched device augmentation: per-sample randomness, exact geometry, CutMix area bookkeeping."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from study.core.augment import augment_batch, crop_boxes, cutmix, random_crop, random_flip, resized_crop
+from study.core.augment import (
+    augment_batch, crop_boxes, cutmix, patch_crop, patch_views, random_crop, random_flip, resized_crop,
+    shuffle_patches, stitched_views,
+)
 from study.core.data import Augment
 from study.core.seeding import generator
 
@@ -100,3 +105,57 @@ def test_augment_batch_maps_uint8_to_unit_floats_under_the_spec():
         assert out.shape == (16, 1, 8, 8) and out.min() >= 0 and out.max() <= 1
         assert not torch.equal(out, plain)
         assert torch.equal(augment_batch(x, spec, generator(1)), out)
+
+
+def tiles(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, f*f, C*h*w): each image's tiles, row by row."""
+    b, c, h, w = x.shape
+    t = x.unfold(2, h // factor, h // factor).unfold(3, w // factor, w // factor)  # (B, C, f, f, h, w)
+    return t.permute(0, 2, 3, 1, 4, 5).reshape(b, factor * factor, -1)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_shuffle_patches_keeps_each_images_multiset_of_tiles(factor):
+    x = torch.rand(64, 3, 16, 16, generator=generator(0))
+    out = shuffle_patches(x, factor, generator(1))
+    before, after = tiles(x, factor), tiles(out, factor)
+    for b in range(len(x)):
+        # every tile of the view is one of the image's tiles, each used exactly once
+        match = torch.cdist(after[b], before[b]).argmin(1)
+        assert sorted(match.tolist()) == list(range(factor * factor))
+        assert torch.equal(after[b], before[b][match])
+    moved = [tuple(torch.cdist(after[b], before[b]).argmin(1).tolist()) for b in range(len(x))]
+    # rows and columns are permuted independently, per sample: (f!)^2 arrangements, many of them drawn
+    assert len(set(moved)) >= min(4, math.factorial(factor) ** 2 // 2) and moved.count(tuple(range(factor ** 2))) < 32
+    assert torch.equal(shuffle_patches(x, factor, generator(1)), out)
+
+
+def test_patch_crop_is_antialiased():
+    """Shrinking a whole noise image f times must average every f x f block; one bilinear sample per output pixel
+    reads only 2 x 2 of the f x f pixels and keeps much of the noise."""
+    x = images(b=2, c=1, h=32, w=32)
+    full = torch.tensor([[0.5, 0.5, 1.0, 1.0]]).expand(2, -1)
+    pooled = torch.nn.functional.avg_pool2d(x, 4)
+    assert torch.allclose(patch_crop(x, full, 4), pooled, atol=1e-5)
+    assert (resized_crop(x, full, (8, 8)) - pooled).abs().mean() > 0.05
+
+
+def test_patch_views_are_tiles_on_a_mean_colour_canvas():
+    x = torch.randint(0, 256, (32, 1, 16, 16), dtype=torch.uint8, generator=generator(0))
+    spec = patch_views(2, (0.08, 1.0), fill=(0.25,), flip=True)
+    out = augment_batch(x, spec, generator(2))
+    ring = out.clone()
+    ring[:, :, 4:12, 4:12] = 0.25
+    assert torch.equal(ring, torch.full_like(out, 0.25))
+    assert out[:, :, 4:12, 4:12].std() > 0.1
+    assert torch.equal(augment_batch(x, spec, generator(2)), out)
+
+
+def test_stitched_views_shuffle_crop_and_flip_deterministically():
+    x = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=generator(0))
+    spec = stitched_views(2, flip=True)
+    assert spec.shuffle_patches == 2 and spec.crop_scale == (0.5, 1.0) and spec.random_resized_crop and spec.flip
+    out = augment_batch(x, spec, generator(3))
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(augment_batch(x, spec, generator(3)), out)
+    assert not torch.equal(out, augment_batch(x, Augment(random_resized_crop=True, flip=True), generator(3)))

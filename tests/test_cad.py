@@ -12,9 +12,9 @@ from study.selection import SelectionContext, build_selector
 from study.selection import cad as cad_module
 from study.selection.difficulty import class_percentiles, stratified_window_pick
 from study.selection.cad import (
-    cad_proxy, cad_window, late_steps, proxy_models,
+    cad_proxy, cad_proxy_key, cad_window, late_steps, proxy_models,
 )
-from study.core.augment import resized_crop
+from study.core.augment import patch_crop, patch_views, stitched_views
 
 # A real proxy that learns digits in a few hundred steps: convnet width 32, AdamW, batch 64, hard labels.
 PROXY = {"batch_size": 64, "model_kwargs": {"width": 32}}
@@ -150,10 +150,14 @@ def test_ca2d_images_come_from_the_window_with_complete_provenance(cad_runs, dig
         block = u[c * ipc:(c + 1) * ipc]
         assert np.all((block >= lo) & (block <= hi)), (c, block)
     h = digits.image_shape[1] // factor
-    tile = resized_crop(digits.train_x[src[4, f2 - 1]][None].float() / 255, boxes[4, f2 - 1][None], (h, h))[0]
+    tile = patch_crop(digits.train_x[src[4, f2 - 1]][None].float() / 255, boxes[4, f2 - 1][None], factor)[0]
     r, col = divmod(f2 - 1, factor)
     got = sel.images[4, :, r * h:(r + 1) * h, col * h:(col + 1) * h].float() / 255
     assert (got - tile).abs().max() < 4 / 255
+    # the proxy that measured u was trained on the views it scored: square crops, tiles padded in the mean colour
+    views = patch_views(factor, (0.08, 1.0), digits.mean, digits.augment.flip)
+    assert ctx.cache.load("cad-proxy", cad_proxy_key(ctx, ipc, 2, 2, 0.3, views), warn=False) is not None
+    assert sel.views == (stitched_views(factor, digits.augment.flip) if factor > 1 else None)
 
 
 def test_ca2d_default_window_follows_the_budget(cad_runs, digits, cad_cache, one_thread):

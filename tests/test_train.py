@@ -202,3 +202,25 @@ def test_no_regime_under_trains_on_full_data_at_the_default_budget(cache_dir, fu
     soft = run_trial(TrialConfig.from_dict(dict(selector="full", regime=regime)), cache_dir, "cpu")
     gap = statistics.fmean(full_data_hl.accuracies) - statistics.fmean(soft.accuracies)
     assert gap <= 0.02, (regime, full_data_hl.accuracies, soft.accuracies)
+
+
+@pytest.mark.parametrize("regime", ["hl", "sl", "sl_kd"])
+def test_a_stitched_set_trains_under_its_own_views_in_every_regime(cache_dir, teacher, monkeypatch, regime):
+    """RDED at f=2 on digits (teacher trained beforehand): every training batch of every regime is drawn with the
+    set's stitched views, never the dataset's."""
+    import study.core.train as train_module
+    from study.core.augment import stitched_views
+
+    specs, real = [], train_module.augment_batch
+
+    def spy(x, spec, g):
+        specs.append(spec)
+        return real(x, spec, g)
+
+    monkeypatch.setattr(train_module, "augment_batch", spy)
+    cfg = small_trial(selector="rded", selector_params={"factor": 2, "m": 30, "k": 2}, regime=regime, steps=12)
+    out = run_trial(cfg, cache_dir, "cpu")
+    assert all(s.views == stitched_views(2, flip=False) for s in out.selections)
+    assert specs and set(specs) == {stitched_views(2, flip=False)}
+    assert len(specs) == 12 * cfg.seeds
+    assert all(0 <= a <= 1 for a in out.accuracies)

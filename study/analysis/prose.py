@@ -29,16 +29,20 @@ def headline(best: pd.DataFrame, protocol: pd.DataFrame, failed: int = 0,
     lines = []
     bad = protocol[protocol["under_trained"]] if not protocol.empty else protocol
     for r in bad.itertuples():
+        fix = (f"this study's {r.fix_steps:.0f}-step budget brings it within {100 * PROTOCOL_GAP:.0f} point"
+               if r.fix_measured else
+               f"no budget of this study closes the gap; try {r.fix_steps:.0f} steps or more")
         lines.append(f"PROTOCOL WARNING: under {r.regime} at {r.steps} steps the full-data accuracy is "
                      f"{100 * r.full_acc:.1f}%, {100 * r.gap:.1f} points below hard labels ({100 * r.full_hl_acc:.1f}%): "
-                     f"the protocol under-trains under soft labels, so its soft-label comparisons cannot be trusted.")
+                     f"the protocol under-trains under soft labels, so its soft-label comparisons cannot be trusted; "
+                     f"{fix}.")
     unchecked = protocol[~protocol["checked"]] if not protocol.empty else protocol
     for r in unchecked.itertuples():
         lines.append(f"Protocol not checked for {r.regime} at {r.steps} steps: the study has no full-data reference "
                      f"under {'hard labels' if pd.isna(r.full_hl_acc) else r.regime} at that budget.")
     if not protocol.empty and protocol["checked"].all() and not protocol["under_trained"].any():
         lines.append("Protocol check passed: at every budget, soft-label full-data accuracy is within "
-                     f"{100 * PROTOCOL_GAP:.0f} points of hard labels.")
+                     f"{100 * PROTOCOL_GAP:.0f} point of hard labels.")
     suspect = set(bad["regime"]) if not bad.empty else set()
     for r in best.itertuples():
         if not isinstance(r.best, str):

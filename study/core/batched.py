@@ -18,7 +18,7 @@ import time
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from study.core.data import Dataset
+from study.core.data import Augment, Dataset
 from study.core.models import model_for
 from study.core.protocol import Protocol
 from study.core.seeding import generator
@@ -74,8 +74,8 @@ class StackedStudents:
 
 def train_students(sets: list[tuple[torch.Tensor, torch.Tensor]], seeds: list[int], data: Dataset,
                    protocol: Protocol, *, teacher: torch.nn.Module | None = None, device: str | None = None,
-                   eval_points: int = 10) -> list[TrainResult]:
-    """Train one student per (training set, seed) together; the sets must have equal sizes."""
+                   eval_points: int = 10, views: Augment | None = None) -> list[TrainResult]:
+    """Train one student per (training set, seed) together; the sets must have equal sizes and share ``views``."""
     if len({len(y) for _, y in sets}) != 1:
         raise ValueError("batched training needs training sets of equal size")
     device = device or default_device()
@@ -85,4 +85,4 @@ def train_students(sets: list[tuple[torch.Tensor, torch.Tensor]], seeds: list[in
         torch.manual_seed(seed)
         models.append(model_for(data, protocol.model, **protocol.model_kwargs).to(device))
     return fit(StackedStudents(models, device), sets, [generator(seed) for seed in seeds], data, protocol,
-               teacher=teacher, device=device, start=start, eval_points=eval_points)
+               teacher=teacher, device=device, start=start, eval_points=eval_points, views=views)

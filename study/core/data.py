@@ -34,11 +34,21 @@ SPLIT_SEED = 20260418
 
 @dataclass(frozen=True)
 class Augment:
-    """Which train-time augmentations suit a dataset (applied on device, see study.core.augment)."""
+    """The train-time views of a dataset, or of a set that needs its own (applied on device, see
+    study.core.augment, whose ``stitched_views`` and ``patch_views`` are the two kinds a set may need).
+
+    Order of a view: ShufflePatches(``shuffle_patches``), then a random-resized crop (``crop_scale``,
+    ``crop_ratio`` in pixels) or a padded random crop, cut at 1/``patch_pad`` of the side and padded back to
+    full size in ``fill`` (colours in [0, 1]), then a horizontal flip."""
 
     crop_padding: int = 0
     flip: bool = False
     random_resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    shuffle_patches: int = 1
+    patch_pad: int = 1
+    fill: tuple[float, ...] = (0.0,)
 
 
 @dataclass

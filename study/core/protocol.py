@@ -5,8 +5,9 @@ selector's proxy trains under the trial's own, and a teacher's run is one too
 (:meth:`TeacherSpec.protocol`). Two runs with equal protocols, data and seed
 train the same student, so the protocol is also what cache keys and
 provenance record. ``regime`` and ``steps`` are the study's axes; the rest
-comes from the dataset preset. Augmentation (the views a student sees) is the
-dataset's own :class:`~study.core.data.Augment`.
+comes from the dataset preset. Augmentation (the views a student sees) is not
+part of it: it is the dataset's own :class:`~study.core.data.Augment`, unless
+the training set brings its own (a stitched set's, ``Selection.views``).
 """
 from __future__ import annotations
 

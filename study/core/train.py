@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from study.core.augment import augment_batch, cutmix
-from study.core.data import Dataset
+from study.core.data import Augment, Dataset
 from study.core.evaluate import accuracy
 from study.core.models import model_for
 from study.core.data_parallel import DataParallel, is_data_parallel
@@ -117,11 +117,14 @@ class OneStudent:
 
 def fit(students, sets: list[tuple[torch.Tensor, torch.Tensor]], gens: list[torch.Generator], data: Dataset,
         protocol: Protocol, *, teacher: nn.Module | None, device: str, start: float, eval_points: int = 10,
-        stop_at: int | None = None, after_step: Callable[[int], None] | None = None) -> list[TrainResult]:
+        stop_at: int | None = None, after_step: Callable[[int], None] | None = None,
+        views: Augment | None = None) -> list[TrainResult]:
     """The training loop, for one student (:class:`OneStudent`) or several trained as one vmapped model
     (``study.core.batched.StackedStudents``): each seed draws its own batches, views and CutMix boxes from its own
     generator, so a seed's student is the same whichever way it is trained. The schedule spans
-    ``protocol.steps``; ``stop_at`` ends the run earlier, mid-schedule (an early-stopped proxy)."""
+    ``protocol.steps``; ``stop_at`` ends the run earlier, mid-schedule (an early-stopped proxy). ``views`` are
+    the training sets' own views (a stitched set's, see ``Selection.views``), in place of the dataset's for every
+    regime; the KD teacher labels whichever view the student sees."""
     if protocol.steps < 1:
         raise ValueError("steps must be positive")
     precision = resolve_precision(protocol.precision, device)
@@ -135,12 +138,13 @@ def fit(students, sets: list[tuple[torch.Tensor, torch.Tensor]], gens: list[torc
     optimizer, schedule = get_recipe(protocol.recipe, protocol.lr).build(students.parameters(), protocol.steps)
     run = stop_at or protocol.steps
     eval_every = max(1, protocol.steps // max(1, eval_points))
+    spec = views or data.augment
     flops = step_flops(students.probe, flop_probe(xs[0], protocol.batch_size), kd_teacher)
 
     step_losses, val_curves = [], [[] for _ in gens]
     students.train()
     for step in range(run):
-        draws = [draw_views(x, stream, data.augment, g, protocol.cutmix_prob) for x, stream, g in zip(xs, streams, gens)]
+        draws = [draw_views(x, stream, spec, g, protocol.cutmix_prob) for x, stream, g in zip(xs, streams, gens)]
         views = [students.prepare(v) for _, v, _ in draws]
         with autocast(device, precision):
             logits = students(views)
@@ -176,9 +180,9 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, data: Dataset, pro
                   teacher: nn.Module | None = None, seed: int = 0, device: str | None = None,
                   compile_model: bool = False, eval_points: int = 10, stop_at: int | None = None,
                   on_checkpoint: Callable[[int, nn.Module], None] | None = None,
-                  checkpoint_every: int = 0) -> TrainResult:
+                  checkpoint_every: int = 0, views: Augment | None = None) -> TrainResult:
     """Train a fresh student on (images, labels) under ``protocol`` and return its accuracies and cost;
-    ``on_checkpoint(step, model)`` runs every ``checkpoint_every`` steps."""
+    ``on_checkpoint(step, model)`` runs every ``checkpoint_every`` steps; ``views`` replace the dataset's."""
     device = device or default_device()
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -190,4 +194,4 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, data: Dataset, pro
 
     student = OneStudent(model, device, protocol.batch_size, compile_model)
     return fit(student, [(images, labels)], [generator(seed)], data, protocol, teacher=teacher, device=device,
-               start=start, eval_points=eval_points, stop_at=stop_at, after_step=after_step)[0]
+               start=start, eval_points=eval_points, stop_at=stop_at, after_step=after_step, views=views)[0]

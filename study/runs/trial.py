@@ -131,13 +131,15 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
         selections.append(get_selection(ctx, selector, cfg, repeat))
         select_seconds.append(time.perf_counter() - t0)
     seeds = [cfg.train_seed(r) for r in range(cfg.seeds)]
-    vmappable = not (compile_model or is_data_parallel()) and len({len(s) for s in selections}) == 1
+    alike = len({(len(s), s.views) for s in selections}) == 1
+    vmappable = not (compile_model or is_data_parallel()) and alike
     if batched and vmappable and cfg.seeds > 1 and batching_pays(device):
         results = train_students([(s.images, s.labels) for s in selections], seeds, ctx.data, cfg.protocol,
-                                 teacher=teacher, device=device)
+                                 teacher=teacher, device=device, views=selections[0].views)
     else:
         results = [train_student(s.images, s.labels, ctx.data, cfg.protocol, teacher=teacher, seed=seed,
-                                 device=device, compile_model=compile_model) for s, seed in zip(selections, seeds)]
+                                 device=device, compile_model=compile_model, views=s.views)
+                   for s, seed in zip(selections, seeds)]
     per_seed = [{"repeat": r, "selection_seed": cfg.selection_seed(r), "train_seed": seeds[r],
                  "select_seconds": select_seconds[r], "train_seconds": res.wall_seconds, **res.to_dict()}
                 for r, res in enumerate(results)]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from study.core.cache import Cache
-from study.core.data import Dataset
+from study.core.data import Augment, Dataset
 from study.core.errors import StudyError
 from study.core.evaluate import predict_features
 from study.core.protocol import Protocol
@@ -56,10 +56,14 @@ class SelectionContext:
 
 @dataclass
 class Selection:
+    """A training set. ``views`` are the views it must be trained under when the dataset's would misrepresent it
+    (RDED's f x f mosaics); None means the dataset's own."""
+
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor | None
     provenance: dict
+    views: Augment | None = None
 
     @property
     def is_synthetic(self) -> bool:

@@ -9,11 +9,19 @@
 3. the CAD proxy (trained under ctx.protocol on a random subset of the target
    IPC, cached, see study.selection.cad) scores each kept patch on the same
    view the observer saw; patch difficulty u = percentile of -margin among the
-   class's patches, frontier u*_c = fraction of them the proxy gets right;
+   class's patches, frontier u*_c = fraction of them the proxy gets right.
+   The proxy trains on that kind of view too (square crops of its subset, cut
+   at 1/f of the side and padded in the mean colour,
+   ``PatchSelector.scored_views``): a proxy that only ever saw whole images
+   would rank padded tiles by how unlike a whole image they look, so the
+   difficulty would belong to the padding, not to the patch;
 4. ``ipc * f^2`` patches are drawn stratified inside the CAD window
    [u_hi - w, u_hi], u_hi = min(u*_c + delta, 1 - beta) (or the window set by
    ``center`` / ``width``), then placed at random in the f x f grids (slot
    layout as in study.selection.rded).
+
+The factor follows RDED's rule (f = 1 below 128 px, f = 2 from 128 px), and a
+set with f > 1 brings the same training views as an RDED set.
 
 ``ca2d_coreset`` is the same alignment without crops or stitching (f = 1,
 whole images, proxy margins of the whole images): it returns real indices, so
@@ -33,7 +41,7 @@ from study.selection.difficulty import percentiles, stratified_window_pick
 from study.selection.cad import (
     CADParams, cad_proxy, proxy_models, proxy_scores,
 )
-from study.selection.rded import FULL_BOX, PatchSelector, Patches, best_crops, patch_size, stitch
+from study.selection.rded import FULL_BOX, PatchSelector, best_crops, patch_size, stitch
 from study.core.seeding import generator
 
 
@@ -51,8 +59,8 @@ class CADPatchSelector(PatchSelector):
         """Candidates per class: m, raised so a window of the chosen width can hold ``need`` items."""
         return min(class_size, max(self.m, math.ceil(need / self.cad.window_width)))
 
-    def proxy(self, ctx: SelectionContext, ipc: int) -> dict:
-        return cad_proxy(ctx, ipc, self.cad.proxy_seeds, self.cad.checkpoints, self.cad.late)
+    def proxy(self, ctx: SelectionContext, ipc: int, views=None) -> dict:
+        return cad_proxy(ctx, ipc, self.cad.proxy_seeds, self.cad.checkpoints, self.cad.late, views)
 
 
 @register_selector("ca2d")
@@ -64,13 +72,13 @@ class CA2D(CADPatchSelector):
         need = ipc * factor * factor
         rng, g = np.random.default_rng(seed), generator(seed)
         observer = self.observer(ctx)
-        models = proxy_models(ctx, self.proxy(ctx, ipc)["states"])
+        models = proxy_models(ctx, self.proxy(ctx, ipc, self.scored_views(ctx, factor))["states"])
         images, chosen, windows, u_stars, slot_u, pools = [], [], [], [], [], []
         for c, members in enumerate(ctx.class_members()):
             cand = torch.as_tensor(self.candidates(members, self.pool_size(need, len(members)), rng))
             labels = torch.full((len(cand),), c, dtype=torch.long)
-            patches = best_crops(ctx.data.train_x[cand], labels, cand, observer, k=self.k, factor=factor, g=g,
-                                 scale=self.scale, score_view=self.score_view,
+            patches = best_crops(ctx.data.train_x[cand], labels, cand, observer, fill=ctx.data.mean, k=self.k,
+                                 factor=factor, g=g, scale=self.scale, score_view=self.score_view,
                                  per_image=math.ceil(need / len(cand)), device=ctx.device)
             margin, correct = proxy_scores(models, patches.views, torch.full((len(patches.loss),), c))
             u = percentiles(-margin.double().numpy())
@@ -78,9 +86,7 @@ class CA2D(CADPatchSelector):
             lo, hi = self.cad.window(u_star)
             pos = stratified_window_pick(u, lo, hi, need, rng)
             pos = pos[torch.randperm(need, generator=g).numpy()]
-            idx = torch.as_tensor(pos)
-            picked = Patches(patches.pixels[idx.to(patches.pixels.device)], patches.views[:0], patches.source[idx],
-                             patches.boxes[idx], patches.loss[idx])
+            picked = patches.take(torch.as_tensor(pos))
             images.append(stitch(picked.pixels, factor))
             chosen.append(picked)
             windows.append([round(lo, 4), round(hi, 4)])

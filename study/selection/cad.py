@@ -20,12 +20,14 @@ low proxy accuracy -> small u* -> easy samples; more compute -> harder ones.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from study.core.data import Augment
 from study.core.evaluate import predict_logits
 from study.core.errors import StudyError
 from study.core.models import model_for
@@ -73,8 +75,9 @@ def margin_and_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
 
 
 def train_proxies(ctx: SelectionContext, ipc: int, proxy_seeds: int, checkpoints: int, late: float,
-                  on_model: Callable[[nn.Module], None]) -> None:
-    """Train ``proxy_seeds`` proxies under ctx.protocol and call ``on_model`` at each late checkpoint."""
+                  on_model: Callable[[nn.Module], None], views: Augment | None = None) -> None:
+    """Train ``proxy_seeds`` proxies under ctx.protocol (on ``views`` in place of the dataset's, when given) and
+    call ``on_model`` at each late checkpoint."""
     protocol = ctx.protocol
     teacher = ctx.teacher.model if REGIMES.get(protocol.regime).needs_teacher else None
     y = ctx.data.train_y.numpy()
@@ -88,19 +91,24 @@ def train_proxies(ctx: SelectionContext, ipc: int, proxy_seeds: int, checkpoints
 
         train_student(ctx.data.train_x[subset], ctx.data.train_y[subset], ctx.data, protocol, teacher=teacher,
                       seed=derive_seed("cad-proxy", ctx.data.name, ipc, s), device=ctx.device, eval_points=1,
-                      on_checkpoint=record, checkpoint_every=1)
+                      on_checkpoint=record, checkpoint_every=1, views=views)
 
 
-def cad_proxy_key(ctx: SelectionContext, ipc: int, proxy_seeds: int, checkpoints: int, late: float) -> dict:
+def cad_proxy_key(ctx: SelectionContext, ipc: int, proxy_seeds: int, checkpoints: int, late: float,
+                  views: Augment | None = None) -> dict:
     key = {"kind": "cad_proxy", "version": 1, "split": ctx.data.summary(), "ipc": ipc, "budget": ctx.protocol.to_dict(),
            "proxy_seeds": proxy_seeds, "checkpoints": checkpoints, "late": late}
+    if views is not None:
+        key["views"] = asdict(views)
     if REGIMES.get(ctx.protocol.regime).needs_teacher:
         key["teacher"] = ctx.teacher.spec.to_dict()
     return key
 
 
-def cad_proxy(ctx: SelectionContext, ipc: int, proxy_seeds: int = 3, checkpoints: int = 3, late: float = 0.3) -> dict:
-    """Cached proxy scores: ``margin`` and ``correct`` (N,) averaged over late checkpoints and seeds, and ``states``."""
+def cad_proxy(ctx: SelectionContext, ipc: int, proxy_seeds: int = 3, checkpoints: int = 3, late: float = 0.3,
+              views: Augment | None = None) -> dict:
+    """Cached proxy scores: ``margin`` and ``correct`` (N,) of the whole training images, averaged over late
+    checkpoints and seeds, and ``states``; ``views`` are the proxies' training views (the dataset's if None)."""
 
     def compute() -> dict:
         margins, correct, states = [], [], []
@@ -111,10 +119,11 @@ def cad_proxy(ctx: SelectionContext, ipc: int, proxy_seeds: int = 3, checkpoints
             correct.append(ok)
             states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
 
-        train_proxies(ctx, ipc, proxy_seeds, checkpoints, late, on_model)
+        train_proxies(ctx, ipc, proxy_seeds, checkpoints, late, on_model, views)
         return {"margin": torch.stack(margins).mean(0), "correct": torch.stack(correct).mean(0), "states": states}
 
-    return ctx.cache.get_or_compute("cad-proxy", cad_proxy_key(ctx, ipc, proxy_seeds, checkpoints, late), compute)
+    return ctx.cache.get_or_compute("cad-proxy", cad_proxy_key(ctx, ipc, proxy_seeds, checkpoints, late, views),
+                                    compute)
 
 
 def proxy_models(ctx: SelectionContext, states: list[dict]) -> list[nn.Module]:

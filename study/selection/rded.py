@@ -1,29 +1,35 @@
-"""RDED (Sun et al., CVPR 2024): observer-scored random crops, the easiest kept, f x f stitched.
+"""RDED (Sun et al., CVPR 2024) as released: observer-scored square crops, the easiest kept, f x f stitched.
 
-Per class: ``m`` candidate real images (capped by the class size), ``k``
-RandomResizedCrop boxes each (study.core.augment.crop_boxes) cut at the patch size
-``H/f`` with one batched grid_sample (study.core.augment.resized_crop). Each crop is
-scored by the observer's (the teacher's) cross-entropy on a *view* of it:
+Per class: ``m`` candidate real images (the release's ``mipc``, capped by the
+class size), ``k`` square random-resized crops each (its ``num_crop``; scale
+``scale``, antialiased) cut at the tile size ``H/f``. The observer (the
+teacher) scores each crop by cross-entropy on a *view* of it:
 
-- ``score_view="pad"`` (default, as issue 5 specifies): the patch zero-padded
-  to the full image size, patch in the centre;
-- ``score_view="resize"`` (RDED's released code): the same box cut at the full
-  image size.
+- ``score_view="pad"`` (default, as released): the tile centred on a
+  full-size canvas in the dataset's mean colour (zero once normalised);
+- ``score_view="resize"`` (ours, not in the release): the same box cut at the
+  full image size.
 
 The lowest-loss crop of every candidate is kept (``per_image`` of them when a
-small class has fewer candidates than the patches it needs), then the
-``ipc * f^2`` lowest-loss crops of the class, in ascending loss, are stitched
-into ``ipc`` images of f x f patches.
+small class has fewer candidates than the tiles it needs: the release would
+come up short there), the ``ipc * f^2`` lowest-loss crops of the class are
+ranked in ascending loss and stitched into ``ipc`` images.
 
-Layout (what tests and provenance rely on): the class's patches are put in a
-sequence of slots; slot ``s`` goes to image ``s // f^2`` of the class, grid
-position ``p = s % f^2`` = row ``p // f``, column ``p % f``. RDED fills the
-slots in ascending observer loss; CA2D fills them in a random order. Output
-images are grouped by class (class 0's ``ipc`` images first).
+Factor: f = 1 below 128 px, f = 2 from 128 px (the released scripts: f = 1 for
+CIFAR-10/100 and Tiny-ImageNet, f = 2 for the ImageNet family at 128-224 px);
+the ``factor`` parameter overrides it. A set made with f > 1 brings its own
+training views (:func:`study.core.augment.stitched_views`), which every regime
+then trains it under. docs/rded.md lists each setting against the release.
 
-Provenance, per output image and grid position ``p``: ``patch_source``
-(dataset index of the source image), ``patch_box`` (cx, cy, w, h as fractions
-of the source image), ``patch_loss`` (observer cross-entropy).
+Layout (what tests and provenance rely on): an image's tiles are its slots,
+slot ``p`` at grid row ``p // f``, column ``p % f``. RDED fills slot ``p`` of
+image ``i`` of a class with its ``(p * ipc + i)``-th easiest tile, as the
+release does (:func:`released_order`); CA2D fills the slots in a random order.
+Output images are grouped by class (class 0's ``ipc`` images first).
+
+Provenance, per output image and slot ``p``: ``patch_source`` (dataset index
+of the source image), ``patch_box`` (cx, cy, w, h as fractions of the source
+image), ``patch_loss`` (observer cross-entropy).
 
 The core (:func:`crop_candidates`, :func:`observer_losses`,
 :func:`rded_patches`, :func:`stitch`) takes any callable that maps float
@@ -32,14 +38,14 @@ images in [0, 1] to logits, so tests can inject a scripted observer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.core.augment import crop_boxes, resized_crop
+from study.core.augment import crop_boxes, pad_centre, patch_crop, patch_views, resized_crop, stitched_views
 from study.core.errors import StudyError
 from study.selection.base import Selection, SelectionContext, Selector, check_ipc, register_selector
 from study.core.seeding import generator
@@ -47,11 +53,13 @@ from study.core.seeding import generator
 Observer = Callable[[torch.Tensor], torch.Tensor]
 SCORE_VIEWS = ("pad", "resize")
 FULL_BOX = (0.5, 0.5, 1.0, 1.0)
+SQUARE = (1.0, 1.0)
 
 
 def default_factor(image_size: int) -> int:
-    """f=2 for images of 28 px and larger (RDED's choice); f=1 below, where a 4x4 patch of an 8x8 digit is a blob."""
-    return 2 if image_size >= 28 else 1
+    """f=2 from 128 px, f=1 below, as the released scripts choose. A student trained on 2x2 mosaics of 28-px
+    garments fell below chance on Fashion-MNIST: tiles of small images are too small to carry their class."""
+    return 2 if image_size >= 128 else 1
 
 
 def check_rded_params(factor: int | None, k: int, m: int, score_view: str, scale) -> None:
@@ -77,26 +85,25 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def crop_candidates(images: torch.Tensor, boxes: torch.Tensor, factor: int, score_view: str = "pad",
-                    device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut ``boxes`` (n, k, 4) from uint8 ``images`` (n, C, H, W).
+def crop_candidates(images: torch.Tensor, boxes: torch.Tensor, factor: int, fill: tuple[float, ...],
+                    score_view: str = "pad", device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut ``boxes`` (n, k, 4) from uint8 ``images`` (n, C, H, W); ``fill`` is the padding colour in [0, 1].
 
     Returns (patches, views): patches (n*k, C, H/f, W/f) and the full-size views
     the observer scores (n*k, C, H, W), both float in [0, 1], crop-major within
     each image (crop j of image i is row i*k + j).
     """
     n, k = boxes.shape[:2]
-    h, w = patch_size(images.shape, factor)
+    patch_size(images.shape, factor)
     H, W = images.shape[-2:]
     x = images.to(device).float().div_(255).repeat_interleave(k, dim=0)
     flat = boxes.reshape(n * k, 4)
-    patches = resized_crop(x, flat, (h, w))
+    patches = patch_crop(x, flat, factor)
+    if factor == 1:
+        return patches, patches
     if score_view == "resize":
-        views = resized_crop(x, flat, (H, W)) if factor > 1 else patches
-    else:
-        top, left = (H - h) // 2, (W - w) // 2
-        views = F.pad(patches, (left, W - w - left, top, H - h - top))
-    return patches, views
+        return patches, resized_crop(x, flat, (H, W))
+    return patches, pad_centre(patches, (H, W), fill)
 
 
 @torch.no_grad()
@@ -108,8 +115,14 @@ def observer_losses(observer: Observer, views: torch.Tensor, labels: torch.Tenso
     return torch.cat(out) if out else torch.empty(0)
 
 
+def released_order(ipc: int, factor: int) -> torch.Tensor:
+    """Positions in a ranked list of ``ipc * f^2`` tiles, image by image and slot by slot, as the release stitches
+    them: slot p of image i takes tile p * ipc + i, so each image holds one tile of every rank band."""
+    return torch.arange(ipc * factor * factor).view(factor * factor, ipc).T.reshape(-1)
+
+
 def stitch(patches: torch.Tensor, factor: int) -> torch.Tensor:
-    """(n*f^2, C, h, w) patches in slot order -> (n, C, f*h, f*w) images (slot p of an image = row p//f, col p%f)."""
+    """(n*f^2, C, h, w) tiles, image by image -> (n, C, f*h, f*w) images (slot p of an image = row p//f, col p%f)."""
     s, c, h, w = patches.shape
     n = s // (factor * factor)
     grid = patches.reshape(n, factor, factor, c, h, w).permute(0, 3, 1, 4, 2, 5)
@@ -126,25 +139,29 @@ class Patches:
     boxes: torch.Tensor  # (P, 4) crop box (cx, cy, w, h) as fractions
     loss: torch.Tensor  # (P,) observer cross-entropy
 
+    def take(self, rows: torch.Tensor) -> "Patches":
+        return Patches(self.pixels[rows.to(self.pixels.device)], self.views[rows.to(self.views.device)],
+                       self.source[rows], self.boxes[rows], self.loss[rows])
+
 
 def best_crops(images: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor, observer: Observer, *,
-               k: int = 5, factor: int = 2, g: torch.Generator | None = None, boxes: torch.Tensor | None = None,
-               scale=(0.08, 1.0), score_view: str = "pad", per_image: int = 1, device="cpu",
-               chunk: int = 128) -> Patches:
+               fill: tuple[float, ...], k: int = 5, factor: int = 1, g: torch.Generator | None = None,
+               boxes: torch.Tensor | None = None, scale=(0.08, 1.0), score_view: str = "pad", per_image: int = 1,
+               device="cpu", chunk: int = 128) -> Patches:
     """Crop, score and keep the ``per_image`` lowest-loss crops of every candidate image.
 
-    ``boxes`` (n, k, 4) overrides the random boxes (drawn from ``g`` otherwise).
+    ``boxes`` (n, k, 4) overrides the random square boxes (drawn from ``g`` otherwise).
     """
     n = len(images)
     if boxes is None:
-        boxes = crop_boxes(n * k, g, scale=scale).view(n, k, 4)
+        boxes = crop_boxes(n * k, g, scale=scale, ratio=SQUARE).view(n, k, 4)
     k = boxes.shape[1]
     per_image = min(per_image, k)
     kept = {key: [] for key in ("pixels", "views", "source", "boxes", "loss")}
     for start in range(0, n, chunk):
         sl = slice(start, start + chunk)
         b = boxes[sl]
-        patches, views = crop_candidates(images[sl], b, factor, score_view, device)
+        patches, views = crop_candidates(images[sl], b, factor, fill, score_view, device)
         losses = observer_losses(observer, views, labels[sl].repeat_interleave(k)).view(-1, k)
         order = losses.argsort(dim=1, stable=True)[:, :per_image]
         rows = (torch.arange(len(b))[:, None] * k + order).reshape(-1)
@@ -157,11 +174,12 @@ def best_crops(images: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor
 
 
 def rded_patches(images: torch.Tensor, labels: torch.Tensor, observer: Observer, ipc: int, *,
-                 sources: torch.Tensor | None = None, k: int = 5, factor: int = 2, g: torch.Generator | None = None,
-                 boxes: torch.Tensor | None = None, scale=(0.08, 1.0), score_view: str = "pad", device="cpu"):
-    """RDED for one class: the ``ipc * f^2`` lowest-loss best crops of ``images``, stitched in ascending loss.
+                 fill: tuple[float, ...], sources: torch.Tensor | None = None, k: int = 5, factor: int = 1,
+                 g: torch.Generator | None = None, boxes: torch.Tensor | None = None, scale=(0.08, 1.0),
+                 score_view: str = "pad", device="cpu"):
+    """RDED for one class: the ``ipc * f^2`` lowest-loss best crops of ``images``, stitched in the released order.
 
-    Returns (stitched float images (ipc, C, H, W), Patches in slot order).
+    Returns (stitched float images (ipc, C, H, W), Patches image by image, slot by slot).
     """
     need = ipc * factor * factor
     n = len(images)
@@ -171,11 +189,10 @@ def rded_patches(images: torch.Tensor, labels: torch.Tensor, observer: Observer,
         raise StudyError(f"{need} patches are needed from {n} candidates with {kk} crops each; "
                          f"raise k or m, or lower the IPC or f.")
     sources = torch.arange(n) if sources is None else sources
-    cand = best_crops(images, labels, sources, observer, k=k, factor=factor, g=g, boxes=boxes, scale=scale,
-                      score_view=score_view, per_image=per_image, device=device)
-    order = cand.loss.argsort(stable=True)[:need]
-    chosen = Patches(cand.pixels[order.to(cand.pixels.device)], cand.views[order.to(cand.views.device)],
-                     cand.source[order], cand.boxes[order], cand.loss[order])
+    cand = best_crops(images, labels, sources, observer, fill=fill, k=k, factor=factor, g=g, boxes=boxes,
+                      scale=scale, score_view=score_view, per_image=per_image, device=device)
+    ranked = cand.loss.argsort(stable=True)[:need]
+    chosen = cand.take(ranked[released_order(ipc, factor)])
     return stitch(chosen.pixels, factor), chosen
 
 
@@ -186,7 +203,8 @@ def patch_provenance(patches: list[Patches], factor: int) -> dict:
     boxes = torch.cat([p.boxes for p in patches]).view(-1, f2, 4)
     loss = torch.cat([p.loss for p in patches]).view(-1, f2)
     return {
-        "layout": "slot p of an image is grid row p // f, column p % f; images grouped by class",
+        "layout": "slot p of an image is grid row p // f, column p % f; images grouped by class; rded puts the "
+                  "class's (p * ipc + i)-th easiest tile in slot p of image i, ca2d places tiles at random",
         "patch_source": source.tolist(),
         "patch_box": boxes.float().mul(1e4).round().div(1e4).tolist(),
         "patch_loss": loss.float().mul(1e4).round().div(1e4).tolist(),
@@ -198,6 +216,7 @@ class PatchSelector(Selector):
 
     family = "dd"
     needs_teacher = True
+    identity = "rded-as-released"  # sets cached before the factor rule, square crops and views changed are stale
 
     def __init__(self, m: int = 300, k: int = 5, factor: int | None = None, score_view: str = "pad",
                  scale: tuple[float, float] = (0.08, 1.0), **extra):
@@ -216,17 +235,25 @@ class PatchSelector(Selector):
     def observer(self, ctx: SelectionContext) -> Observer:
         return ctx.teacher.model.to(ctx.device).eval()
 
+    def scored_views(self, ctx: SelectionContext, factor: int):
+        """The kind of view the observer scores, as training views (for a proxy that should know them)."""
+        pad = factor if self.score_view == "pad" else 1
+        return patch_views(pad, self.scale, ctx.data.mean, ctx.data.augment.flip)
+
     def assemble(self, ctx, images: list[torch.Tensor], patches: list[Patches], factor: int, ipc: int, seed: int,
                  **extra) -> Selection:
         x = to_uint8(torch.cat(images).cpu())
         y = torch.arange(ctx.data.num_classes).repeat_interleave(ipc)
-        prov = self.provenance(ipc, seed, factor=factor, **patch_provenance(patches, factor), **extra)
-        return Selection(x, y, None, prov)
+        views = stitched_views(factor, ctx.data.augment.flip) if factor > 1 else None
+        prov = self.provenance(ipc, seed, factor=factor, views=asdict(views) if views else None,
+                               **patch_provenance(patches, factor), **extra)
+        return Selection(x, y, None, prov, views)
 
 
 @register_selector("rded")
 class RDED(PatchSelector):
-    """Per class: m candidates, k crops each, observer cross-entropy, the easiest ipc*f^2 crops stitched f x f."""
+    """Per class: m candidates, k square crops each, observer cross-entropy, the easiest ipc*f^2 crops stitched
+    f x f in the released order."""
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
@@ -238,9 +265,9 @@ class RDED(PatchSelector):
         for c, members in enumerate(ctx.class_members()):
             cand = torch.as_tensor(self.candidates(members, self.m, rng))
             labels = torch.full((len(cand),), c, dtype=torch.long)
-            stitched, chosen = rded_patches(ctx.data.train_x[cand], labels, observer, ipc, sources=cand, k=self.k,
-                                            factor=factor, g=g, scale=self.scale, score_view=self.score_view,
-                                            device=ctx.device)
+            stitched, chosen = rded_patches(ctx.data.train_x[cand], labels, observer, ipc, fill=ctx.data.mean,
+                                            sources=cand, k=self.k, factor=factor, g=g, scale=self.scale,
+                                            score_view=self.score_view, device=ctx.device)
             images.append(stitched)
             patches.append(chosen)
         return self.assemble(ctx, images, patches, factor, ipc, seed)
