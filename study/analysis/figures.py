@@ -85,31 +85,48 @@ def log_axis(ax, values, label: str) -> None:
 
 def accuracy_vs_ipc(summary: pd.DataFrame) -> plt.Figure:
     """The paper's central figure: one panel per regime (a row per budget), a line per selector with a seed band."""
+    return accuracy_panels(summary, "Test accuracy vs IPC (mean +- std over seeds)", "steps", "ipc",
+                           "images per class (IPC)", "{regime}, {value} steps", full_line)
+
+
+def accuracy_vs_budget(summary: pd.DataFrame) -> plt.Figure:
+    """The saturation test: accuracy vs compute budget at fixed IPC (a row per IPC, a panel per regime)."""
+    return accuracy_panels(summary, "Test accuracy vs compute budget at fixed IPC", "ipc", "steps",
+                           "budget (student steps)", "{regime}, IPC {value}", full_curve)
+
+
+def accuracy_panels(summary: pd.DataFrame, suptitle: str, row: str, x: str, xlabel: str, title: str,
+                    full_reference) -> plt.Figure:
+    """A panel per (value of ``row``, regime): a line per selector over ``x``, and the full-data reference."""
     subsets = summary[summary["ipc"] > 0] if not summary.empty else summary
     if subsets.empty:
-        return empty_figure("Accuracy vs IPC", "No finished subset trials in this study.")
-    regimes, budgets = ordered_regimes(summary["regime"]), sorted(summary["steps"].unique())
+        return empty_figure(suptitle, "No finished subset trials in this study.")
+    # a budget row stays even where only the full-data cell ran; an IPC row exists only where subsets did
+    row_values = sorted((summary if row == "steps" else subsets)[row].unique())
+    ticks = (subsets if x == "ipc" else summary)[x]
+    regimes = ordered_regimes(summary["regime"])
     colors = palette(summary["label"])
-    fig, axes = grid(len(budgets), len(regimes), sharey=True)
-    for i, steps in enumerate(budgets):
+    fig, axes = grid(len(row_values), len(regimes), sharey=True)
+    for i, value in enumerate(row_values):
         for j, regime in enumerate(regimes):
             ax = axes[i, j]
-            part = subsets[(subsets["regime"] == regime) & (subsets["steps"] == steps)]
-            selector_lines(ax, part, "ipc", "acc_mean", "acc_std", colors)
-            full_line(ax, summary, regime, steps)
-            log_axis(ax, subsets["ipc"], "images per class (IPC)")
-            ax.set_title(f"{regime}, {steps} steps")
+            part = subsets[(subsets["regime"] == regime) & (subsets[row] == value)]
+            selector_lines(ax, part, x, "acc_mean", "acc_std", colors)
+            full_reference(ax, summary[(summary["selector"] == FULL) & (summary["regime"] == regime)], value)
+            log_axis(ax, ticks, xlabel)
+            ax.set_title(title.format(regime=regime, value=value))
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
             if part.empty:
                 ax.text(0.5, 0.5, "no trials", ha="center", va="center", transform=ax.transAxes)
     axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    fig.suptitle("Test accuracy vs IPC (mean +- std over seeds)")
+    fig.suptitle(suptitle)
     return fig
 
 
-def full_line(ax, summary: pd.DataFrame, regime: str, steps: int) -> None:
-    full = summary[(summary["selector"] == FULL) & (summary["regime"] == regime) & (summary["steps"] == steps)]
+def full_line(ax, full: pd.DataFrame, steps: int) -> None:
+    """The full-data accuracy at this budget, as a level with its seed band (IPC does not apply)."""
+    full = full[full["steps"] == steps]
     if full.empty:
         return
     mean, std = 100 * float(full["acc_mean"].iloc[0]), 100 * float(full["acc_std"].iloc[0])
@@ -118,31 +135,11 @@ def full_line(ax, summary: pd.DataFrame, regime: str, steps: int) -> None:
         ax.axhspan(mean - std, mean + std, color=FULL_STYLE["color"], alpha=0.1, linewidth=0)
 
 
-def accuracy_vs_budget(summary: pd.DataFrame) -> plt.Figure:
-    """The saturation test: accuracy vs compute budget at fixed IPC (a row per IPC, a panel per regime)."""
-    subsets = summary[summary["ipc"] > 0] if not summary.empty else summary
-    if subsets.empty:
-        return empty_figure("Accuracy vs budget", "No finished subset trials in this study.")
-    regimes, ipcs = ordered_regimes(summary["regime"]), sorted(subsets["ipc"].unique())
-    colors = palette(summary["label"])
-    fig, axes = grid(len(ipcs), len(regimes), sharey=True)
-    for i, ipc in enumerate(ipcs):
-        for j, regime in enumerate(regimes):
-            ax = axes[i, j]
-            part = subsets[(subsets["regime"] == regime) & (subsets["ipc"] == ipc)]
-            selector_lines(ax, part, "steps", "acc_mean", "acc_std", colors)
-            full = summary[(summary["selector"] == FULL) & (summary["regime"] == regime)].sort_values("steps")
-            if not full.empty:
-                ax.plot(full["steps"], 100 * full["acc_mean"], label=FULL_LABEL, marker="^", **FULL_STYLE)
-            log_axis(ax, summary["steps"], "budget (student steps)")
-            ax.set_title(f"{regime}, IPC {ipc}")
-            ax.set_ylabel("test accuracy (%)")
-            ax.grid(alpha=0.3)
-            if part.empty:
-                ax.text(0.5, 0.5, "no trials", ha="center", va="center", transform=ax.transAxes)
-    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    fig.suptitle("Test accuracy vs compute budget at fixed IPC")
-    return fig
+def full_curve(ax, full: pd.DataFrame, ipc: int) -> None:
+    """The full-data accuracy over the budgets (the same curve in every IPC row)."""
+    full = full.sort_values("steps")
+    if not full.empty:
+        ax.plot(full["steps"], 100 * full["acc_mean"], label=FULL_LABEL, marker="^", **FULL_STYLE)
 
 
 def gain_vs_ipc(derived: pd.DataFrame) -> plt.Figure:
