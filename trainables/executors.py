@@ -28,16 +28,20 @@ SUMMARY_KEYS = ("test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds")
 
 
 TRIAL_FOLDER_PREFIX = "hardtruths-trial-"
+PROGRESS_STEP = "progress_step"  # marks a report made while training: no final metrics, no checkpoint
+PROGRESS_METRICS = "progress"  # that report's metrics, apart from the keys Tune adds to every report
 
 
 def execute(cfg: TrialConfig, cache_dir: str | None, tags: dict, folder: Path, threads: int | None = None,
-            compile_model: bool = False, record: bool = True) -> dict | None:
+            compile_model: bool = False, record: bool = True, report=None) -> dict | None:
     """Run one trial, write its full record into ``folder`` and return the summary metrics Tune reports
-    (nothing when ``record`` is off: a data-parallel worker other than rank 0)."""
+    (nothing when ``record`` is off: a data-parallel worker other than rank 0). ``report(metrics)`` is Tune's
+    or Ray Train's, for the reports made while training."""
     if threads:
         torch.set_num_threads(threads)
     device = default_device()
-    outcome = run_trial(cfg, cache_dir, device, compile_model=compile_model)
+    progress = None if report is None else (lambda step, metrics: report({PROGRESS_STEP: step, PROGRESS_METRICS: metrics}))
+    outcome = run_trial(cfg, cache_dir, device, compile_model=compile_model, progress=progress)
     if not record:
         return None
     import ray
@@ -56,9 +60,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
 
     rank = ray.train.get_context().get_world_rank()
+
+    def report(metrics: dict) -> None:  # every rank reports (Ray Train waits for all); Tune hears rank 0's
+        ray.train.report(metrics if rank == 0 else {})
+
     with tempfile.TemporaryDirectory(prefix=TRIAL_FOLDER_PREFIX) as folder:
         metrics = execute(loop_config["trial"], loop_config["cache_dir"], loop_config["tags"], Path(folder),
-                          loop_config.get("threads"), loop_config["compile"], record=rank == 0)
+                          loop_config.get("threads"), loop_config["compile"], record=rank == 0, report=report)
         if metrics:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
@@ -98,5 +106,5 @@ def study_trial(config: dict, cells: list[TrialConfig], options: dict) -> None:
         return
     with tempfile.TemporaryDirectory(prefix=TRIAL_FOLDER_PREFIX) as folder:
         metrics = execute(cfg, options["cache_dir"], tags, Path(folder), int(options["resources"].get("CPU", 1)),
-                          options["compile"])
+                          options["compile"], report=tune.report)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

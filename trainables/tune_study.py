@@ -32,7 +32,19 @@ from trainables.prepare import prepare_study
 from trainables.executors import study_trial
 
 # Tune's classic output (silent at verbose=0) and no per-trial CSV/JSON/TensorBoard files: MLflow is the record.
-TUNE_ENVIRONMENT = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# A trial's reports while it trains carry progress, not the searched metric (see trainables.executors), so Tune
+# must not insist on the metric in every report; the searcher hears the final one only (FinalResultSearch).
+TUNE_ENVIRONMENT = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+                    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+
+
+class FinalResultSearch(OptunaSearch):
+    """Optuna's search, told only of a trial's final result: the progress reports made while it trains lack the
+    metric, and go to MLflow instead."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:
+            super().on_trial_result(trial_id, result)
 
 
 @dataclass
@@ -173,7 +185,7 @@ def optuna_distribution(spec: dict):
     raise StudyError(f"Unknown search distribution {kind!r}; use uniform, loguniform, int or categorical.")
 
 
-def run_tuner(trainable, searcher: OptunaSearch, num_samples: int, name: str, storage: str, logger: StudyLogger,
+def run_tuner(trainable, searcher: FinalResultSearch, num_samples: int, name: str, storage: str, logger: StudyLogger,
               max_concurrent: int | None, max_failures: int) -> None:
     """One Tune run; the logger's progress bar goes away with it, also when it is interrupted."""
     tuner = tune.Tuner(
@@ -240,7 +252,7 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
         timed(options, "prepare_s", prepare_study, pending, options.cache_dir, say)
         logger = StudyLogger(tracker, parent_id, ledger, pending, total=len(cells), done_before=len(cells) - len(pending))
         index = list(range(len(pending)))
-        searcher = OptunaSearch(space={"cell": optuna.distributions.CategoricalDistribution(index)},
+        searcher = FinalResultSearch(space={"cell": optuna.distributions.CategoricalDistribution(index)},
                                 sampler=optuna.samplers.GridSampler({"cell": index}, seed=0),
                                 metric=spec.metric, mode=spec.mode)
         timed(options, "trials_s", run_tuner, trainable_for(executor, options, pending, storage), searcher, len(pending),
@@ -259,7 +271,7 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
         if remaining <= 0:
             continue
         logger.cells = [cell]
-        searcher = OptunaSearch(space={"cell": optuna.distributions.CategoricalDistribution([0]), **space},
+        searcher = FinalResultSearch(space={"cell": optuna.distributions.CategoricalDistribution([0]), **space},
                                 metric=spec.metric, mode=spec.mode, seed=group,
                                 points_to_evaluate=[{"cell": 0, **p} for p, _ in earlier] or None,
                                 evaluated_rewards=[r for _, r in earlier] or None)

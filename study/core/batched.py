@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Callable
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
@@ -74,8 +75,10 @@ class StackedStudents:
 
 def train_students(sets: list[tuple[torch.Tensor, torch.Tensor]], seeds: list[int], data: Dataset,
                    protocol: Protocol, *, teacher: torch.nn.Module | None = None, device: str | None = None,
-                   eval_points: int = 10, views: Augment | None = None) -> list[TrainResult]:
-    """Train one student per (training set, seed) together; the sets must have equal sizes and share ``views``."""
+                   eval_points: int = 10, views: Augment | None = None,
+                   on_eval: Callable[[int, list[float], list[float]], None] | None = None) -> list[TrainResult]:
+    """Train one student per (training set, seed) together; the sets must have equal sizes and share ``views``;
+    ``on_eval`` as in ``study.core.train.fit``."""
     if len({len(y) for _, y in sets}) != 1:
         raise ValueError("batched training needs training sets of equal size")
     device = device or default_device()
@@ -85,4 +88,4 @@ def train_students(sets: list[tuple[torch.Tensor, torch.Tensor]], seeds: list[in
         torch.manual_seed(seed)
         models.append(model_for(data, protocol.model, **protocol.model_kwargs).to(device))
     return fit(StackedStudents(models, device), sets, [generator(seed) for seed in seeds], data, protocol,
-               teacher=teacher, device=device, start=start, eval_points=eval_points, views=views)
+               teacher=teacher, device=device, start=start, eval_points=eval_points, views=views, on_eval=on_eval)

@@ -118,13 +118,16 @@ class OneStudent:
 def fit(students, sets: list[tuple[torch.Tensor, torch.Tensor]], gens: list[torch.Generator], data: Dataset,
         protocol: Protocol, *, teacher: nn.Module | None, device: str, start: float, eval_points: int = 10,
         stop_at: int | None = None, after_step: Callable[[int], None] | None = None,
-        views: Augment | None = None) -> list[TrainResult]:
+        views: Augment | None = None, on_eval: Callable[[int, list[float], list[float]], None] | None = None
+        ) -> list[TrainResult]:
     """The training loop, for one student (:class:`OneStudent`) or several trained as one vmapped model
     (``study.core.batched.StackedStudents``): each seed draws its own batches, views and CutMix boxes from its own
     generator, so a seed's student is the same whichever way it is trained. The schedule spans
     ``protocol.steps``; ``stop_at`` ends the run earlier, mid-schedule (an early-stopped proxy). ``views`` are
     the training sets' own views (a stitched set's, see ``Selection.views``), in place of the dataset's for every
-    regime; the KD teacher labels whichever view the student sees."""
+    regime; the KD teacher labels whichever view the student sees. ``on_eval(step, val_accs, losses)`` hears each
+    student's validation accuracy and last loss at every evaluation point, while training goes on (a study
+    streams them to its live MLflow runs); the evaluation already waits for the device, so this costs no sync."""
     if protocol.steps < 1:
         raise ValueError("steps must be positive")
     precision = resolve_precision(protocol.precision, device)
@@ -156,8 +159,11 @@ def fit(students, sets: list[tuple[torch.Tensor, torch.Tensor]], gens: list[torc
         schedule.step()
         step_losses.append(losses.detach())  # read back once at the end: no host sync per step
         if (step + 1) % eval_every == 0 or step + 1 == run:
-            for curve, acc in zip(val_curves, students.accuracies(data.val_x, data.val_y)):
+            accs = students.accuracies(data.val_x, data.val_y)
+            for curve, acc in zip(val_curves, accs):
                 curve.append((step + 1, acc))
+            if on_eval is not None:
+                on_eval(step + 1, accs, losses.detach().float().cpu().tolist())
         if after_step is not None:
             after_step(step + 1)
 
@@ -180,9 +186,11 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, data: Dataset, pro
                   teacher: nn.Module | None = None, seed: int = 0, device: str | None = None,
                   compile_model: bool = False, eval_points: int = 10, stop_at: int | None = None,
                   on_checkpoint: Callable[[int, nn.Module], None] | None = None,
-                  checkpoint_every: int = 0, views: Augment | None = None) -> TrainResult:
+                  checkpoint_every: int = 0, views: Augment | None = None,
+                  on_eval: Callable[[int, list[float], list[float]], None] | None = None) -> TrainResult:
     """Train a fresh student on (images, labels) under ``protocol`` and return its accuracies and cost;
-    ``on_checkpoint(step, model)`` runs every ``checkpoint_every`` steps; ``views`` replace the dataset's."""
+    ``on_checkpoint(step, model)`` runs every ``checkpoint_every`` steps; ``views`` replace the dataset's;
+    ``on_eval`` as in :func:`fit`."""
     device = device or default_device()
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -194,4 +202,5 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, data: Dataset, pro
 
     student = OneStudent(model, device, protocol.batch_size, compile_model)
     return fit(student, [(images, labels)], [generator(seed)], data, protocol, teacher=teacher, device=device,
-               start=start, eval_points=eval_points, stop_at=stop_at, after_step=after_step, views=views)[0]
+               start=start, eval_points=eval_points, stop_at=stop_at, after_step=after_step, views=views,
+               on_eval=on_eval)[0]

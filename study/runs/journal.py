@@ -22,12 +22,14 @@ from study.runs.records import RECORD_FILE, read_complete
 log = logging.getLogger(__name__)
 
 
-def record_trial(tracker, parent_id: str, ledger: Ledger, record: dict, artifacts: Path | None = None) -> bool:
-    """The ledger first, then MLflow; True if MLflow has the trial. A finished trial that MLflow cannot take is
-    left to :func:`replay`, which finds it in its checkpoint."""
+def record_trial(tracker, parent_id: str, ledger: Ledger, record: dict, artifacts: Path | None = None,
+                 run_id: str | None = None) -> bool:
+    """The ledger first, then MLflow (into the trial's live run ``run_id`` when it has one); True if MLflow has
+    the trial. A finished trial that MLflow cannot take is left to :func:`replay`, which finds it in its
+    checkpoint (and deletes the live run the outage left RUNNING)."""
     ledger.add(record)
     try:
-        tracker.log_trial(parent_id, record, artifacts)
+        tracker.log_trial(parent_id, record, artifacts, run_id)
     except Exception as err:  # MLflow raises many types for a server that is away; the record is safe on disk
         log.warning("MLflow is unreachable (%s); trial %s is logged from its checkpoint once MLflow answers.",
                     err, record["config_hash"])

@@ -243,21 +243,46 @@ class Tracker:
             self.client.set_terminated(run.info.run_id, status="KILLED")
         return len(stale)
 
-    def log_trial(self, parent_id: str, record: dict, artifacts: Path | None = None) -> str:
-        """One child run per trial, from the record the trainable produced (see study.runs.outcome), spanning
-        the trial's own start and end when the record has them."""
+    def trial_tags(self, parent_id: str, cfg: dict, config_hash: str) -> dict:
+        return {"mlflow.parentRunId": parent_id, KIND: "trial", CONFIG_HASH: config_hash, **source_tags(self.source),
+                **{k: str(cfg[k]) for k in AXIS_TAGS}}
+
+    def start_trial(self, parent_id: str, cfg: dict, config_hash: str, label: str) -> str:
+        """A trial's live run, created RUNNING as the trial starts, with its config as params; the metrics
+        come as it trains (:meth:`log_progress`) and the rest when it ends (:meth:`log_trial`)."""
+        from mlflow.entities import Metric
+
+        run = self.client.create_run(self.experiment_id, run_name=label,
+                                     tags=self.trial_tags(parent_id, cfg, config_hash))
+        self.log_params(run.info.run_id, flatten(cfg))
+        now = int(time.time() * 1000)
+        self.client.log_batch(run.info.run_id, metrics=[Metric(k, float(cfg[k]), now, 0) for k in AXIS_METRICS])
+        return run.info.run_id
+
+    def log_progress(self, run_id: str, step: int, metrics: dict) -> None:
+        """Metrics of a trial still training, at training step ``step``."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(step)) for k, v in metrics.items()])
+
+    def log_trial(self, parent_id: str, record: dict, artifacts: Path | None = None, run_id: str | None = None) -> str:
+        """A trial's record (see study.runs.outcome) into its live run ``run_id``, or into a new child run that
+        spans the trial's own start and end when the record has them (a trial logged from its checkpoint)."""
         from mlflow.entities import Metric, RunTag
 
         cfg = record["config"]
-        tags = {"mlflow.parentRunId": parent_id, KIND: "trial", CONFIG_HASH: record["config_hash"],
-                **source_tags(self.source), **{k: str(cfg[k]) for k in AXIS_TAGS},
-                **{k: str(v) for k, v in record.get("tags", {}).items()}}
-        run = self.client.create_run(self.experiment_id, run_name=record.get("label"), tags=tags,
-                                     start_time=record.get("start_ms"))
-        run_id = run.info.run_id
-        self.log_params(run_id, flatten(cfg))
+        tags = {k: str(v) for k, v in record.get("tags", {}).items()}
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=record.get("label"),
+                                         tags={**self.trial_tags(parent_id, cfg, record["config_hash"]), **tags},
+                                         start_time=record.get("start_ms"))
+            run_id, logged, axes = run.info.run_id, {}, {k: cfg[k] for k in AXIS_METRICS}
+        else:  # the live run has the params and axes it was started with
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            logged, axes = self.client.get_run(run_id).data.params, {}
+        self.log_params(run_id, {k: v for k, v in flatten(cfg).items() if k not in logged})
         now = record.get("end_ms") or int(time.time() * 1000)
-        axes = {k: cfg[k] for k in AXIS_METRICS}
         metrics = [Metric(k, float(v), now, 0) for k, v in {**axes, **record.get("metrics", {})}.items()]
         metrics += [Metric(name, float(v), now, int(step)) for name, curve in record.get("curves", {}).items()
                     for step, v in curve]

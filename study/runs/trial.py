@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from study.core.cache import Cache
 from study.runs.config import TrialConfig
@@ -114,11 +115,13 @@ def prepare_selection(cfg: TrialConfig, repeat: int, cache_dir=None, device: str
 
 
 def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str | None = None,
-              batched: bool = True, compile_model: bool = False) -> TrialOutcome:
+              batched: bool = True, compile_model: bool = False,
+              progress: Callable[[int, dict], None] | None = None) -> TrialOutcome:
     """Select and train every repeat of ``cfg``; repeats with equal-sized sets train as one vmapped model
     when ``batched`` and it pays on the device (same accuracies to float tolerance, see study.core.batched),
     otherwise one by one: with torch.compile when ``compile_model``, data-parallel over the ranks when a
-    process group is set up."""
+    process group is set up. ``progress(step, metrics)`` hears each repeat's validation accuracy and loss at
+    every evaluation point (:func:`seed_metrics`), while the students train."""
     start = time.perf_counter()
     device = device or default_device()
     ctx = context_for(cfg, cache_dir, device)
@@ -135,14 +138,29 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
     vmappable = not (compile_model or is_data_parallel()) and alike
     if batched and vmappable and cfg.seeds > 1 and batching_pays(device):
         results = train_students([(s.images, s.labels) for s in selections], seeds, ctx.data, cfg.protocol,
-                                 teacher=teacher, device=device, views=selections[0].views)
+                                 teacher=teacher, device=device, views=selections[0].views,
+                                 on_eval=seed_metrics(progress, range(cfg.seeds)))
     else:
         results = [train_student(s.images, s.labels, ctx.data, cfg.protocol, teacher=teacher, seed=seed,
-                                 device=device, compile_model=compile_model, views=s.views)
-                   for s, seed in zip(selections, seeds)]
+                                 device=device, compile_model=compile_model, views=s.views,
+                                 on_eval=seed_metrics(progress, [repeat]))
+                   for repeat, (s, seed) in enumerate(zip(selections, seeds))]
     per_seed = [{"repeat": r, "selection_seed": cfg.selection_seed(r), "train_seed": seeds[r],
                  "select_seconds": select_seconds[r], "train_seconds": res.wall_seconds, **res.to_dict()}
                 for r, res in enumerate(results)]
     teacher_acc = ctx.teacher.test_acc if "teacher" in ctx.__dict__ else None
     return TrialOutcome(cfg, per_seed, selections, teacher_acc, time.perf_counter() - start,
                         selector.family)
+
+
+def seed_metrics(progress: Callable[[int, dict], None] | None, repeats) -> Callable | None:
+    """The training loop's ``on_eval`` for the students of ``repeats``, as ``progress(step, {val_acc_seed<r>,
+    train_loss_seed<r>})``: one curve per repeat, as repeats trained one by one each restart at step 1."""
+    if progress is None:
+        return None
+    repeats = list(repeats)
+
+    def on_eval(step: int, accs: list[float], losses: list[float]) -> None:
+        metrics = {f"val_acc_seed{r}": a for r, a in zip(repeats, accs)}
+        progress(step, {**metrics, **{f"train_loss_seed{r}": loss for r, loss in zip(repeats, losses)}})
+    return on_eval
