@@ -1,6 +1,9 @@
 """The study command end to end: real Ray, a real MLflow SQLite store, real digits data."""
 from __future__ import annotations
 
+import threading
+import time
+
 import pandas as pd
 import pytest
 import ray
@@ -85,10 +88,56 @@ def test_failing_trial_is_recorded_and_others_finish(local_ray, tmp_path, cache_
     parent = tracker.study_run(spec.hash, "fail", spec.to_dict())
     ledger = run_study(spec, tracker, parent, RunOptions(out_dir=out, cache_dir=str(cache_dir), max_failures=1))
     status = {r.data.tags["config_hash"]: r for r in tracker.children(parent)}
+    assert len(tracker.children(parent)) == len(good) + 1, "the failed trial's live run is its only run"
     assert status[bad.hash].info.status == "FAILED"
     assert "error" in status[bad.hash].data.tags
     assert all(status[c.hash].info.status == "FINISHED" for c in good)
     assert set(ledger.frame()["status"]) == {"FINISHED", "FAILED"}
+
+
+def watch_running(client: MlflowClient, experiment_id: str, parent: str, stop: threading.Event, seen: dict) -> None:
+    """Poll the store as a user's browser would: each RUNNING child run -> the most val_acc_seed0 steps seen."""
+    while not stop.is_set():
+        for run in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                                       f"attributes.status = 'RUNNING'"):
+            steps = len(client.get_metric_history(run.info.run_id, "val_acc_seed0"))
+            seen[run.info.run_id] = max(steps, seen.get(run.info.run_id, 0))
+        time.sleep(0.05)
+
+
+def test_trial_runs_are_live_and_a_killed_one_is_closed(local_ray, tmp_path, cache_dir):
+    """A trial's run is RUNNING while it trains, with its evaluation points arriving as it goes; it ends
+    FINISHED, spanning them. A run a killed study left RUNNING (started, a first point streamed) is closed as
+    KILLED, does not count as finished, and the trial runs again in a fresh run."""
+    spec = resolve_spec("smoke", selectors="random", ipc="2", regimes="hl", budgets="100", seeds=2)
+    [cell] = spec.cells()
+    out = tmp_path / "live"
+    tracker = Tracker(default_tracking_uri(out), "hardtruths")
+    parent = tracker.study_run(spec.hash, "live", spec.to_dict())
+    killed = tracker.start_trial(parent, cell.to_dict(), cell.hash, cell.label())
+    tracker.log_progress(killed, 20, {"val_acc_seed0": 0.3})
+    seen, stop = {}, threading.Event()
+    watcher = threading.Thread(target=watch_running, args=(MlflowClient(tracker.uri), tracker.experiment_id, parent,
+                                                           stop, seen))
+    watcher.start()
+    try:
+        run_study(spec, tracker, parent, RunOptions(out_dir=out, cache_dir=str(cache_dir)))
+    finally:
+        stop.set()
+        watcher.join()
+    runs = {r.info.run_id: r for r in tracker.children(parent)}
+    assert runs[killed].info.status == "KILLED"
+    [live] = [r for r in runs.values() if r.info.status == "FINISHED"]
+    assert len(runs) == 2 and live.data.tags["config_hash"] == cell.hash
+    assert seen.get(live.info.run_id, 0) >= 2, f"watched while RUNNING: {seen}"
+    for seed in (0, 1):
+        history = tracker.client.get_metric_history(live.info.run_id, f"val_acc_seed{seed}")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(10, 101, 10))
+        stamps = sorted(m.timestamp for m in history)
+        assert live.info.start_time <= stamps[0] < stamps[-1] <= live.info.end_time
+        assert 0.0 <= min(m.value for m in history) and max(m.value for m in history) <= 1.0
+    assert len(tracker.client.get_metric_history(live.info.run_id, "val_acc")) == 10, "and the seeds' mean curve"
+    assert tracker.finished_hashes(parent) == {cell.hash}
 
 
 def test_both_executors_agree(local_ray, tmp_path, cache_dir):
