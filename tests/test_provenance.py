@@ -10,8 +10,10 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from study.runs.provenance import code_version
-from study.runs.tracking import default_tracking_uri
+import subprocess
+
+from study.runs.provenance import code_version, git_dirty
+from study.runs.tracking import GIT_DIRTY, default_tracking_uri, source_tags
 from study.scaling import main
 
 ARGS = ["--space", "smoke", "--selectors", "random,full", "--ipc", "2,10", "--regimes", "hl", "--budgets", "20",
@@ -134,3 +136,19 @@ def test_runs_carry_provenance_sort_numerically_and_stale_trials_need_a_choice(l
 
     assert main(argv + ["--dry-run"]) == 0
     assert "total: 3 trials, 3 already finished\n" in capsys.readouterr().out
+
+
+def test_git_dirty_says_whether_the_tree_has_uncommitted_changes(tmp_path):
+    assert git_dirty(tmp_path) is None, "not a git checkout"
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run(git + ["add", "a.py"], check=True)
+    subprocess.run(git + ["commit", "-qm", "a"], check=True)
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_dirty(tmp_path) is True
+    subprocess.run(git + ["checkout", "-q", "a.py"], check=True)
+    (tmp_path / "new.py").write_text("")
+    assert git_dirty(tmp_path) is True, "an untracked file is a change too"
+    assert source_tags.__wrapped__("test")[GIT_DIRTY] == str(git_dirty()).lower()

@@ -9,6 +9,7 @@ while a change to reports, tracking or the command line does not.
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,3 +33,14 @@ def code_version() -> str:
     for path in source_files():
         digest.update(path.relative_to(PROJECT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def git_dirty(tree: Path = PROJECT) -> bool | None:
+    """Whether ``tree`` is a git checkout with changes not committed (untracked files included): its commit
+    alone then does not say which code ran. None outside a git checkout, or without git."""
+    try:
+        status = subprocess.run(["git", "-C", str(tree), "status", "--porcelain"], capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(status.stdout.strip()) if status.returncode == 0 else None

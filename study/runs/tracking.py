@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from study.core.errors import StudyError
-from study.runs.provenance import PROJECT, UNKNOWN
+from study.runs.provenance import PROJECT, UNKNOWN, git_dirty
 from study.runs.records import flatten
 
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -37,6 +37,7 @@ KIND = "hardtruths.kind"
 AXIS_TAGS = ("dataset", "model", "selector", "ipc", "regime", "steps")
 AXIS_METRICS = ("ipc", "steps")  # tags are strings and sort 1, 100, 20; the UI sorts metrics as numbers
 CODE_VERSION = "code_version"
+GIT_DIRTY = "hardtruths.git_dirty"
 # The MLflow UI opens an experiment of this kind on its runs table, not on the GenAI overview.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -67,7 +68,8 @@ def configure_client() -> None:
 @lru_cache(maxsize=4)
 def source_tags(source: str) -> dict:
     """MLflow's system tags for a run this process creates: who ran it, from which entry point, and the git
-    commit of the project's tree when it is one. MlflowClient.create_run adds none of them itself."""
+    commit of the project's tree when it is one, with :data:`GIT_DIRTY` saying whether the tree had changes not
+    committed. MlflowClient.create_run adds none of them itself."""
     from mlflow.utils.git_utils import get_git_commit
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
@@ -75,6 +77,9 @@ def source_tags(source: str) -> dict:
     commit = get_git_commit(str(PROJECT))
     if commit:
         tags[MLFLOW_GIT_COMMIT] = commit
+    dirty = git_dirty()
+    if dirty is not None:
+        tags[GIT_DIRTY] = str(dirty).lower()
     return tags
 
 
