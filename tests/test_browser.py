@@ -96,8 +96,8 @@ def test_runs_table_shows_trials_accuracy_and_datasets(study_store, browser, tmp
         order = quote("metrics.`test_acc_mean`")
         browser.get(f"{server.uri}/#/experiments/{experiment}/runs?searchFilter={query}"
                     f"&orderByKey={order}&orderByAsc=false")
-        text = wait_text(browser, "matching runs")
-        assert "Training runs" in text, "the model-training runs view, not the GenAI overview"
+        wait_text(browser, "matching runs")
+        wait_text(browser, "Training runs", 60)  # the model-training runs view, not the GenAI overview
         click_text(browser, "Group by", "self::button")
         click_text(browser, "selector")
         best = max(trials, key=lambda r: r.data.metrics["test_acc_mean"])
