@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from search_spaces import PRESETS, SPACES
 from study.runs.config import FULL_DATA_IPC, TrialConfig
 from study.core.errors import StudyError
-from study.core.protocol import AXES as PROTOCOL_AXES, Protocol
+from study.core.protocol import AXES as PROTOCOL_AXES, Protocol, batch_size_for
 from study.core.seeding import content_hash
 from study.runs.validate import validate_trial
 
@@ -53,8 +53,9 @@ class StudySpec:
 
     def cell(self, selector: str, ipc: int, regime: str, steps: int) -> TrialConfig:
         params = dict(self.selector_params.get(selector, {}))
+        protocol = {**self.protocol, "batch_size": batch_size_for(self.protocol["batch_size"], ipc)}
         return TrialConfig.from_dict({"selector": selector, "selector_params": params, "ipc": ipc, "regime": regime,
-                                      "steps": steps, "seeds": self.seeds, **self.protocol})
+                                      "steps": steps, "seeds": self.seeds, **protocol})
 
     def cells(self) -> list[TrialConfig]:
         """The grid: every (selector, IPC, regime, budget), then the full-data reference per (regime, budget),

@@ -3,19 +3,24 @@ from __future__ import annotations
 
 from study.runs.config import TrialConfig
 from study.core.errors import StudyError
-from study.core.models import MODELS
+from study.core.models import MODELS, has_batchnorm
 from study.core.precision import check_precision
 from study.core.recipes import RECIPES
 from study.core.regimes import REGIMES
 from study.selection import SELECTORS
+from study.selection.sre2l import no_batchnorm_sentence
 
 
 def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) -> None:
     """Raise StudyError for the first problem in ``cfg``; ``class_sizes`` maps dataset -> smallest class."""
-    SELECTORS.resolve(cfg.selector)
+    selector, _ = SELECTORS.resolve(cfg.selector)
     protocol = cfg.protocol
     REGIMES.get(protocol.regime)
     MODELS.resolve(protocol.model)
+    MODELS.resolve(cfg.teacher.model)
+    if getattr(selector, "needs_batchnorm_teacher", False) and not has_batchnorm(cfg.teacher.model,
+                                                                                 cfg.teacher.model_kwargs):
+        raise StudyError(no_batchnorm_sentence(cfg.teacher.model))
     RECIPES.get(protocol.recipe)
     from study.core.data import DATASETS
 
