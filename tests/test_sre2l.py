@@ -130,3 +130,12 @@ def test_batchnorm_students_train_batched_as_one_by_one(digits, digits_teacher):
         assert b.loss_curve == pytest.approx(a.loss_curve, rel=1e-3, abs=1e-4)
         assert b.test_acc == pytest.approx(a.test_acc, abs=2 / len(digits.test_y))
     assert min(r.test_acc for r in alone) > 0.15  # above chance: evaluated with the running statistics
+
+
+def test_all_selectors_take_sre2l_only_with_a_batchnorm_teacher():
+    from study.selection import SELECTORS
+
+    plain = resolve_spec("quick", "digits", all_selectors=SELECTORS.names())
+    bn = resolve_spec("quick", "digits", overrides=["teacher.model=convnet_bn"], all_selectors=SELECTORS.names())
+    assert "sre2l" not in plain.selectors and "sre2l" in bn.selectors
+    assert set(bn.selectors) - set(plain.selectors) == {"sre2l"}
