@@ -1,4 +1,5 @@
-"""Model registry: the DD-standard ConvNet, timm's ResNet-18 adapted to small inputs, any timm model.
+"""Model registry: the DD-standard ConvNet (instance norm, or BatchNorm as RDED / SRe2L use it), timm's ResNet-18
+adapted to small inputs, any timm model.
 
 Every model is wrapped in :class:`Classifier`, which takes float images in
 [0, 1], normalises them with the dataset's statistics, and exposes the
