@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from search_spaces import PRESETS
 from study.core.batched import train_students
 from study.core.errors import StudyError
-from study.core.models import batchnorm_layers, has_batchnorm, model_for
+from study.core.models import batchnorm_layers, create_model, has_batchnorm, model_for
 from study.core.protocol import Protocol, batch_size_for
 from study.core.recipes import get_recipe
 from study.core.regimes import build_regime
@@ -27,8 +27,7 @@ def test_convnet_bn_is_the_authors_batchnorm_convnet(digits):
     model = model_for(digits, "convnet_bn")
     x = torch.rand(4, 1, 8, 8)
     assert model(x).shape == (4, 10) and model.features(x).shape == (4, model.backbone.num_features)
-    cifar = model_for(type("Cifar", (), {"image_shape": (3, 32, 32), "num_classes": 10, "mean": (0.5,) * 3,
-                                         "std": (0.25,) * 3})(), "convnet_bn")
+    cifar = create_model("convnet_bn", 3, 10, 32, (0.5,) * 3, (0.25,) * 3)
     assert len(batchnorm_layers(cifar)) == 3 and cifar.backbone.num_features == 128 * 4 * 4
     assert has_batchnorm("convnet_bn") and has_batchnorm("resnet18") and not has_batchnorm("convnet")
 
