@@ -89,6 +89,8 @@ def base_cell(a: argparse.Namespace) -> dict:
 
 
 def config_from_args(a: argparse.Namespace) -> TrialConfig:
+    from study.core.protocol import batch_size_for
+    from study.runs.config import FULL_DATA_IPC
     from study.runs.spec import PROTOCOL_FIELDS, apply_overrides
 
     cell = base_cell(a)
@@ -101,6 +103,8 @@ def config_from_args(a: argparse.Namespace) -> TrialConfig:
         raise StudyError(f"Parameters were set for the selector(s) {', '.join(others)}, but this trial runs "
                          f"{cell['selector']!r}.")
     selector_params = {**cell.get("selector_params", {}), **params.get(cell["selector"], {})}
+    ipc = FULL_DATA_IPC if cell["selector"] == "full" else cell["ipc"]
+    protocol["batch_size"] = batch_size_for(protocol["batch_size"], ipc)
     return TrialConfig.from_dict({**cell, **protocol, "selector_params": selector_params})
 
 

@@ -118,7 +118,8 @@ def check_study(spec: StudySpec, options) -> None:
     from trainables.tune_study import preflight
 
     validate_spec(spec, smallest_class(spec))
-    check_workers(options.workers_per_trial, spec.protocol["batch_size"])
+    for batch_size in sorted({cfg.protocol.batch_size for cfg in spec.cells()}):
+        check_workers(options.workers_per_trial, batch_size)
     preflight(options)
 
 

@@ -38,4 +38,14 @@ def digits_teacher(digits, cache_dir):
     return get_teacher(digits, TeacherSpec(**TEST_TEACHER), Cache(cache_dir), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def digits_bn_teacher(digits, cache_dir):
+    """A BatchNorm teacher (SRe2L recovers from its running statistics)."""
+    from study.core.cache import Cache
+    from study.core.teacher import TeacherSpec, get_teacher
+
+    return get_teacher(digits, TeacherSpec(**TEST_BN_TEACHER), Cache(cache_dir), device="cpu")
+
+
 TEST_TEACHER = {"model": "convnet", "model_kwargs": {"width": 32}, "epochs": 30}
+TEST_BN_TEACHER = {"model": "convnet_bn", "model_kwargs": {"width": 32}, "epochs": 30}

@@ -7,18 +7,22 @@ import torch
 from PIL import Image
 
 from study.core.errors import StudyError
-from study.selection import SELECTORS, Selection, build_selector
+from study.selection import SELECTORS, Selection, SelectionContext, build_selector
 from study.selection.artifacts import save_selection_artifacts
 from study.selection.geometry import d2_order, herding_order, kcenter_order
 from study.selection.score_based import ccs_budgets, equal_width_strata
 from test_scores import TINY_PROXY, digits_ctx, toy_context  # noqa: F401 (digits_ctx is a fixture)
 
-CHEAP = {"el2n": TINY_PROXY, "grand": TINY_PROXY, "dm": {"iterations": 3, "width": 16, "batch_real": 16}}
+CHEAP = {"el2n": TINY_PROXY, "grand": TINY_PROXY, "dm": {"iterations": 3, "width": 16, "batch_real": 16},
+         "sre2l": {"iterations": 3}}
 
 
 @pytest.mark.parametrize("name", [n for n in SELECTORS.names() if n not in ("full", "external")])  # external: PATH
-def test_every_selector_keeps_the_contract(name, digits_ctx):
+def test_every_selector_keeps_the_contract(name, digits_ctx, request):
     ctx = digits_ctx
+    if getattr(SELECTORS.get(name), "needs_batchnorm_teacher", False):
+        bn_teacher = request.getfixturevalue("digits_bn_teacher")
+        ctx = SelectionContext(ctx.data, ctx.cache, ctx.device, ctx.protocol, lambda: bn_teacher)
     selector = build_selector(name, **CHEAP.get(name, {}))
     ipc, n = 3, len(ctx.data.train_y)
     first = selector.select(ctx, ipc, seed=0)

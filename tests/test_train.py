@@ -98,7 +98,7 @@ def test_batches_are_back_to_back_permutations(n, batch):
 
 def test_recipes_are_explicit_and_cosine_ends_at_zero():
     for name, opt_cls, lr in [("sgd-v1", torch.optim.SGD, 0.01), ("adamw-v1", torch.optim.AdamW, 1e-3)]:
-        params = [torch.nn.Parameter(torch.zeros(3))]
+        params = [("weight", torch.nn.Parameter(torch.zeros(3)))]
         opt, schedule = get_recipe(name).build(params, steps=10)
         assert isinstance(opt, opt_cls) and opt.param_groups[0]["lr"] == pytest.approx(lr)
         lrs = []
@@ -119,7 +119,7 @@ def test_fused_recipe_steps_like_the_plain_optimiser(name, reference):
     start = [torch.randn(5, 3, generator=g), torch.randn(3, generator=g)]
     fused = [torch.nn.Parameter(t.clone()) for t in start]
     plain = [torch.nn.Parameter(t.clone()) for t in start]
-    opt, _ = get_recipe(name).build(fused, steps=10)
+    opt, _ = get_recipe(name).build([(f"p{i}", p) for i, p in enumerate(fused)], steps=10)
     ref = reference(plain)
     assert opt.defaults["fused"]
     for _ in range(5):

@@ -3,8 +3,11 @@
 A trial's repeats train the same architecture under the same protocol on
 same-sized training sets, so their parameters can be stacked and every step
 run as one vmapped forward and backward: one kernel launch per layer instead
-of one per seed, which is what makes many seeds cheap on a GPU. The DD
-ConvNet uses instance norm, so there are no running statistics to break vmap.
+of one per seed, which is what makes many seeds cheap on a GPU. BatchNorm
+(``convnet_bn``) works too: its running statistics are stacked buffers, which
+each seed's training-mode forward updates in place under vmap, and
+evaluation switches the shared module to eval mode so they are read, not
+updated (tests/test_batched.py checks both against one-by-one training).
 Each seed keeps its own generator and draws its batches, augmentations and
 CutMix boxes in exactly the order ``train_student`` does, and element-wise
 optimisers (SGD, AdamW) treat stacked parameters exactly like separate ones,
@@ -44,11 +47,13 @@ class StackedStudents:
         self.base = copy.deepcopy(models[0]).to("meta")
         self.probe, self.device, self.size = models[0], device, len(models)
 
-    def parameters(self):
-        return self.params.values()
+    lead_dims = 1  # a stacked parameter's first dimension is the seed
+
+    def named_parameters(self):
+        return self.params.items()
 
     def train(self) -> None:
-        """The stacked copies are built in training mode and never leave it."""
+        """The stacked copies are built in training mode; only :meth:`accuracies` leaves it, and returns."""
 
     def prepare(self, views: torch.Tensor) -> torch.Tensor:
         return views
@@ -64,9 +69,11 @@ class StackedStudents:
     def accuracies(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> list[float]:
         shared = vmap(self.call, in_dims=(0, 0, None))
         correct = torch.zeros(self.size, device=self.device)
+        self.base.eval()  # BatchNorm reads its running statistics, as a lone model's evaluation does
         for xs, ys in zip(images.split(batch_size), labels.split(batch_size)):
             logits = shared(self.params, self.buffers, xs.to(self.device).float().div_(255))
             correct += (logits.argmax(-1) == ys.to(self.device)).sum(1)
+        self.base.train()
         return (correct / len(labels)).tolist()
 
     def models(self) -> list[None]:

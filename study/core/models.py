@@ -1,4 +1,5 @@
-"""Model registry: the DD-standard ConvNet, timm's ResNet-18 adapted to small inputs, any timm model.
+"""Model registry: the DD-standard ConvNet (instance norm, or BatchNorm as RDED / SRe2L use it), timm's ResNet-18
+adapted to small inputs, any timm model.
 
 Every model is wrapped in :class:`Classifier`, which takes float images in
 [0, 1], normalises them with the dataset's statistics, and exposes the
@@ -8,6 +9,8 @@ everywhere else.
 """
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -24,16 +27,22 @@ def convnet_depth(image_size: int) -> int:
     return max(1, min(3, image_size.bit_length() - 2))
 
 
-class ConvNet(nn.Module):
-    """The ConvNet of the DD literature: [conv3x3 - instance norm - ReLU - avg-pool] x depth, then linear."""
+NORMS = {"instance": lambda width: nn.GroupNorm(width, width, affine=True), "batch": nn.BatchNorm2d}
 
-    def __init__(self, in_chans: int, num_classes: int, image_size: int, width: int = 128, depth: int | None = None):
+
+class ConvNet(nn.Module):
+    """The ConvNet of the DD literature: [conv3x3 - norm - ReLU - avg-pool] x depth, then linear. Instance norm
+    (DC/DM/MTT's) by default; batch norm is RDED's and SRe2L's CIFAR ConvNet (``convnet_bn``), whose running
+    statistics SRe2L recovers images from."""
+
+    def __init__(self, in_chans: int, num_classes: int, image_size: int, width: int = 128, depth: int | None = None,
+                 norm: str = "instance"):
         super().__init__()
         depth = depth or convnet_depth(image_size)
         layers, chans, size = [], in_chans, image_size
         for _ in range(depth):
-            layers += [nn.Conv2d(chans, width, 3, padding=1), nn.GroupNorm(width, width, affine=True),
-                       nn.ReLU(inplace=True), nn.AvgPool2d(2)]
+            layers += [nn.Conv2d(chans, width, 3, padding=1), NORMS[norm](width), nn.ReLU(inplace=True),
+                       nn.AvgPool2d(2)]
             chans, size = width, max(1, size // 2)
         self.body = nn.Sequential(*layers, nn.Flatten())
         self.num_features = width * size * size
@@ -83,6 +92,13 @@ def convnet(in_chans, num_classes, image_size, width: int = 128, depth: int | No
     return ConvNet(in_chans, num_classes, image_size, width=width, depth=depth)
 
 
+@MODELS.register("convnet_bn")
+def convnet_bn(in_chans, num_classes, image_size, width: int = 128, depth: int | None = None) -> nn.Module:
+    """RDED's and SRe2L's CIFAR ConvNet (LINs-lab/RDED ``synthesize/models.py``, ``net_norm="batch"``): depth 3,
+    width 128 at 32 px. See docs/sre2l.md for where it differs from the release."""
+    return ConvNet(in_chans, num_classes, image_size, width=width, depth=depth, norm="batch")
+
+
 def small_input_stem(model: nn.Module, in_chans: int) -> None:
     """CIFAR-style stem: a 3x3 stride-1 first conv and no max-pool, so 32x32 inputs keep their detail."""
     out = model.conv1.out_channels
@@ -109,8 +125,23 @@ def timm_model(in_chans, num_classes, image_size, arg="", **kwargs) -> nn.Module
     return TimmBackbone(timm.create_model(arg, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs))
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@lru_cache(maxsize=32)
+def _has_batchnorm(name: str, kwargs: str) -> bool:
+    return bool(batchnorm_layers(create_model(name, 3, 10, 32, (0.5,) * 3, (0.5,) * 3, **json.loads(kwargs))))
+
+
+def has_batchnorm(name: str, model_kwargs: dict | None = None) -> bool:
+    """Whether the registered model ``name`` has BatchNorm layers, read off a small instance of it (so it holds
+    for ``timm:<name>`` too), before any data is loaded."""
+    return _has_batchnorm(name, json.dumps(model_kwargs or {}, sort_keys=True))
+
+
 def create_model(name: str, in_chans: int, num_classes: int, image_size: int, mean, std, **kwargs) -> Classifier:
-    """Build a registered model (``convnet``, ``resnet18``, ``timm:<name>``) with its input normalisation."""
+    """Build a registered model (``convnet``, ``convnet_bn``, ``resnet18``, ``timm:<name>``) with its input normalisation."""
     entry, named = MODELS.resolve(name)
     try:
         backbone = entry(in_chans, num_classes, image_size, **named, **kwargs)

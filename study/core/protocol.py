@@ -41,6 +41,21 @@ class Protocol:
         return tuple(f.name for f in fields(cls))
 
 
+def batch_size_for(batch_size: int | dict, ipc: int) -> int:
+    """A preset's batch size for a cell of ``ipc`` images per class. A table by IPC (keys may be strings, as JSON
+    writes them) ties the batch to the set's size as RDED's scripts do (``argument.py:233-258``: 10 / 50 / 100 at
+    IPC 1 / 10 / 50 for ten classes): a cell takes the entry of the largest listed IPC not above its own (the
+    smallest listed below them all), the full-data reference (IPC 0) the ``full`` entry, else the largest."""
+    if not isinstance(batch_size, dict):
+        return batch_size
+    table = {k: v for k, v in batch_size.items() if str(k) != "full"}
+    by_ipc = sorted((int(k), int(v)) for k, v in table.items())
+    if ipc == 0:
+        return int(batch_size.get("full", by_ipc[-1][1]))
+    fitting = [v for k, v in by_ipc if k <= ipc]
+    return fitting[-1] if fitting else by_ipc[0][1]
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
     """A full-data model, trained for whole epochs under hard labels (or loaded from ``path``)."""

@@ -96,8 +96,10 @@ class OneStudent:
         # the first steps pay the compilation; budgets count steps, so only wall time changes
         self.net = torch.compile(net) if compile_model else net
 
-    def parameters(self):
-        return self.net.parameters()
+    lead_dims = 0
+
+    def named_parameters(self):
+        return self.net.named_parameters()
 
     def train(self) -> None:
         self.net.train()
@@ -138,7 +140,8 @@ def fit(students, sets: list[tuple[torch.Tensor, torch.Tensor]], gens: list[torc
     ys = [y.to(device) for _, y in sets]
     rules = [build_regime(protocol, teacher=teacher, stored_images=x) for x in xs]
     streams = [batch_indices(len(x), protocol.batch_size, g) for x, g in zip(xs, gens)]
-    optimizer, schedule = get_recipe(protocol.recipe, protocol.lr).build(students.parameters(), protocol.steps)
+    optimizer, schedule = get_recipe(protocol.recipe, protocol.lr).build(students.named_parameters(), protocol.steps,
+                                                                        lead_dims=students.lead_dims)
     run = stop_at or protocol.steps
     eval_every = max(1, protocol.steps // max(1, eval_points))
     spec = views or data.augment

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from search_spaces import PRESETS, SPACES
 from study.runs.config import FULL_DATA_IPC, TrialConfig
 from study.core.errors import StudyError
-from study.core.protocol import AXES as PROTOCOL_AXES, Protocol
+from study.core.protocol import AXES as PROTOCOL_AXES, Protocol, TeacherSpec, batch_size_for
 from study.core.seeding import content_hash
-from study.runs.validate import validate_trial
+from study.runs.validate import teacher_fits, validate_trial
 
 # What a preset (and --set) fixes for every cell: the student Protocol but for the study's axes, plus the data
 # and the teacher.
@@ -53,8 +53,9 @@ class StudySpec:
 
     def cell(self, selector: str, ipc: int, regime: str, steps: int) -> TrialConfig:
         params = dict(self.selector_params.get(selector, {}))
+        protocol = {**self.protocol, "batch_size": batch_size_for(self.protocol["batch_size"], ipc)}
         return TrialConfig.from_dict({"selector": selector, "selector_params": params, "ipc": ipc, "regime": regime,
-                                      "steps": steps, "seeds": self.seeds, **self.protocol})
+                                      "steps": steps, "seeds": self.seeds, **protocol})
 
     def cells(self) -> list[TrialConfig]:
         """The grid: every (selector, IPC, regime, budget), then the full-data reference per (regime, budget),
@@ -151,6 +152,15 @@ def apply_overrides(protocol: dict, overrides: list[str] | None, spec_fields: tu
     return protocol, params, extra
 
 
+def every_selector(names: list[str], teacher: dict) -> list[str]:
+    """What ``all`` means: every registered selector that can run here. ``full`` is the reference, ``external``
+    needs a PATH, and a selector that needs a BatchNorm teacher (sre2l) joins only when the teacher has one."""
+    from study.selection import SELECTORS
+
+    spec = TeacherSpec(**teacher)
+    return [n for n in names if n not in ("full", "external") and teacher_fits(SELECTORS.get(n), spec)]
+
+
 STUDY_SETTINGS = ("num_samples", "metric", "mode", "full_data_reference")
 
 
@@ -166,7 +176,7 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
                                               STUDY_SETTINGS)
     chosen = selectors if selectors is not None else s["selectors"]
     if chosen == "all" or chosen == ["all"]:
-        chosen = [n for n in (all_selectors or ["random"]) if n not in ("full", "external")]  # external needs a PATH
+        chosen = every_selector(all_selectors or ["random"], protocol.get("teacher", {}))
     spec = StudySpec(
         space=space, kind=s["kind"], preset=preset, protocol=protocol,
         selectors=parse_list(chosen), ipc=parse_list(ipc if ipc is not None else s["ipc"], int),

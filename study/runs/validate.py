@@ -3,19 +3,30 @@ from __future__ import annotations
 
 from study.runs.config import TrialConfig
 from study.core.errors import StudyError
-from study.core.models import MODELS
+from study.core.models import MODELS, has_batchnorm
 from study.core.precision import check_precision
+from study.core.protocol import TeacherSpec
 from study.core.recipes import RECIPES
 from study.core.regimes import REGIMES
 from study.selection import SELECTORS
+from study.selection.sre2l import no_batchnorm_sentence
+
+
+def teacher_fits(selector: type, teacher: TeacherSpec) -> bool:
+    """Whether a selector can work with the study's teacher: SRe2L needs BatchNorm statistics to recover from."""
+    return not getattr(selector, "needs_batchnorm_teacher", False) or has_batchnorm(teacher.model,
+                                                                                   teacher.model_kwargs)
 
 
 def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) -> None:
     """Raise StudyError for the first problem in ``cfg``; ``class_sizes`` maps dataset -> smallest class."""
-    SELECTORS.resolve(cfg.selector)
+    selector, _ = SELECTORS.resolve(cfg.selector)
     protocol = cfg.protocol
     REGIMES.get(protocol.regime)
     MODELS.resolve(protocol.model)
+    MODELS.resolve(cfg.teacher.model)
+    if not teacher_fits(selector, cfg.teacher):
+        raise StudyError(no_batchnorm_sentence(cfg.teacher.model))
     RECIPES.get(protocol.recipe)
     from study.core.data import DATASETS
 

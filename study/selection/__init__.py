@@ -5,6 +5,7 @@ from study.selection import rded  # noqa: F401
 from study.selection import cad  # noqa: F401
 from study.selection import ca2d  # noqa: F401
 from study.selection import dm  # noqa: F401
+from study.selection import sre2l  # noqa: F401
 from study.selection import external  # noqa: F401
 from study.selection.base import (  # noqa: F401
     SELECTORS, Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector,
