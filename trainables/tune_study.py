@@ -37,6 +37,7 @@ from study.runs.tracking import Tracker
 from trainables.callbacks import StudyLogger
 from trainables.prepare import prepare_study
 from trainables.executors import study_trial
+from trainables.progress import WaitingTrials
 
 # Tune's classic output (silent at verbose=0) and no per-trial CSV/JSON/TensorBoard files: MLflow is the record.
 TUNE_ENVIRONMENT = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
@@ -212,7 +213,7 @@ def run_tuner(trainable, name: str, storage: str, logger: StudyLogger, max_failu
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=names,
                                     trial_dirname_creator=names.folder, **tune_config),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[logger], verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[logger, WaitingTrials()], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
     try:
