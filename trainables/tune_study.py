@@ -270,14 +270,16 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
     say(f"executor {executor}, {max_concurrent or 'unbounded'} concurrent trial(s), cluster has "
         f"{res.get('CPU', 0):.0f} CPU(s) and {res.get('GPU', 0):.0f} GPU(s)")
     if spec.kind == "grid":
-        timed(options, "prepare_s", prepare_study, pending, options.cache_dir, say)
+        timed(options, "prepare_s", prepare_study, pending, options.cache_dir, say, options.cpus_per_trial,
+              options.gpus_per_trial)
         logger = StudyLogger(tracker, parent_id, ledger, pending, total=len(cells), done_before=len(cells) - len(pending))
         timed(options, "trials_s", run_tuner, trainable_for(executor, options, pending, storage), f"study-{spec.hash}",
               storage, logger, options.max_failures, param_space={"cell": tune.grid_search(list(range(len(pending))))},
               max_concurrent_trials=max_concurrent)
         return
 
-    timed(options, "prepare_s", prepare_study, cells, options.cache_dir, say)
+    timed(options, "prepare_s", prepare_study, cells, options.cache_dir, say, options.cpus_per_trial,
+          options.gpus_per_trial)
     clock = time.perf_counter()
     space = {k: optuna_distribution(v) for k, v in spec.search.items()}
     total = len(cells) * spec.num_samples
