@@ -351,6 +351,8 @@ class RayNode(Service):
             cmd += ["--head", "--port", str(self.port), "--dashboard-host", RAY_HOST,
                     "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
                     "--include-dashboard", "true"]
+        else:
+            cmd += ["--address", self.join]
         if self.autoscaling is not None:
             self.temp_dir.mkdir(parents=True, exist_ok=True)
             config = self.temp_dir / "autoscaling.json"  # YAML is a superset of JSON
@@ -358,8 +360,6 @@ class RayNode(Service):
                 **self.autoscaling["provider"], "gcs_address": f"{RAY_HOST}:{self.port}"}}))
             cmd += ["--autoscaling-config", str(config)]
             env["RAY_FAKE_CLUSTER"] = "1"
-        else:
-            cmd += ["--address", self.join]
         name = "head" if self.join is None else f"worker-{self.port}"
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.spawn(cmd, self.temp_dir / f"{name}.log", env=env)  # removed with the temp dir
