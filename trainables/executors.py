@@ -124,8 +124,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def run_with_torch_trainer(cfg: TrialConfig, cache_dir: str | None, tags: dict, resources: dict,
                            storage_path: str, name: str, compile_model: bool = False) -> None:
     # The Train controller notices a finished worker group only at its next poll (every 2 s by default); a
-    # study's trials are short, so poll often. Train passes these settings on to its controller and workers.
+    # study's trials are short, so poll often. Its preemption watcher (one more actor process per trial) lets
+    # workers checkpoint before a spot node goes away; a trial here checkpoints only its final record, so a
+    # preempted trial reruns whole either way. Train passes these settings on to its controller and workers.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_START_S))
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
