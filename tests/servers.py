@@ -372,11 +372,16 @@ class RayNode(Service):
         return self
 
 
+# The fake provider tags the head it finds with this type; under another name the autoscaler would take the
+# head for a node of an unknown type and keep launching and removing "head" workers.
+HEAD_TYPE = "ray.head.default"
+
+
 def fake_autoscaling_config(worker_types: dict, head_cpus: int = 0, idle_timeout_s: float = 15) -> dict:
     """An autoscaling config for Ray's fake multi-node provider (the ``example.yaml`` it refers to is not in the
     wheel): a head with ``head_cpus`` CPUs and the given worker types, e.g. ``{"cpu": {"resources": {"CPU": 1},
     "max_workers": 3}}``; node types may declare ``GPU`` without a GPU behind it."""
-    types = {"head": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}}
+    types = {HEAD_TYPE: {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}}
     for name, spec in worker_types.items():
         types[name] = {"node_config": {}, "min_workers": 0, **spec,
                        "resources": {"object_store_memory": 100 * 1024 ** 2, **spec["resources"]}}
@@ -387,7 +392,7 @@ def fake_autoscaling_config(worker_types: dict, head_cpus: int = 0, idle_timeout
             "upscaling_speed": 1.0, "idle_timeout_minutes": idle_timeout_s / 60,
             "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
                          "disable_launch_config_check": True},
-            "auth": {}, "docker": {}, "head_node_type": "head", "available_node_types": types, "file_mounts": {},
+            "auth": {}, "docker": {}, "head_node_type": HEAD_TYPE, "available_node_types": types, "file_mounts": {},
             "file_mounts_sync_continuously": False, **{k: [] for k in empty}}
 
 
