@@ -314,15 +314,24 @@ def short_tmp(prefix: str) -> Path:
 
 
 class RayNode(Service):
-    """``ray start --block`` as a head (``address=None``) or as a worker joining ``address``."""
+    """``ray start --block`` as a head (``address=None``) or as a worker joining ``address``.
+
+    A head given an ``autoscaling`` config (a dict, see :func:`fake_autoscaling_config`) runs Ray's own
+    autoscaler over Ray's fake multi-node provider: it starts and stops real raylets on this machine as
+    demand asks; they live in the head's temp dir and process group, so stopping the head's process tree
+    stops them too. ``env`` adds to (or, with None values, removes from) the nodes' environment, e.g. token
+    authentication (``RAY_AUTH_MODE=token``) instead of the suite's ``disabled``.
+    """
 
     name = "ray"
 
     def __init__(self, temp_dir: Path, num_cpus: int = 1, resources: dict | None = None,
-                 address: str | None = None):
+                 address: str | None = None, autoscaling: dict | None = None, env: dict | None = None):
         super().__init__()
         self.temp_dir, self.num_cpus, self.resources, self.join = Path(temp_dir), num_cpus, resources, address
+        self.autoscaling, self.env = autoscaling, env or {}
         self.port = free_port()
+        self.dashboard_port = free_port()
 
     @property
     def address(self) -> str:
@@ -336,14 +345,21 @@ class RayNode(Service):
                "--runtime-env-agent-port", str(free_port())]
         if self.resources:
             cmd += ["--resources", json.dumps(self.resources)]
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-        env.pop("RAY_ADDRESS", None)
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **self.env}
+        env = {k: v for k, v in env.items() if v is not None and k != "RAY_ADDRESS"}
         if self.join is None:
             cmd += ["--head", "--port", str(self.port), "--dashboard-host", RAY_HOST,
-                    "--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+                    "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
                     "--include-dashboard", "true"]
         else:
             cmd += ["--address", self.join]
+        if self.autoscaling is not None:
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            config = self.temp_dir / "autoscaling.json"  # YAML is a superset of JSON
+            config.write_text(json.dumps({**self.autoscaling, "provider": {
+                **self.autoscaling["provider"], "gcs_address": f"{RAY_HOST}:{self.port}"}}))
+            cmd += ["--autoscaling-config", str(config)]
+            env["RAY_FAKE_CLUSTER"] = "1"
         name = "head" if self.join is None else f"worker-{self.port}"
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.spawn(cmd, self.temp_dir / f"{name}.log", env=env)  # removed with the temp dir
@@ -354,6 +370,30 @@ class RayNode(Service):
             self.stop()
             raise
         return self
+
+
+# The fake provider tags the head it finds with this type; under another name the autoscaler would take the
+# head for a node of an unknown type and keep launching and removing "head" workers.
+HEAD_TYPE = "ray.head.default"
+
+
+def fake_autoscaling_config(worker_types: dict, head_cpus: int = 0, idle_timeout_s: float = 15) -> dict:
+    """An autoscaling config for Ray's fake multi-node provider (the ``example.yaml`` it refers to is not in the
+    wheel): a head with ``head_cpus`` CPUs and the given worker types, e.g. ``{"cpu": {"resources": {"CPU": 1},
+    "max_workers": 3}}``; node types may declare ``GPU`` without a GPU behind it."""
+    types = {HEAD_TYPE: {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}}
+    for name, spec in worker_types.items():
+        types[name] = {"node_config": {}, "min_workers": 0, **spec,
+                       "resources": {"object_store_memory": 100 * 1024 ** 2, **spec["resources"]}}
+    empty = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+             "head_start_ray_commands", "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",
+             "rsync_filter")
+    return {"cluster_name": "hardtruths-fake", "max_workers": sum(t["max_workers"] for t in worker_types.values()),
+            "upscaling_speed": 1.0, "idle_timeout_minutes": idle_timeout_s / 60,
+            "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                         "disable_launch_config_check": True},
+            "auth": {}, "docker": {}, "head_node_type": HEAD_TYPE, "available_node_types": types, "file_mounts": {},
+            "file_mounts_sync_continuously": False, **{k: [] for k in empty}}
 
 
 def ray_nodes(address: str) -> list[dict]:

@@ -82,7 +82,8 @@ COMMAND_LISTS = (
     "worker_start_ray_commands",
 )
 # Settings a user must replace, by file: defined exactly once (in metadata.hardtruths_settings).
-USER_ENV = {AWS: ("HT_BUCKET", "HT_NFS_SOURCE", "HT_DB_PASSWORD"), ONPREM: ("HT_NFS_SOURCE", "HT_DB_PASSWORD")}
+USER_ENV = {AWS: ("HT_BUCKET", "HT_NFS_SOURCE", "HT_DB_PASSWORD", "HT_MLFLOW_PASSWORD"),
+            ONPREM: ("HT_NFS_SOURCE", "HT_DB_PASSWORD", "HT_MLFLOW_PASSWORD")}
 # GPUs per instance, for the instance types a user is likely to pick (AWS documentation).
 AWS_GPUS = {
     "g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.8xlarge": 1, "g5.16xlarge": 1,
@@ -442,3 +443,47 @@ def test_start_commands(path):
         if "ray start" in cmd:
             for flag in set(re.findall(r"--[a-z][a-z-]+", cmd.split("ray start", 1)[1])):
                 assert f'"{flag}"' in ray_cli, f"ray start has no {flag}"
+
+
+# --- reproducible and authenticated nodes --------------------------------------------------------
+
+
+def test_constraints_pin_the_tested_environment():
+    """constraints.txt holds exact versions, each the one installed where this suite runs, and covers every
+    direct dependency of the project."""
+    from importlib.metadata import version
+
+    pins = dict(re.findall(r"^([A-Za-z0-9][\w.-]*)==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M))
+    assert len(pins) > 50
+    drifted = {n: (v, version(n).split("+")[0]) for n, v in pins.items() if version(n).split("+")[0] != v}
+    assert not drifted, f"constraints.txt differs from the installed versions: {drifted}"
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[\[<>=~!]", d)[0].lower() for d in deps}
+    assert names <= {n.lower() for n in pins}, names - {n.lower() for n in pins}
+
+
+@pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
+def test_every_install_uses_the_constraints(path):
+    config = load(path)
+    installs = [c for _, c in all_commands(config) if "uv pip install" in c]
+    assert len(installs) >= 3
+    assert all("-c ~/hardtruths/constraints.txt" in c for c in installs), installs
+
+
+@pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
+def test_ray_token_and_mlflow_login_on_every_node(path):
+    """Ray runs with token authentication (the token made once on the user's machine, shipped with the file
+    mounts) and the MLflow server with its basic-auth app, whose admin password comes from the settings."""
+    config = load(path)
+    words = shlex.split(settings(config)["write_node_env"])
+    env = dict(w.split("=", 1) for w in words if re.fullmatch(r"[A-Z_]+=.*", w))
+    assert env["RAY_AUTH_MODE"] == "token"
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert env["MLFLOW_TRACKING_USERNAME"] == "${HT_MLFLOW_USER}"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "${HT_MLFLOW_PASSWORD}"
+    (mlflow_cmd,) = [c for c in config["head_start_ray_commands"] if "mlflow\" server" in c]
+    assert "server --app-name basic-auth" in mlflow_cmd
+    assert '--setenv=MLFLOW_AUTH_ADMIN_PASSWORD="$HT_MLFLOW_PASSWORD"' in mlflow_cmd
+    (ini,) = [c for c in config["head_setup_commands"] if "mlflow-auth.ini" in c]
+    assert "admin_username = ${HT_MLFLOW_USER}" in ini and "umask 077" in ini
+    assert not any("RAY_AUTH_MODE=disabled" in c for _, c in all_commands(config))

@@ -2,6 +2,12 @@
 
 Trials then only read the cache, so concurrent trials never race to train the
 same teacher, and a second study with the same inputs reuses everything.
+
+Each task asks Ray for what it uses (:func:`task_resources`): a selection
+task what a trial asks for (its proxy models train like a student), the
+teacher a whole GPU where the study uses GPUs and the CPUs of the largest node
+that could run it, as threads. Nothing else runs while the teacher trains, and
+Ray would otherwise give a task one CPU and ``OMP_NUM_THREADS=1``.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import time
 from collections import Counter
 
 import ray
+import torch
 
 from study.runs.config import TrialConfig
 from study.core.regimes import REGIMES
@@ -44,6 +51,7 @@ def cache_notes():
 
 @ray.remote
 def prepare_teacher(cfg: TrialConfig, cache_dir: str | None) -> tuple[float, list[str]]:
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     with cache_notes() as notes:
         acc = context_for(cfg, cache_dir, default_device()).teacher.test_acc
     return acc, notes
@@ -71,12 +79,27 @@ def likely_cost(cfg: TrialConfig) -> tuple[bool, int]:
     return selector_of(cfg).family == "dd", cfg.ipc
 
 
-def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) -> float | None:
+def largest_node_cpus(with_gpu: bool) -> float:
+    """CPUs of the largest alive node (with a GPU, if asked); 0 where there is none yet (autoscaling from zero)."""
+    return max([n["Resources"].get("CPU", 0) for n in ray.nodes()
+                if n["Alive"] and (not with_gpu or n["Resources"].get("GPU", 0) > 0)], default=0)
+
+
+def task_resources(cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0) -> tuple[dict, dict]:
+    """Ray options of the teacher task and of the selection tasks (see the module's docstring)."""
+    gpu = gpus_per_trial > 0 or ray.cluster_resources().get("GPU", 0) > 0
+    teacher = {"num_cpus": max(cpus_per_trial, largest_node_cpus(gpu)), "num_gpus": 1 if gpu else 0}
+    return teacher, {"num_cpus": cpus_per_trial, "num_gpus": gpus_per_trial}
+
+
+def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print, cpus_per_trial: float = 1.0,
+                  gpus_per_trial: float = 0.0) -> float | None:
     """Train (or load) the teacher, then make each distinct selection, one task per repeat."""
     teacher_acc = None
+    teacher_options, selection_options = task_resources(cpus_per_trial, gpus_per_trial)
     if cells and needs_teacher(cells):
-        say("preparing: teacher ...")
-        teacher_acc, notes = ray.get(prepare_teacher.remote(cells[0], cache_dir))
+        say(f"preparing: teacher ({teacher_options['num_cpus']:g} CPU threads, {teacher_options['num_gpus']} GPU) ...")
+        teacher_acc, notes = ray.get(prepare_teacher.options(**teacher_options).remote(cells[0], cache_dir))
         for note in notes:
             say(note)
         say(f"preparing: teacher test accuracy {100 * teacher_acc:.1f}%")
@@ -84,7 +107,7 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) ->
     if distinct:
         say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")
         cells_by_cost = sorted(distinct.values(), key=likely_cost, reverse=True)
-        pending = {prepare_repeat.remote(c, r, cache_dir): c for c in cells_by_cost for r in range(c.seeds)}
+        pending = {prepare_repeat.options(**selection_options).remote(c, r, cache_dir): c for c in cells_by_cost for r in range(c.seeds)}
         total, seconds = len(pending), Counter()
         with progress_bar("selections") as bar:
             task = bar.add_task("selections", total=total)

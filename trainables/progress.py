@@ -1,10 +1,15 @@
-"""The driver's progress bars: done of all, elapsed and remaining time, under the lines the driver prints.
+"""The driver's progress: bars with done of all, elapsed and remaining time, and a line whenever the number of
+trials waiting for nodes changes.
 
-Drawn only on a terminal; where the output is a file or a pipe the printed
-lines alone say how far a study is.
+Bars are drawn only on a terminal; where the output is a file or a pipe the
+printed lines alone say how far a study is.
 """
 from __future__ import annotations
 
+import time
+
+import ray
+from ray import tune
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -15,3 +20,35 @@ def progress_bar(what: str, console: Console | None = None) -> Progress:
     return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"), TimeElapsedColumn(),
                     TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
                     disable=not console.is_terminal)
+
+
+def pending_placement_groups() -> int:
+    """Placement groups the cluster has not placed yet: what the autoscaler is asked to add nodes for."""
+    return sum(pg["state"] == "PENDING" for pg in ray.util.placement_group_table().values())
+
+
+class WaitingTrials(tune.Callback):
+    """Says how many trials wait for nodes, whenever that changes (checked every ``every`` seconds).
+
+    A trial of the inline executor waits as a PENDING Tune trial; one of the
+    ray-train executor is already RUNNING in Tune (its driver needs a hundredth
+    of a CPU) while its Train worker group's placement group waits. Both wait
+    on a placement group, so the larger of the two counts is the number waiting.
+    """
+
+    def __init__(self, every: float = 5.0):
+        self.every, self.checked, self.last = every, 0.0, None
+
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self.checked < self.every:
+            return
+        self.checked = now
+        running = sum(t.status == "RUNNING" for t in trials)
+        waiting = max(sum(t.status == "PENDING" for t in trials), pending_placement_groups())
+        state = (running, waiting)
+        if state != self.last and (waiting or self.last):
+            res = ray.cluster_resources()
+            print(f"trials: {running} running, {waiting} waiting for nodes (PENDING); the cluster has "
+                     f"{res.get('CPU', 0):g} CPU(s), {res.get('GPU', 0):g} GPU(s) now", flush=True)
+        self.last = state

@@ -1,14 +1,20 @@
-"""Run a resolved study on Ray: preparation tasks, then Ray Tune with OptunaSearch over the cells.
+"""Run a resolved study on Ray: preparation tasks, then Ray Tune over the cells.
 
-One code path serves both kinds of space. A grid space is an Optuna
-``GridSampler`` over the indices of the cells still to run (finished cells are
-dropped before Tune starts, so a rerun starts no trial for them). An optuna
-space runs one TPE search per cell group over the space's parameters; trials
-it already finished are handed to Optuna as evaluated points and not rerun.
+A grid space is Tune's own variant generation (``tune.grid_search`` over the
+indices of the cells still to run; finished cells are dropped before Tune
+starts, so a rerun starts no trial for them). Tune keeps up to
+``TUNE_MAX_PENDING_TRIALS_PG`` (auto: 200, or 1.1 x the cluster's CPUs) trials
+of its own generator pending at once, so the autoscaler sees every waiting
+trial's demand and adds nodes for all of them together. An optuna space runs
+one TPE search per cell group over the space's parameters, at most
+:func:`optuna_concurrency` trials at once (for any other searcher Tune keeps
+exactly that many pending); trials it already finished are handed to Optuna as
+evaluated points and not rerun. Trials are named after their cell.
 """
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -17,6 +23,7 @@ from pathlib import Path
 import optuna
 import ray
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from study.runs.config import TrialConfig
@@ -30,6 +37,7 @@ from study.runs.tracking import Tracker
 from trainables.callbacks import StudyLogger
 from trainables.prepare import prepare_study
 from trainables.executors import study_trial
+from trainables.progress import WaitingTrials
 
 # Tune's classic output (silent at verbose=0) and no per-trial CSV/JSON/TensorBoard files: MLflow is the record.
 # A trial's reports while it trains carry progress, not the searched metric (see trainables.executors), so Tune
@@ -185,14 +193,39 @@ def optuna_distribution(spec: dict):
     raise StudyError(f"Unknown search distribution {kind!r}; use uniform, loguniform, int or categorical.")
 
 
-def run_tuner(trainable, searcher: FinalResultSearch, num_samples: int, name: str, storage: str, logger: StudyLogger,
-              max_concurrent: int | None, max_failures: int) -> None:
+# Trials of one Optuna search at once when --max-concurrent does not say: TPE proposes from finished trials,
+# so many in flight make it closer to random search, while one at a time would leave a cluster idle.
+OPTUNA_CLUSTER_CONCURRENCY = 8
+
+
+def optuna_concurrency(max_concurrent: int | None) -> int:
+    return max_concurrent or OPTUNA_CLUSTER_CONCURRENCY
+
+
+class TrialNames:
+    """Tune's trial names and folders: the trial's cell (selector, IPC, regime, steps, search choices), not
+    Tune's ``cell=0``. Tune pickles it with the experiment, so it holds the cells, not a closure."""
+
+    def __init__(self, cells: list[TrialConfig]):
+        self.cells = cells
+
+    def __call__(self, trial) -> str:
+        config = trial.config
+        return self.cells[config["cell"]].with_choices({k: v for k, v in config.items() if k != "cell"}).label()
+
+    def folder(self, trial) -> str:
+        return f"{re.sub(r'[^A-Za-z0-9.=+-]+', '_', self(trial))[:120]}_{trial.trial_id}"
+
+
+def run_tuner(trainable, name: str, storage: str, logger: StudyLogger, max_failures: int, **tune_config) -> None:
     """One Tune run; the logger's progress bar goes away with it, also when it is interrupted."""
+    names = TrialNames(logger.cells)
+    param_space = tune_config.pop("param_space", None)
     tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples,
-                                    max_concurrent_trials=max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[logger], verbose=0,
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=names,
+                                    trial_dirname_creator=names.folder, **tune_config),
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[logger, WaitingTrials()], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
     try:
@@ -249,17 +282,16 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
     say(f"executor {executor}, {max_concurrent or 'unbounded'} concurrent trial(s), cluster has "
         f"{res.get('CPU', 0):.0f} CPU(s) and {res.get('GPU', 0):.0f} GPU(s)")
     if spec.kind == "grid":
-        timed(options, "prepare_s", prepare_study, pending, options.cache_dir, say)
+        timed(options, "prepare_s", prepare_study, pending, options.cache_dir, say, options.cpus_per_trial,
+              options.gpus_per_trial)
         logger = StudyLogger(tracker, parent_id, ledger, pending, total=len(cells), done_before=len(cells) - len(pending))
-        index = list(range(len(pending)))
-        searcher = FinalResultSearch(space={"cell": optuna.distributions.CategoricalDistribution(index)},
-                                sampler=optuna.samplers.GridSampler({"cell": index}, seed=0),
-                                metric=spec.metric, mode=spec.mode)
-        timed(options, "trials_s", run_tuner, trainable_for(executor, options, pending, storage), searcher, len(pending),
-              f"study-{spec.hash}", storage, logger, max_concurrent, options.max_failures)
+        timed(options, "trials_s", run_tuner, trainable_for(executor, options, pending, storage), f"study-{spec.hash}",
+              storage, logger, options.max_failures, param_space={"cell": tune.grid_search(list(range(len(pending))))},
+              max_concurrent_trials=max_concurrent)
         return
 
-    timed(options, "prepare_s", prepare_study, cells, options.cache_dir, say)
+    timed(options, "prepare_s", prepare_study, cells, options.cache_dir, say, options.cpus_per_trial,
+          options.gpus_per_trial)
     clock = time.perf_counter()
     space = {k: optuna_distribution(v) for k, v in spec.search.items()}
     total = len(cells) * spec.num_samples
@@ -275,15 +307,16 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
                                 metric=spec.metric, mode=spec.mode, seed=group,
                                 points_to_evaluate=[{"cell": 0, **p} for p, _ in earlier] or None,
                                 evaluated_rewards=[r for _, r in earlier] or None)
-        run_tuner(trainable_for(executor, options, logger.cells, storage), searcher, remaining,
-                  f"study-{spec.hash}-group{group}", storage, logger, max_concurrent, options.max_failures)
+        run_tuner(trainable_for(executor, options, logger.cells, storage), f"study-{spec.hash}-group{group}", storage,
+                  logger, options.max_failures, num_samples=remaining,
+                  search_alg=ConcurrencyLimiter(searcher, max_concurrent=optuna_concurrency(max_concurrent)))
     options.phases["trials_s"] = time.perf_counter() - clock
 
 
-def timed(options: RunOptions, phase: str, fn, *args):
+def timed(options: RunOptions, phase: str, fn, *args, **kwargs):
     clock = time.perf_counter()
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     finally:
         options.phases[phase] = time.perf_counter() - clock
 
