@@ -238,21 +238,17 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
         f"{res.get('CPU', 0):.0f} CPU(s) and {res.get('GPU', 0):.0f} GPU(s)")
     if spec.kind == "grid":
         timed(options, "prepare_s", prepare_study, pending, options.cache_dir, say)
-        logger = StudyLogger(tracker, parent_id, ledger, pending, total=len(cells), done_before=len(cells) - len(pending))
-        index = list(range(len(pending)))
-        searcher = OptunaSearch(space={"cell": optuna.distributions.CategoricalDistribution(index)},
-                                sampler=optuna.samplers.GridSampler({"cell": index}, seed=0),
-                                metric=spec.metric, mode=spec.mode)
-        timed(options, "trials_s", run_tuner, trainable_for(executor, options, pending, storage), searcher, len(pending),
-              f"study-{spec.hash}", storage, logger, max_concurrent, options.max_failures)
+        timed(options, "trials_s", run_once, spec, cells, pending, ledger, tracker, parent_id, options, executor)
         return
 
     timed(options, "prepare_s", prepare_study, cells, options.cache_dir, say)
     clock = time.perf_counter()
+    groups = spec.searched_cells()
+    references = [c for c in spec.reference_cells() if c in pending]
+    logger = StudyLogger(tracker, parent_id, ledger, [], total=spec.trial_count(),
+                         done_before=len(spec.reference_cells()) - len(references))
     space = {k: optuna_distribution(v) for k, v in spec.search.items()}
-    total = len(cells) * spec.num_samples
-    logger = StudyLogger(tracker, parent_id, ledger, [], total=total)
-    for group, cell in enumerate(cells):
+    for group, cell in enumerate(groups):
         earlier = searched_points(ledger, cell, spec)
         remaining = spec.num_samples - len(earlier)
         logger.done += len(earlier)
@@ -265,7 +261,27 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
                                 evaluated_rewards=[r for _, r in earlier] or None)
         run_tuner(trainable_for(executor, options, logger.cells, storage), searcher, remaining,
                   f"study-{spec.hash}-group{group}", storage, logger, max_concurrent, options.max_failures)
+    if references:
+        logger.cells = references
+        run_tuner(trainable_for(executor, options, references, storage), grid_searcher(len(references), spec),
+                  len(references), f"study-{spec.hash}-references", storage, logger, max_concurrent,
+                  options.max_failures)
     options.phases["trials_s"] = time.perf_counter() - clock
+
+
+def grid_searcher(count: int, spec: StudySpec) -> OptunaSearch:
+    """Runs each of ``count`` cells once, in order."""
+    index = list(range(count))
+    return OptunaSearch(space={"cell": optuna.distributions.CategoricalDistribution(index)},
+                        sampler=optuna.samplers.GridSampler({"cell": index}, seed=0),
+                        metric=spec.metric, mode=spec.mode)
+
+
+def run_once(spec, cells, pending, ledger, tracker, parent_id, options: RunOptions, executor: str) -> None:
+    logger = StudyLogger(tracker, parent_id, ledger, pending, total=len(cells), done_before=len(cells) - len(pending))
+    run_tuner(trainable_for(executor, options, pending, str(storage_dir(options))), grid_searcher(len(pending), spec),
+              len(pending), f"study-{spec.hash}", str(storage_dir(options)), logger, concurrency(options),
+              options.max_failures)
 
 
 def timed(options: RunOptions, phase: str, fn, *args):
