@@ -186,7 +186,7 @@ def alignment_map(searched: pd.DataFrame, table: pd.DataFrame) -> plt.Figure:
     ipcs = sorted(table["ipc"].unique())
     selectors = sorted(table["selector"].unique())
     colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(selectors)}
-    fig, axes = grid(len(ipcs), len(regimes), sharey=True)
+    fig, axes = grid(len(ipcs), len(regimes), min_width=8.0, sharey=True)
     for i, ipc in enumerate(ipcs):
         for j, regime in enumerate(regimes):
             ax = axes[i, j]

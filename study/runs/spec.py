@@ -186,7 +186,7 @@ def apply_overrides(protocol: dict, overrides: list[str] | None, spec_fields: tu
     return protocol, params, extra
 
 
-STUDY_SETTINGS = ("num_samples", "metric", "mode", "full_data_reference")
+STUDY_SETTINGS = ("num_samples", "metric", "mode", "full_data_reference", "references")
 
 
 def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str | None = None,
@@ -214,7 +214,7 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
         window_params=s.get("window_params", {}),
     )
     for key, value in extra.items():
-        setattr(spec, key, value)
+        setattr(spec, key, parse_list(value) if key == "references" else value)
     return spec
 
 
