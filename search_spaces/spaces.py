@@ -38,19 +38,41 @@ SPACES = {
         "seeds": 3,
         "full_data_reference": True,
     },
+    # CA2D alignment (docs/alignment.md): does the best difficulty window move with the compute budget, and does
+    # CAD-Prune's rule predict it? Windows live on one axis per (dataset, teacher). The budgets run from starved
+    # (tens of steps on a 100-image subset) to saturated, 1.5 decades. The references per (IPC, regime, budget):
+    # random, and CAD-Prune / CA2D at their defaults, whose windows are the rule's prediction. The varied cells
+    # take beta 0 so the windows map the whole axis, the tail CAD's rule drops included.
+    "difficulty_sweep": {
+        "kind": "grid",
+        "preset": "fashion-mnist",
+        "selectors": ["cad_prune", "ca2d"],
+        "windows": {"widths": [0.1, 0.2], "step": 0.1},
+        "window_params": {"beta": 0.0},
+        "references": ["random", "cad_prune", "ca2d"],
+        "ipc": [10, 50],
+        "regimes": ["hl", "sl_kd"],
+        "budgets": [30, 300, 1000],
+        "seeds": 2,
+        "full_data_reference": False,
+    },
     "ca2d_alignment": {
         "kind": "optuna",
         "preset": "fashion-mnist",
-        "selectors": ["cad_prune"],
+        "selectors": ["cad_prune", "ca2d"],
+        "window_params": {"beta": 0.0},
+        "references": ["random", "cad_prune", "ca2d"],
         "ipc": [10, 50],
-        "regimes": ["hl"],
+        "regimes": ["hl", "sl_kd"],
+        "budgets": [30, 300, 1000],
         "seeds": 2,
         "full_data_reference": False,
         "search": {
-            "selector_params.center": {"type": "uniform", "low": 0.05, "high": 0.95},
-            "selector_params.width": {"type": "uniform", "low": 0.05, "high": 0.5},
+            # lo = position * (1 - beta - width): every sampled window lies on the axis, none is clipped
+            "selector_params.position": {"type": "uniform", "low": 0.0, "high": 1.0},
+            "selector_params.width": {"type": "uniform", "low": 0.1, "high": 0.4},
         },
-        "num_samples": 12,
+        "num_samples": 16,
         "metric": "val_acc_mean",
         "mode": "max",
     },

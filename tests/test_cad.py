@@ -11,9 +11,7 @@ from study.core.protocol import Protocol
 from study.selection import SelectionContext, build_selector
 from study.selection import cad as cad_module
 from study.selection.difficulty import class_percentiles, stratified_window_pick
-from study.selection.cad import (
-    cad_proxy, cad_proxy_key, cad_window, late_steps, proxy_models,
-)
+from study.selection.cad import CADParams, auto_width, cad_proxy, cad_proxy_key, late_steps, reference_axis
 from study.core.augment import patch_crop, patch_views, stitched_views
 
 # A real proxy that learns digits in a few hundred steps: convnet width 32, AdamW, batch 64, hard labels.
@@ -28,18 +26,18 @@ def cad_cache(tmp_path_factory):
     return Cache(tmp_path_factory.mktemp("cad"))
 
 
-def ctx_for(digits, cache, steps, teacher=None) -> SelectionContext:
-    factory = (lambda: teacher) if teacher is not None else None
-    return SelectionContext(digits, cache, "cpu", Protocol(steps=steps, **PROXY), factory)
+def ctx_for(digits, cache, steps, teacher) -> SelectionContext:
+    return SelectionContext(digits, cache, "cpu", Protocol(steps=steps, **PROXY), lambda: teacher)
 
 
 @pytest.fixture(scope="module")
-def cad_runs(digits, cad_cache, one_thread):
+def cad_runs(digits, cad_cache, digits_teacher, one_thread):
     """CAD-Prune selections for every (steps, ipc) the trend tests read, proxies trained once and cached."""
     cells = {(s, 10) for s in BUDGETS} | {(400, i) for i in IPCS}
     out = {}
     for steps, ipc in sorted(cells):
-        sel = build_selector("cad_prune", **FAST).select(ctx_for(digits, cad_cache, steps), ipc, seed=0)
+        sel = build_selector("cad_prune", **FAST).select(ctx_for(digits, cad_cache, steps, digits_teacher), ipc,
+                                                        seed=0)
         out[steps, ipc] = sel
         print(f"cad_prune steps={steps} ipc={ipc}: mean difficulty {sel.provenance['mean_difficulty']:.3f}, "
               f"mean u* {np.mean(sel.provenance['u_star']):.3f}")
@@ -62,9 +60,11 @@ def test_window_moves_to_harder_samples_as_the_budget_grows(cad_runs):
 
 
 def test_window_moves_to_easier_samples_as_the_ipc_shrinks(cad_runs):
-    diff = [cad_runs[400, i].provenance["mean_difficulty"] for i in IPCS]
-    assert diff[0] > diff[1] > diff[2], diff
-    assert diff[0] - diff[2] > 0.15, diff
+    """The window's hard edge follows the frontier; its width (4 IPC / class size) shrinks with the IPC too."""
+    frontier = [np.mean(cad_runs[400, i].provenance["u_star"]) for i in IPCS]
+    assert frontier[0] > frontier[1] > frontier[2] and frontier[0] - frontier[2] > 0.15, frontier
+    edge = [np.mean([hi for _, hi in cad_runs[400, i].provenance["windows"]]) for i in IPCS]
+    assert edge[0] > edge[1] > edge[2], edge
 
 
 def test_cad_prune_output_and_provenance(cad_runs, digits):
@@ -74,32 +74,53 @@ def test_cad_prune_output_and_provenance(cad_runs, digits):
     assert torch.bincount(sel.labels, minlength=10).tolist() == [10] * 10
     assert len(set(sel.indices.tolist())) == 100
     p = sel.provenance
-    assert p["selector"] == "cad_prune" and p["budget"]["steps"] == 400 and p["params"]["delta"] == 0.0
+    assert p["selector"] == "cad_prune" and p["budget"]["steps"] == 400 and p["params"]["delta"] == 0.05
     d = np.array(p["difficulty"]).reshape(10, 10)
-    for c, (lo, hi) in enumerate(p["windows"]):  # a 0.3-wide window of a ~127-image class holds 10 picks
+    for c, (lo, hi) in enumerate(p["windows"]):  # a window 4 IPC wide holds 10 picks
         assert np.all((d[c] >= lo - 1e-4) & (d[c] <= hi + 1e-4)), (c, lo, hi, d[c])
 
 
-def test_proxy_scores_are_cached_and_the_override_sets_the_window(cad_runs, digits, cad_cache, monkeypatch):
+def test_proxy_scores_are_cached_and_a_set_window_is_kept(cad_runs, digits, cad_cache, digits_teacher, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("the proxy should come from the cache")
 
     monkeypatch.setattr(cad_module, "train_student", no_training)
-    ctx = ctx_for(digits, cad_cache, 400)
-    sel = build_selector("cad_prune", center=0.9, width=0.1, **FAST).select(ctx, 10, seed=1)
-    assert all(w == [0.85, 0.95] for w in sel.provenance["windows"])
+    ctx = ctx_for(digits, cad_cache, 400, digits_teacher)
+    sel = build_selector("cad_prune", lo=0.8, width=0.1, **FAST).select(ctx, 10, seed=1)
+    assert all(w == [0.8, 0.9] for w in sel.provenance["windows"])
     d = np.array(sel.provenance["difficulty"])
-    assert d.min() >= 0.85 - 1e-4 and d.max() <= 0.95 + 1e-4
-    easy = build_selector("cad_prune", center=0.1, width=0.2, **FAST).select(ctx, 10, seed=1)
-    assert easy.provenance["mean_difficulty"] < 0.2 < 0.85 < sel.provenance["mean_difficulty"]
+    assert d.min() >= 0.8 - 1e-4 and d.max() <= 0.9 + 1e-4
+    easy = build_selector("cad_prune", lo=0.0, width=0.2, **FAST).select(ctx, 10, seed=1)
+    assert easy.provenance["mean_difficulty"] < 0.2 < 0.8 < sel.provenance["mean_difficulty"]
+    # the rule's window is recorded beside the one kept: the prediction for this budget
+    assert easy.provenance["rule_windows"] == cad_runs[400, 10].provenance["windows"]
     scores = cad_proxy(ctx, 10, **FAST)
     assert scores["margin"].shape == (len(digits.train_y),) and len(scores["states"]) == 2 * 2
 
 
+def test_the_axis_is_the_same_at_every_budget(cad_runs, digits, cad_cache, digits_teacher):
+    """A sample's difficulty is its place on the teacher's axis, whatever budget the proxy ran at."""
+    axes = [reference_axis(ctx_for(digits, cad_cache, s, digits_teacher), "aum") for s in (10, 400)]
+    assert np.array_equal(axes[0], axes[1])
+    seen = {}
+    for steps in BUDGETS:
+        p = cad_runs[steps, 10].provenance
+        for i, u in zip(cad_runs[steps, 10].indices.tolist(), p["difficulty"]):
+            assert seen.setdefault(i, u) == u
+            assert u == pytest.approx(axes[0][i], abs=1e-4)
+    assert len(seen) > 200  # the budgets' windows overlap little: many samples, each checked against the axis
+
+
 def test_window_rule_and_stratified_sampling():
-    assert cad_window(0.2, delta=0.1, beta=0.05, w=0.3) == pytest.approx((0.0, 0.3))
-    assert cad_window(0.99, delta=0.0, beta=0.05, w=0.3) == pytest.approx((0.65, 0.95))
-    assert cad_window(0.5, 0.0, 0.05, 0.3, center=0.5, width=0.2) == pytest.approx((0.4, 0.6))
+    rule = CADParams(delta=0.1, beta=0.05, w=0.3)
+    assert rule.window(0.2, 10, 100) == pytest.approx((0.0, 0.3))  # slid up to keep its width
+    assert rule.window(0.5, 10, 100) == pytest.approx((0.3, 0.6))
+    assert CADParams(delta=0.0, w=0.3).window(0.99, 10, 100) == pytest.approx((0.65, 0.95))
+    assert CADParams().window(0.5, 10, 100) == pytest.approx((0.15, 0.55))  # w = 4 * 10 / 100
+    assert auto_width(50, 6000) == 0.1 and auto_width(10, 100) == pytest.approx(0.4)
+    assert CADParams(lo=0.3, width=0.2).window(0.9, 10, 100) == pytest.approx((0.3, 0.5))
+    assert CADParams(position=1.0, width=0.2).window(0.1, 10, 100) == pytest.approx((0.75, 0.95))
+    assert CADParams(position=0.5, width=0.2, beta=0.0).window(0.1, 10, 100) == pytest.approx((0.4, 0.6))
     assert late_steps(100, 3, 0.3) == [80, 90, 100] and late_steps(7, 1, 0.3) == [7]
     rng = np.random.default_rng(0)
     u = (np.arange(100) + 0.5) / 100
@@ -113,26 +134,41 @@ def test_window_rule_and_stratified_sampling():
         [0.833, 0.25, 0.167, 0.75, 0.5]
 
 
-@pytest.mark.parametrize("params", [{"beta": 1.0}, {"w": 0.0}, {"proxy_seeds": 0}, {"center": 1.5},
-                                    {"width": 0.2}, {"late": 0.0}])
+@pytest.mark.parametrize("params", [{"beta": 1.0}, {"w": 0.0}, {"proxy_seeds": 0}, {"lo": 0.5}, {"width": 0.2},
+                                    {"late": 0.0}, {"lo": 0.1, "position": 0.1, "width": 0.2},
+                                    {"position": 1.5, "width": 0.1}, {"axis": "nonsense"}, {"center": 0.5}])
 def test_bad_cad_parameters_fail_in_one_sentence(params):
     with pytest.raises(StudyError):
         build_selector("cad_prune", **params)
 
 
-def stand_in_teacher(digits, cache):
-    """The 400-step IPC-10 proxy as the observer: a real classifier, and free (already cached)."""
-    states = cad_proxy(ctx_for(digits, cache, 400), 10, **FAST)["states"]
-    return type("T", (), {"model": proxy_models(ctx_for(digits, cache, 400), states)[-1]})()
+@pytest.mark.parametrize("selector", ["cad_prune", "ca2d", "ca2d_coreset"])
+def test_a_window_past_the_axis_is_refused_not_clipped(selector):
+    with pytest.raises(StudyError) as err:
+        build_selector(selector, lo=0.9, width=0.2, beta=0.0)
+    message = str(err.value)
+    assert message.count(". ") == 0 and "[0.9, 1.1]" in message and "lo <= 0.8" in message
+    with pytest.raises(StudyError, match=r"beta drops the hardest 0.05"):
+        build_selector(selector, lo=0.8, width=0.2)  # the default beta keeps the hardest 5 % out
+    assert build_selector(selector, lo=0.8, width=0.2, beta=0.0).cad.window(0.5, 10, 100) == pytest.approx((0.8, 1.0))
+
+
+def test_defaults_live_in_one_place():
+    """The design's delta 0.05 and w = max(4k/N_c, 0.1), read by every CAD selector from CADParams."""
+    defaults = CADParams().as_dict()
+    assert defaults["delta"] == 0.05 and defaults["w"] is None and defaults["beta"] == 0.05
+    for name in ("cad_prune", "ca2d", "ca2d_coreset"):
+        params = build_selector(name).params
+        assert {k: params[k] for k in defaults} == defaults
 
 
 @pytest.mark.parametrize("factor", [1, 2])
-def test_ca2d_images_come_from_the_window_with_complete_provenance(cad_runs, digits, cad_cache, factor):
+def test_ca2d_images_come_from_the_window_with_complete_provenance(cad_runs, digits, cad_cache, digits_teacher,
+                                                                   factor):
     ipc = 3
-    teacher = stand_in_teacher(digits, cad_cache)
-    ctx = ctx_for(digits, cad_cache, 120, teacher)
+    ctx = ctx_for(digits, cad_cache, 120, digits_teacher)
     # a window wide enough to hold the ipc*f^2 patches, so every patch must come from inside it
-    sel = build_selector("ca2d", factor=factor, k=3, center=0.5, width=0.6, **FAST).select(ctx, ipc, seed=2)
+    sel = build_selector("ca2d", factor=factor, k=3, lo=0.2, width=0.6, **FAST).select(ctx, ipc, seed=2)
     f2 = factor * factor
     assert sel.is_synthetic and sel.images.dtype == torch.uint8
     assert sel.images.shape == (10 * ipc, *digits.image_shape)
@@ -145,6 +181,7 @@ def test_ca2d_images_come_from_the_window_with_complete_provenance(cad_runs, dig
     assert src.shape == (10 * ipc, f2) and boxes.shape == (10 * ipc, f2, 4) and u.shape == (10 * ipc, f2)
     assert np.array(p["patch_loss"]).shape == (10 * ipc, f2)
     assert torch.equal(digits.train_y[src], sel.labels[:, None].expand(-1, f2))
+    assert np.allclose(u, reference_axis(ctx, "aum")[src.numpy()], atol=1e-4)  # a patch sits where its image does
     for c, (lo, hi) in enumerate(p["windows"]):
         assert (lo, hi) == pytest.approx((0.2, 0.8))
         block = u[c * ipc:(c + 1) * ipc]
@@ -154,41 +191,39 @@ def test_ca2d_images_come_from_the_window_with_complete_provenance(cad_runs, dig
     r, col = divmod(f2 - 1, factor)
     got = sel.images[4, :, r * h:(r + 1) * h, col * h:(col + 1) * h].float() / 255
     assert (got - tile).abs().max() < 4 / 255
-    # the proxy that measured u was trained on the views it scored: square crops, tiles padded in the mean colour
+    # the proxy that measured u* was trained on the views it scored: square crops, tiles padded in the mean colour
     views = patch_views(factor, (0.08, 1.0), digits.mean, digits.augment.flip)
     assert ctx.cache.load("cad-proxy", cad_proxy_key(ctx, ipc, 2, 2, 0.3, views), warn=False) is not None
     assert sel.views == (stitched_views(factor, digits.augment.flip) if factor > 1 else None)
 
 
-def test_ca2d_default_window_follows_the_budget(cad_runs, digits, cad_cache, one_thread):
-    teacher = stand_in_teacher(digits, cad_cache)
-    lo_budget = build_selector("ca2d", k=3, **FAST).select(ctx_for(digits, cad_cache, 10, teacher), 10, seed=0)
-    hi_budget = build_selector("ca2d", k=3, **FAST).select(ctx_for(digits, cad_cache, 400, teacher), 10, seed=0)
+def test_ca2d_default_window_follows_the_budget(cad_runs, digits, cad_cache, digits_teacher, one_thread):
+    lo_budget = build_selector("ca2d", k=3, **FAST).select(ctx_for(digits, cad_cache, 10, digits_teacher), 10, seed=0)
+    hi_budget = build_selector("ca2d", k=3, **FAST).select(ctx_for(digits, cad_cache, 400, digits_teacher), 10, seed=0)
     print(f"ca2d mean patch difficulty: 10 steps {lo_budget.provenance['mean_difficulty']:.3f}, "
           f"400 steps {hi_budget.provenance['mean_difficulty']:.3f}")
     assert lo_budget.provenance["mean_difficulty"] < hi_budget.provenance["mean_difficulty"]
 
 
-def test_ca2d_coreset_returns_real_images_from_the_window(cad_runs, digits, cad_cache):
-    ctx = ctx_for(digits, cad_cache, 400)
+def test_ca2d_coreset_returns_real_images_from_the_window(cad_runs, digits, cad_cache, digits_teacher):
+    ctx = ctx_for(digits, cad_cache, 400, digits_teacher)
     sel = build_selector("ca2d_coreset", m=60, **FAST).select(ctx, 10, seed=0)
     assert not sel.is_synthetic and len(sel) == 100
     assert torch.equal(sel.images, digits.train_x[sel.indices])
     p = sel.provenance
-    assert p["factor"] == 1 and p["candidates_per_class"] == [60] * 10
+    assert p["factor"] == 1 and min(p["candidates_per_class"]) >= 60
     assert "k" not in p["params"] and p["params"]["m"] == 60
     assert [s[0] for s in p["patch_source"]] == sel.indices.tolist()
     u = np.array(p["patch_difficulty"]).reshape(10, 10)
     for c, (lo, hi) in enumerate(p["windows"]):
         assert np.all((u[c] >= lo) & (u[c] <= hi))
-    # same budget, same frontier rule as CAD-Prune: a comparably hard selection
+    # same budget, same frontier rule and axis as CAD-Prune: a comparably hard selection
     assert abs(p["mean_difficulty"] - cad_runs[400, 10].provenance["mean_difficulty"]) < 0.1
 
 
 def test_compute_aware_selectors_declare_what_they_read():
     for name in ("cad_prune", "ca2d", "ca2d_coreset"):
-        assert build_selector(name).budget_aware
-    assert build_selector("ca2d").needs_teacher and build_selector("rded").needs_teacher
-    assert not build_selector("cad_prune").needs_teacher
+        assert build_selector(name).budget_aware and build_selector(name).needs_teacher  # the axis is the teacher's
+    assert build_selector("rded").needs_teacher
     assert build_selector("rded").family == build_selector("ca2d").family == "dd"
     assert build_selector("ca2d_coreset").family == "coreset"

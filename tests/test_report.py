@@ -37,11 +37,12 @@ CENTRES = {
 PICTURES = {("herding", 10, "hl", 100), ("random", 10, "hl", 100)}
 
 
-def record(selector, ipc, regime, steps, accs, params=None, val=None, status="FINISHED"):
+def record(selector, ipc, regime, steps, accs, params=None, val=None, status="FINISHED", val_seeds=None):
     cfg = TrialConfig.from_dict(dict(selector=selector, ipc=ipc, regime=regime, steps=steps, seeds=len(accs),
                                      selector_params=params or {}))
     mean = math.fsum(accs) / len(accs) if accs else 0.0
     metrics = {f"test_acc_seed{r}": a for r, a in enumerate(accs)}
+    metrics.update({f"val_acc_seed{r}": a for r, a in enumerate(val_seeds or [])})
     if status == "FINISHED":
         metrics.update(test_acc_mean=mean, test_acc_std=D, val_acc_mean=mean if val is None else val,
                        samples_seen=steps * cfg.protocol.batch_size, train_size=10 * ipc if ipc else 1500,
@@ -58,13 +59,20 @@ def picture_folder(tmp_path, name, value):
     return folder
 
 
-def provenance_folder(tmp_path, name, u_star):
+def provenance_folder(tmp_path, name, u_star, rule_window):
     folder = tmp_path / "art" / name
     folder.mkdir(parents=True)
     torch.save({"labels": torch.arange(10), "indices": torch.arange(10),
-                "provenance": {"selector": "cad_prune", "params": {"delta": 0.0, "beta": 0.05, "w": 0.3},
-                               "u_star": [u_star] * 10}}, folder / "selection_seed0.pt")
+                "provenance": {"selector": "cad_prune", "u_star": [u_star] * 10,
+                               "rule_windows": [rule_window] * 10}}, folder / "selection_seed0.pt")
     return folder
+
+
+# the alignment study: (steps, lo, width, validation accuracy per seed) of the searched windows; per budget the
+# rule's window, u*, and the test accuracies of the rule trial and of random
+SEARCHED = [(100, 0.2, 0.2, [0.5, 0.5]), (100, 0.5, 0.2, [0.625, 0.625]),
+            (400, 0.2, 0.2, [0.8, 0.7]), (400, 0.55, 0.3, [0.675, 0.75])]
+RULE = {100: (0.3, [0.15, 0.35], 0.45, 0.4), 400: (0.9, [0.6, 0.9], 0.55, 0.5)}
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +89,15 @@ def store(tmp_path_factory):
     tracker.finish_study(main_parent, "FAILED")
 
     ca2d = tracker.study_run("bbbb", "ca2d_alignment-bbbb", {"space": "ca2d_alignment"})
-    searched = [(100, 0.3, 0.2, 0.5), (100, 0.6, 0.2, 0.625), (400, 0.3, 0.2, 0.75), (400, 0.7, 0.3, 0.6875)]
-    for i, (steps, center, width, val) in enumerate(searched):
-        art = provenance_folder(tmp, f"cad{i}", 0.4 if steps == 100 else 0.9)
-        tracker.log_trial(ca2d, record("cad_prune", 10, "hl", steps, [0.5, 0.5], {"center": center, "width": width},
-                                       val=val), art)
+    for i, (steps, lo, width, vals) in enumerate(SEARCHED):
+        u_star, rule, _, _ = RULE[steps]
+        tracker.log_trial(ca2d, record("cad_prune", 10, "hl", steps, [0.5, 0.5], {"lo": lo, "width": width},
+                                       val=sum(vals) / 2, val_seeds=vals),
+                          provenance_folder(tmp, f"cad{i}", u_star, rule))
+    for steps, (u_star, rule, acc, random_acc) in RULE.items():
+        tracker.log_trial(ca2d, record("cad_prune", 10, "hl", steps, [acc, acc]),
+                          provenance_folder(tmp, f"rule{steps}", u_star, rule))
+        tracker.log_trial(ca2d, record("random", 10, "hl", steps, [random_acc, random_acc]))
     tracker.finish_study(ca2d)
 
     # the protocol check: soft full-data accuracy 4 points below hard labels at 100 steps, 1 point at 200
@@ -257,7 +269,7 @@ def test_accuracy_figures_have_expected_panels_and_lines(report):
         assert [ax.get_title().split("\n")[0] for ax in ex.axes] == ["herding", "random"]
         assert all(len(ax.images) == 1 for ax in ex.axes)
         empty = figs["ca2d_alignment"]
-        assert len(empty.axes) == 1 and "No CAD-Prune trials" in empty.axes[0].texts[0].get_text()
+        assert len(empty.axes) == 1 and "No CAD-Prune or CA2D trials" in empty.axes[0].texts[0].get_text()
     finally:
         import matplotlib.pyplot as plt
 
@@ -265,20 +277,31 @@ def test_accuracy_figures_have_expected_panels_and_lines(report):
             plt.close(fig)
 
 
-def test_alignment_map_compares_best_and_predicted_windows(store, tmp_path):
+def test_alignment_table_sets_best_predicted_and_random_side_by_side(store, tmp_path):
     report = build_report(store["tracker"], store["ca2d"], tmp_path, show=False, figures=False)
     table = report.alignment.set_index("steps")
-    assert table.loc[100, "best_center"] == 0.6 and table.loc[400, "best_center"] == 0.3
+    assert list(table["selector"]) == ["cad_prune"] * 2 and list(table["searched"]) == [2, 2]
+    assert table.loc[100, "best_center"] == pytest.approx(0.6) and table.loc[400, "best_center"] == pytest.approx(0.3)
     assert table.loc[100, "compute_per_class"] == 640 and table.loc[400, "compute_per_class"] == 2560
+    # per seed, on that seed's validation accuracy: at 400 steps the two seeds disagree
+    assert table.loc[100, "seed_centers"] == pytest.approx([0.6, 0.6])
+    assert table.loc[400, "seed_centers"] == pytest.approx([0.3, 0.7])
+    assert table.loc[400, "seed_center_std"] == pytest.approx(0.2 * math.sqrt(2))
     assert table.loc[100, "pred_center"] == pytest.approx(0.25) and table.loc[400, "pred_center"] == pytest.approx(0.75)
-    assert table.loc[400, "pred_hi"] == pytest.approx(0.9) and list(table["searched"]) == [2, 2]
+    assert table.loc[400, "pred_hi"] == pytest.approx(0.9) and table.loc[400, "u_star_mean"] == pytest.approx(0.9)
+    assert table.loc[100, "pred_test_acc"] == 0.45 and table.loc[400, "random_test_acc"] == 0.5
+    assert table.loc[400, "best_test_acc"] == 0.5
+    corr = report.correlation.iloc[0]
+    assert corr["points"] == 4 and corr["budgets"] == 2
+    assert -1 <= corr["ci_low"] <= corr["spearman"] <= corr["ci_high"] <= 1
+    assert corr["spearman"] == pytest.approx(0.0, abs=1e-9)  # ranks (1.5, 1.5, 3.5, 3.5) vs (2.5, 2.5, 1, 4)
+    assert (tmp_path / "report" / "correlation.csv").exists()
     fig = report.figures()["ca2d_alignment"]
-    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert len(panels) == 1 and len(fig.axes) == 2  # one regime + the colour bar
-    ax = panels[0]
-    assert labels_of(ax) == ["best searched (IPC 10)", "CAD-Prune predicted (IPC 10)"]
-    assert list(ax.lines[0].get_ydata()) == [0.6, 0.3]
-    assert list(ax.lines[1].get_ydata()) == pytest.approx([0.25, 0.75])
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    named = [label for label in labels_of(ax) if not label.startswith("_")]  # error-bar caps have no name
+    assert named == ["cad_prune: best window", "cad_prune: CAD's predicted window", "cad_prune: frontier u*"]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([0.6, 0.3])
     assert len(ax.collections[0].get_offsets()) == 4  # every searched trial is a dot
 
 

@@ -285,18 +285,18 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
         timed(options, "prepare_s", prepare_study, pending, options.cache_dir, say, options.cpus_per_trial,
               options.gpus_per_trial)
         logger = StudyLogger(tracker, parent_id, ledger, pending, total=len(cells), done_before=len(cells) - len(pending))
-        timed(options, "trials_s", run_tuner, trainable_for(executor, options, pending, storage), f"study-{spec.hash}",
-              storage, logger, options.max_failures, param_space={"cell": tune.grid_search(list(range(len(pending))))},
-              max_concurrent_trials=max_concurrent)
+        timed(options, "trials_s", run_grid, executor, options, pending, f"study-{spec.hash}", logger, max_concurrent)
         return
 
     timed(options, "prepare_s", prepare_study, cells, options.cache_dir, say, options.cpus_per_trial,
           options.gpus_per_trial)
     clock = time.perf_counter()
+    groups = spec.searched_cells()
+    references = [c for c in spec.reference_cells() if c in pending]
+    logger = StudyLogger(tracker, parent_id, ledger, [], total=spec.trial_count(),
+                         done_before=len(spec.reference_cells()) - len(references))
     space = {k: optuna_distribution(v) for k, v in spec.search.items()}
-    total = len(cells) * spec.num_samples
-    logger = StudyLogger(tracker, parent_id, ledger, [], total=total)
-    for group, cell in enumerate(cells):
+    for group, cell in enumerate(groups):
         earlier = searched_points(ledger, cell, spec)
         remaining = spec.num_samples - len(earlier)
         logger.done += len(earlier)
@@ -310,7 +310,18 @@ def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOpt
         run_tuner(trainable_for(executor, options, logger.cells, storage), f"study-{spec.hash}-group{group}", storage,
                   logger, options.max_failures, num_samples=remaining,
                   search_alg=ConcurrencyLimiter(searcher, max_concurrent=optuna_concurrency(max_concurrent)))
+    if references:
+        logger.cells = references
+        run_grid(executor, options, references, f"study-{spec.hash}-references", logger, max_concurrent)
     options.phases["trials_s"] = time.perf_counter() - clock
+
+
+def run_grid(executor: str, options: RunOptions, cells: list[TrialConfig], name: str, logger: StudyLogger,
+             max_concurrent: int | None) -> None:
+    """Each cell once, through Tune's own variant generation, so every pending trial is visible to the autoscaler."""
+    storage = str(storage_dir(options))
+    run_tuner(trainable_for(executor, options, cells, storage), name, storage, logger, options.max_failures,
+              param_space={"cell": tune.grid_search(list(range(len(cells))))}, max_concurrent_trials=max_concurrent)
 
 
 def timed(options: RunOptions, phase: str, fn, *args, **kwargs):

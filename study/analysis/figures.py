@@ -167,64 +167,60 @@ def gain_vs_ipc(derived: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-ALIGNMENT_EMPTY = ("No CAD-Prune trials in this study, so there is no window to compare. Run the ca2d_alignment "
-                   "space (python -m study.scaling --space ca2d_alignment) to search windows per (IPC, budget).")
+ALIGNMENT_EMPTY = ("No CAD-Prune or CA2D trials in this study, so there is no window to compare. Run the "
+                   "ca2d_alignment or difficulty_sweep space (python -m study.scaling --space ca2d_alignment).")
 
 
 def alignment_map(searched: pd.DataFrame, table: pd.DataFrame) -> plt.Figure:
-    """Best searched difficulty window and CAD-Prune's predicted window vs compute per class (a panel per regime).
+    """Best window centre vs budget, CAD's predicted window overlaid: a panel per (IPC, regime), a colour per
+    selector, all on the one difficulty axis.
 
-    Each IPC gets two lines: the best searched window centre (solid, circles)
-    and the predicted centre (dashed, diamonds); vertical bars span the
-    windows. Every searched trial is a dot coloured by its validation accuracy.
+    Solid line, circles: the best window's centre (on mean validation
+    accuracy), with a bar over the per-seed best centres (mean +- std). Dashed
+    line, diamonds: the centre of CAD's rule window, its band spanning the
+    window; crosses: the frontier u*. Grey dots: every varied window.
     """
     if table.empty:
-        return empty_figure("CA2D alignment map", ALIGNMENT_EMPTY)
+        return empty_figure("CA2D alignment: best vs predicted window", ALIGNMENT_EMPTY)
     regimes = ordered_regimes(table["regime"])
-    fig, axes = grid(1, len(regimes), min_width=8.0, sharey=True)
     ipcs = sorted(table["ipc"].unique())
-    cmap = plt.get_cmap("tab10")
-    scatter = None
-    for j, regime in enumerate(regimes):
-        ax = axes[0, j]
-        dots = searched[searched["regime"] == regime]
-        if not dots.empty:
-            scatter = ax.scatter(dots["compute_per_class"], dots["center"], c=100 * dots["val_acc_mean"],
-                                 cmap="viridis", s=18, alpha=0.6, zorder=1)
-        for k, ipc in enumerate(ipcs):
-            rows = table[(table["regime"] == regime) & (table["ipc"] == ipc)].sort_values("compute_per_class")
-            if rows.empty:
-                continue
-            color = cmap(k % 10)
-            best = rows[rows["best_center"].notna()]
-            if not best.empty:
-                ax.plot(best["compute_per_class"], best["best_center"], color=color, marker="o",
-                        label=f"best searched (IPC {ipc})", zorder=3)
-                ax.vlines(best["compute_per_class"], best["best_lo"], best["best_hi"], color=color, linewidth=4,
-                          alpha=0.35)
-            pred = rows[rows["pred_center"].notna()]
-            if not pred.empty:
-                x = pred["compute_per_class"] * 1.04
-                ax.plot(x, pred["pred_center"], color=color, marker="D", linestyle="--",
-                        label=f"CAD-Prune predicted (IPC {ipc})", zorder=3)
-                ax.vlines(x, pred["pred_lo"], pred["pred_hi"], color=color, linewidth=1.5, linestyles="dashed")
-        xs = table.loc[table["regime"] == regime, "compute_per_class"].dropna()
-        if len(xs) and xs.min() > 0 and xs.max() > xs.min():
-            ax.set_xscale("log")
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("compute per class (samples seen / class)")
-        ax.set_ylabel("difficulty percentile u (0 easy, 1 hard)")
-        ax.set_title(f"{regime}")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, "no searched or predicted window\n(no selection provenance logged)",
-                    ha="center", va="center", transform=ax.transAxes)
-    if scatter is not None:
-        fig.colorbar(scatter, ax=list(axes.ravel()), label="searched trial val acc (%)")
-    fig.suptitle("CA2D alignment: best searched window vs CAD-Prune's predicted window")
+    selectors = sorted(table["selector"].unique())
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(selectors)}
+    fig, axes = grid(len(ipcs), len(regimes), min_width=8.0, sharey=True)
+    for i, ipc in enumerate(ipcs):
+        for j, regime in enumerate(regimes):
+            ax = axes[i, j]
+            dots = searched[(searched["regime"] == regime) & (searched["ipc"] == ipc)]
+            ax.scatter(dots["steps"], dots["center"], color="0.6", s=10, alpha=0.5, zorder=1)
+            for name in selectors:
+                rows = table[(table["regime"] == regime) & (table["ipc"] == ipc) & (table["selector"] == name)]
+                alignment_lines(ax, rows.sort_values("steps"), name, colors[name])
+            log_axis(ax, table["steps"], "budget (student steps)")
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("difficulty percentile (0 easy, 1 hard)")
+            ax.set_title(f"{regime}, IPC {ipc}")
+            ax.grid(alpha=0.3)
+            if not ax.lines:
+                ax.text(0.5, 0.5, "no best or predicted window", ha="center", va="center", transform=ax.transAxes)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    fig.suptitle("CA2D alignment: best window centre vs budget, CAD's prediction dashed")
     return fig
+
+
+def alignment_lines(ax, rows: pd.DataFrame, name: str, color) -> None:
+    best = rows[rows["best_center"].notna()]
+    if not best.empty:
+        ax.plot(best["steps"], best["best_center"], color=color, marker="o", label=f"{name}: best window")
+        ax.errorbar(best["steps"], best["seed_center_mean"], yerr=np.nan_to_num(best["seed_center_std"].to_numpy(float)),
+                    color=color, fmt="none", capsize=3, alpha=0.7)
+    pred = rows[rows["pred_center"].notna()]
+    if not pred.empty:
+        ax.plot(pred["steps"], pred["pred_center"], color=color, marker="D", linestyle="--",
+                label=f"{name}: CAD's predicted window")
+        ax.fill_between(pred["steps"].to_numpy(float), pred["pred_lo"].to_numpy(float),
+                        pred["pred_hi"].to_numpy(float), color=color, alpha=0.12, linewidth=0)
+        ax.plot(pred["steps"], pred["u_star_mean"], color=color, marker="x", linestyle="none",
+                label=f"{name}: frontier u*")
 
 
 def example_grid(examples: list[tuple[str, str, np.ndarray | None]]) -> plt.Figure:

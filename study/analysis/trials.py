@@ -13,7 +13,7 @@ full-data reference cell ``full`` (IPC 0) exists once per (regime, budget).
 
 - ``trial_table``: one row per trial (every status), typed axes, the trial
   metrics, each param as text (``param.*``), and the per-seed accuracies and
-  typed selector parameters as dicts (``_seeds``, ``_params``).
+  typed selector parameters as dicts (``_seeds``, ``_val_seeds``, ``_params``).
 - ``tidy``: one row per finished trial *and seed* (long format of the
   ``test_acc_seed{r}`` metrics), column ``test_acc``.
 """
@@ -35,6 +35,7 @@ ORDER = ["regime", "steps", "selector", "variant", "ipc"]
 TRIAL_METRICS = ["test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds", "flops", "samples_seen",
                  "epochs_equivalent", "train_size", "teacher_test_acc"]
 SEED_METRIC = "test_acc_seed"
+VAL_SEED_METRIC = "val_acc_seed"
 SELECTOR_PARAM = "selector_params."
 CONFIG_KEYS = frozenset(TrialConfig().to_dict())
 KIND_TAG = "hardtruths.kind"
@@ -132,6 +133,8 @@ def trial_table(rows: list[dict]) -> pd.DataFrame:
         row.update({m: float(r[m]) if present(r.get(m)) else math.nan for m in TRIAL_METRICS})
         row["_seeds"] = {int(k[len(SEED_METRIC):]): float(v) for k, v in r.items()
                          if k.startswith(SEED_METRIC) and present(v)}
+        row["_val_seeds"] = {int(k[len(VAL_SEED_METRIC):]): float(v) for k, v in r.items()
+                             if k.startswith(VAL_SEED_METRIC) and present(v)}
         row["_params"] = params
         row.update({f"param.{k}": str(v) for k, v in sorted(config.items())})
         table.append(row)
@@ -151,14 +154,14 @@ def trial_table(rows: list[dict]) -> pd.DataFrame:
     variants = frame.groupby("selector")["variant"].nunique()
     frame["label"] = [s if variants[s] <= 1 or not v else f"{s}[{v}]" for s, v in zip(frame["selector"], frame["variant"])]
     params_cols = sorted(c for c in frame.columns if c.startswith("param."))
-    frame = frame[cols + ["_seeds", "_params"] + params_cols]
+    frame = frame[cols + ["_seeds", "_val_seeds", "_params"] + params_cols]
     return order_cells(frame, ["run_id"])
 
 
 def tidy(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per finished trial and seed: the long format of ``test_acc_seed{r}`` (column ``test_acc``)."""
     head = ["run_id", "config_hash", "label", "selector", "variant", "ipc", "regime", "steps", "seed", "test_acc"]
-    internal = ["_seeds", "_params", "status"]
+    internal = ["_seeds", "_val_seeds", "_params", "status"]
     done = trials[trials["status"] == "FINISHED"] if not trials.empty else trials
     rows = []
     for r in done.to_dict("records"):

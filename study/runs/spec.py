@@ -39,6 +39,9 @@ class StudySpec:
     metric: str = "val_acc_mean"
     mode: str = "max"
     selector_params: dict = field(default_factory=dict)  # selector name -> its parameters, for every cell
+    references: list[str] = field(default_factory=list)  # run once per (IPC, regime, budget), never varied
+    windows: dict = field(default_factory=dict)  # a grid of difficulty windows for the selectors (see window_grid)
+    window_params: dict = field(default_factory=dict)  # fixed parameters of the cells whose window is varied
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,27 +50,59 @@ class StudySpec:
     def hash(self) -> str:
         d = self.to_dict()
         d["protocol"] = {k: v for k, v in d["protocol"].items() if k != "data_root"}
-        if not d["selector_params"]:
-            del d["selector_params"]  # studies from before the setting existed keep their names
+        for key in ("selector_params", "references", "windows", "window_params"):
+            if not d[key]:
+                del d[key]  # studies from before the setting existed keep their names
         return content_hash(d)
 
-    def cell(self, selector: str, ipc: int, regime: str, steps: int) -> TrialConfig:
+    def cell(self, selector: str, ipc: int, regime: str, steps: int, varied: dict | None = None) -> TrialConfig:
+        """One cell; ``varied`` (a window, or the searched keys left unset) adds the window_params too."""
         params = dict(self.selector_params.get(selector, {}))
+        if varied is not None:
+            params.update({**self.window_params, **varied})
         protocol = {**self.protocol, "batch_size": batch_size_for(self.protocol["batch_size"], ipc)}
         return TrialConfig.from_dict({"selector": selector, "selector_params": params, "ipc": ipc, "regime": regime,
                                       "steps": steps, "seeds": self.seeds, **protocol})
 
-    def cells(self) -> list[TrialConfig]:
-        """The grid: every (selector, IPC, regime, budget), then the full-data reference per (regime, budget),
-        which ignores IPC and so runs once (also when ``full`` is listed among the selectors)."""
+    def variants(self) -> list[dict | None]:
+        """What varies per selector cell: a window of the sweep each, the searched parameters (unset until the
+        search sets them, which also keeps a search group apart from the same selector run at its defaults), or
+        nothing."""
+        if self.windows:
+            return window_grid(**self.windows)
+        if self.kind == "optuna":
+            return [{k.partition(".")[2]: None for k in self.search if k.startswith("selector_params.")}]
+        return [None]
+
+    def searched_cells(self) -> list[TrialConfig]:
+        """The cells of ``selectors``: one per sweep window, or one search group each in an optuna space."""
         subsets = [s for s in self.selectors if s != "full"]
-        out = [self.cell(s, i, r, b) for s, i, r, b in itertools.product(subsets, self.ipc, self.regimes, self.budgets)]
+        return [self.cell(s, i, r, b, v) for s, v, i, r, b in
+                itertools.product(subsets, self.variants(), self.ipc, self.regimes, self.budgets)]
+
+    def reference_cells(self) -> list[TrialConfig]:
+        """The references, run once each: per (IPC, regime, budget) at their defaults, then the full-data
+        reference per (regime, budget), which ignores IPC and so runs once (also when ``full`` is listed)."""
+        out = [self.cell(s, i, r, b) for s, i, r, b in
+               itertools.product(self.references, self.ipc, self.regimes, self.budgets)]
         if self.full_data_reference or "full" in self.selectors:
             out += [self.cell("full", FULL_DATA_IPC, r, b) for r, b in itertools.product(self.regimes, self.budgets)]
         return out
 
+    def cells(self) -> list[TrialConfig]:
+        return self.searched_cells() + self.reference_cells()
+
     def trial_count(self) -> int:
-        return len(self.cells()) * (self.num_samples if self.kind == "optuna" else 1)
+        searched = len(self.searched_cells()) * (self.num_samples if self.kind == "optuna" else 1)
+        return searched + len(self.reference_cells())
+
+
+def window_grid(widths: list[float], step: float) -> list[dict]:
+    """Every window (lo, width) with lo a multiple of ``step`` and lo + width <= 1: deciles at step 0.1."""
+    if step <= 0 or not widths or not all(0 < w <= 1 for w in widths):
+        raise StudyError(f"A window sweep needs widths in (0, 1] and a positive step; got widths={widths}, "
+                         f"step={step}.")
+    return [{"lo": round(i * step, 6), "width": w} for w in widths for i in range(int((1 - w) / step + 1e-9) + 1)]
 
 
 def parse_list(value, cast=str) -> list:
@@ -161,7 +196,7 @@ def every_selector(names: list[str], teacher: dict) -> list[str]:
     return [n for n in names if n not in ("full", "external") and teacher_fits(SELECTORS.get(n), spec)]
 
 
-STUDY_SETTINGS = ("num_samples", "metric", "mode", "full_data_reference")
+STUDY_SETTINGS = ("num_samples", "metric", "mode", "full_data_reference", "references")
 
 
 def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str | None = None,
@@ -185,10 +220,11 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
         seeds=int(seeds if seeds is not None else s["seeds"]),
         full_data_reference=s.get("full_data_reference", True), search=s.get("search", {}),
         num_samples=s.get("num_samples", 1), metric=s.get("metric", "val_acc_mean"), mode=s.get("mode", "max"),
-        selector_params=params,
+        selector_params=params, references=parse_list(s.get("references", [])), windows=s.get("windows", {}),
+        window_params=s.get("window_params", {}),
     )
     for key, value in extra.items():
-        setattr(spec, key, value)
+        setattr(spec, key, parse_list(value) if key == "references" else value)
     return spec
 
 
@@ -199,9 +235,9 @@ def validate_spec(spec: StudySpec, smallest_class: int | None = None) -> None:
     from study.selection import build_selector
 
     for name, params in spec.selector_params.items():
-        if name not in spec.selectors:
+        if name not in spec.selectors + spec.references:
             raise StudyError(f"Parameters were set for the selector {name!r}, which this study does not run "
-                             f"(its selectors: {', '.join(spec.selectors)}).")
+                             f"(its selectors: {', '.join(dict.fromkeys(spec.selectors + spec.references))}).")
         build_selector(name, **params)  # a selector refuses its own bad parameters in one sentence
     sizes = {spec.protocol["dataset"]: smallest_class} if smallest_class else None
     for cfg in spec.cells():

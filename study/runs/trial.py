@@ -76,6 +76,7 @@ class TrialOutcome:
             "train_size": first["train_size"],
         }
         out.update({f"test_acc_seed{s['repeat']}": s["test_acc"] for s in self.per_seed})
+        out.update({f"val_acc_seed{s['repeat']}": s["val_acc"] for s in self.per_seed})
         if self.teacher_test_acc is not None:
             out["teacher_test_acc"] = self.teacher_test_acc
         return out

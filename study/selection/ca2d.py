@@ -6,19 +6,19 @@
 2. ``k`` random-resized crops each, scored by the observer (the teacher); the
    lowest-loss crop of each candidate is kept (as in RDED: the observer picks
    the most class-like view of each image);
-3. the CAD proxy (trained under ctx.protocol on a random subset of the target
-   IPC, cached, see study.selection.cad) scores each kept patch on the same
-   view the observer saw; patch difficulty u = percentile of -margin among the
-   class's patches, frontier u*_c = fraction of them the proxy gets right.
-   The proxy trains on that kind of view too (square crops of its subset, cut
-   at 1/f of the side and padded in the mean colour,
-   ``PatchSelector.scored_views``): a proxy that only ever saw whole images
-   would rank padded tiles by how unlike a whole image they look, so the
-   difficulty would belong to the padding, not to the patch;
+3. each kept patch takes its source image's place on the reference axis
+   (``study.selection.cad.reference_axis``, one per dataset and teacher), so
+   CA2D's windows and CAD-Prune's lie on one scale. The budget-aware frontier
+   u*_c is the fraction of the class's patches that the CAD proxy (trained
+   under ctx.protocol on a random subset of the target IPC, cached) gets right
+   on the view the observer saw. The proxy trains on that kind of view too
+   (square crops of its subset, cut at 1/f of the side and padded in the mean
+   colour, ``PatchSelector.scored_views``): a proxy that only ever saw whole
+   images would misjudge padded tiles and so the frontier;
 4. ``ipc * f^2`` patches are drawn stratified inside the CAD window
-   [u_hi - w, u_hi], u_hi = min(u*_c + delta, 1 - beta) (or the window set by
-   ``center`` / ``width``), then placed at random in the f x f grids (slot
-   layout as in study.selection.rded).
+   (:class:`study.selection.cad.CADParams`: the rule's, or one set by
+   ``lo`` / ``position`` and ``width``), then placed at random in the f x f
+   grids (slot layout as in study.selection.rded).
 
 The factor follows RDED's rule (f = 1 below 128 px, f = 2 from 128 px), and a
 set with f > 1 brings the same training views as an RDED set.
@@ -27,7 +27,9 @@ set with f > 1 brings the same training views as an RDED set.
 whole images, proxy margins of the whole images): it returns real indices, so
 comparing it with ``ca2d`` separates the effect of stitching from the effect
 of difficulty alignment, and comparing it with ``cad_prune`` shows the effect
-of drawing from ``m`` candidates only.
+of drawing from ``m`` candidates only. Patch difficulty is the source image's:
+a crop is RDED's most class-like view of its image, and giving crops their own
+percentiles would need an axis per budget again.
 """
 from __future__ import annotations
 
@@ -37,10 +39,8 @@ import numpy as np
 import torch
 
 from study.selection.base import Selection, SelectionContext, check_ipc, from_indices, register_selector
-from study.selection.difficulty import percentiles, stratified_window_pick
-from study.selection.cad import (
-    CADParams, cad_proxy, proxy_models, proxy_scores,
-)
+from study.selection.difficulty import stratified_window_pick
+from study.selection.cad import CADParams, cad_proxy, proxy_models, proxy_scores, reference_axis, rounded
 from study.selection.rded import FULL_BOX, PatchSelector, best_crops, patch_size, stitch
 from study.core.seeding import generator
 
@@ -49,18 +49,20 @@ class CADPatchSelector(PatchSelector):
     budget_aware = True
 
     def __init__(self, m: int = 300, k: int = 5, factor: int | None = None, score_view: str = "pad",
-                 scale: tuple[float, float] = (0.08, 1.0), delta: float = 0.0, beta: float = 0.05, w: float = 0.3,
-                 proxy_seeds: int = 3, checkpoints: int = 3, late: float = 0.3, center: float | None = None,
-                 width: float | None = None):
-        self.cad = CADParams(delta, beta, w, proxy_seeds, checkpoints, late, center, width)
+                 scale: tuple[float, float] = (0.08, 1.0), **cad):
+        self.cad = CADParams.build(**cad)
         super().__init__(m=m, k=k, factor=factor, score_view=score_view, scale=scale, **self.cad.as_dict())
 
-    def pool_size(self, need: int, class_size: int) -> int:
+    def pool_size(self, need: int, ipc: int, class_size: int) -> int:
         """Candidates per class: m, raised so a window of the chosen width can hold ``need`` items."""
-        return min(class_size, max(self.m, math.ceil(need / self.cad.window_width)))
+        return min(class_size, max(self.m, math.ceil(need / self.cad.width_for(ipc, class_size))))
 
     def proxy(self, ctx: SelectionContext, ipc: int, views=None) -> dict:
         return cad_proxy(ctx, ipc, self.cad.proxy_seeds, self.cad.checkpoints, self.cad.late, views)
+
+    def windows(self, u_star: float, ipc: int, class_size: int) -> tuple[tuple[float, float], list[float]]:
+        """(the window kept, the rule's window rounded for the provenance)."""
+        return self.cad.window(u_star, ipc, class_size), rounded(self.cad.rule_window(u_star, ipc, class_size))
 
 
 @register_selector("ca2d")
@@ -72,31 +74,33 @@ class CA2D(CADPatchSelector):
         need = ipc * factor * factor
         rng, g = np.random.default_rng(seed), generator(seed)
         observer = self.observer(ctx)
+        axis = reference_axis(ctx, self.cad.axis)
         models = proxy_models(ctx, self.proxy(ctx, ipc, self.scored_views(ctx, factor))["states"])
-        images, chosen, windows, u_stars, slot_u, pools = [], [], [], [], [], []
+        images, chosen, windows, rule, u_stars, slot_u, pools = [], [], [], [], [], [], []
         for c, members in enumerate(ctx.class_members()):
-            cand = torch.as_tensor(self.candidates(members, self.pool_size(need, len(members)), rng))
+            cand = torch.as_tensor(self.candidates(members, self.pool_size(need, ipc, len(members)), rng))
             labels = torch.full((len(cand),), c, dtype=torch.long)
             patches = best_crops(ctx.data.train_x[cand], labels, cand, observer, fill=ctx.data.mean, k=self.k,
                                  factor=factor, g=g, scale=self.scale, score_view=self.score_view,
                                  per_image=math.ceil(need / len(cand)), device=ctx.device)
-            margin, correct = proxy_scores(models, patches.views, torch.full((len(patches.loss),), c))
-            u = percentiles(-margin.double().numpy())
+            _, correct = proxy_scores(models, patches.views, torch.full((len(patches.loss),), c))
+            u = axis[patches.source.numpy()]
             u_star = float(correct.mean())
-            lo, hi = self.cad.window(u_star)
+            (lo, hi), rule_window = self.windows(u_star, ipc, len(members))
             pos = stratified_window_pick(u, lo, hi, need, rng)
             pos = pos[torch.randperm(need, generator=g).numpy()]
             picked = patches.take(torch.as_tensor(pos))
             images.append(stitch(picked.pixels, factor))
             chosen.append(picked)
-            windows.append([round(lo, 4), round(hi, 4)])
+            windows.append(rounded((lo, hi)))
+            rule.append(rule_window)
             u_stars.append(round(u_star, 4))
             slot_u.append(torch.as_tensor(u[pos]))
             pools.append(len(cand))
         u_all = torch.cat(slot_u)
         return self.assemble(
-            ctx, images, chosen, factor, ipc, seed, budget=ctx.protocol.to_dict(), windows=windows, u_star=u_stars,
-            candidates_per_class=pools, mean_difficulty=float(u_all.mean()),
+            ctx, images, chosen, factor, ipc, seed, budget=ctx.protocol.to_dict(), axis=self.cad.axis, windows=windows,
+            rule_windows=rule, u_star=u_stars, candidates_per_class=pools, mean_difficulty=float(u_all.mean()),
             patch_difficulty=u_all.view(-1, factor * factor).mul(1e4).round().div(1e4).tolist())
 
 
@@ -105,36 +109,35 @@ class CA2DCoreset(CADPatchSelector):
     """CA2D with f = 1 and whole images: difficulty alignment over m candidates, no crops, no stitching."""
 
     family = "coreset"
-    needs_teacher = False
 
-    def __init__(self, m: int = 300, delta: float = 0.0, beta: float = 0.05, w: float = 0.3, proxy_seeds: int = 3,
-                 checkpoints: int = 3, late: float = 0.3, center: float | None = None, width: float | None = None):
-        super().__init__(m=m, k=1, factor=1, delta=delta, beta=beta, w=w, proxy_seeds=proxy_seeds,
-                         checkpoints=checkpoints, late=late, center=center, width=width)
+    def __init__(self, m: int = 300, **cad):
+        super().__init__(m=m, k=1, factor=1, **cad)
         for key in ("k", "factor", "score_view", "scale"):
             self.params.pop(key)
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
         rng = np.random.default_rng(seed)
-        scores = self.proxy(ctx, ipc)
-        margin, correct = scores["margin"].double().numpy(), scores["correct"].double().numpy()
-        picks, windows, u_stars, diffs, pools = [], [], [], [], []
+        correct = self.proxy(ctx, ipc)["correct"].double().numpy()
+        axis = reference_axis(ctx, self.cad.axis)
+        picks, windows, rule, u_stars, diffs, pools = [], [], [], [], [], []
         for members in ctx.class_members():
-            cand = self.candidates(members, self.pool_size(ipc, len(members)), rng)
-            u = percentiles(-margin[cand])
+            cand = self.candidates(members, self.pool_size(ipc, ipc, len(members)), rng)
+            u = axis[cand]
             u_star = float(correct[cand].mean())
-            lo, hi = self.cad.window(u_star)
+            (lo, hi), rule_window = self.windows(u_star, ipc, len(members))
             pos = stratified_window_pick(u, lo, hi, ipc, rng)
             picks.append(cand[pos])
             diffs.append(u[pos])
-            windows.append([round(lo, 4), round(hi, 4)])
+            windows.append(rounded((lo, hi)))
+            rule.append(rule_window)
             u_stars.append(round(u_star, 4))
             pools.append(len(cand))
         chosen = np.concatenate(picks)
         d = np.concatenate(diffs)
         return from_indices(ctx, chosen, self.provenance(
-            ipc, seed, factor=1, budget=ctx.protocol.to_dict(), windows=windows, u_star=u_stars,
+            ipc, seed, factor=1, budget=ctx.protocol.to_dict(), axis=self.cad.axis, windows=windows,
+            rule_windows=rule, u_star=u_stars,
             candidates_per_class=pools, mean_difficulty=float(d.mean()),
             patch_source=[[int(i)] for i in chosen], patch_box=[[list(FULL_BOX)]] * len(chosen),
             patch_difficulty=np.round(d, 4).reshape(-1, 1).tolist()))

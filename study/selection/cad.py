@@ -1,26 +1,30 @@
-"""CAD-Prune: compute-aware difficulty pruning (our reconstruction, see DESIGN.md).
+"""CAD-Prune: compute-aware difficulty pruning (our reconstruction, see DESIGN.md and docs/alignment.md).
 
-Scorer (:func:`cad_proxy`): a cheap proxy is trained with the student's own
-protocol (``ctx.protocol``: model, recipe, label regime, steps, batch size) on a
-class-balanced random subset of the target IPC, for ``proxy_seeds`` seeds.
-At the late checkpoints (the last ``late`` fraction of training,
-``checkpoints`` of them) the proxy scores every training sample by its
-probability margin p_y - max_{c != y} p_c and its correctness; both are
-averaged over checkpoints and seeds and cached by content hash (with the
-proxies' weights, which CA2D uses to score patches).
+Difficulty axis (:func:`reference_axis`): one per (dataset, teacher). Every
+sample's difficulty u is its within-class percentile (0 = easiest, 1 =
+hardest) of a fixed reference score, by default the teacher's area under the
+margin (AUM, recorded while the teacher trained; cached like every score). The
+axis does not depend on the budget, so windows chosen at different budgets,
+by the rule or by a search, lie on one scale and compare.
 
-Selector (``cad_prune``): difficulty u is the within-class percentile of
--margin (0 = easiest, 1 = hardest). The frontier u*_c is the fraction of class
-c the proxy gets right. Each class keeps a window [u_hi - w, u_hi] with
-u_hi = min(u*_c + delta, 1 - beta) (beta drops the likely-mislabelled tail),
-and IPC samples are drawn stratified inside it. Little compute per class ->
-low proxy accuracy -> small u* -> easy samples; more compute -> harder ones.
-``center`` / ``width`` override the window directly, the same for every class
-(delta and beta are then ignored): that is what the alignment search varies.
+Budget-aware frontier (:func:`cad_proxy`): a cheap proxy is trained with the
+student's own protocol (``ctx.protocol``: model, recipe, label regime, steps,
+batch size) on a class-balanced random subset of the target IPC, for
+``proxy_seeds`` seeds, and read at late checkpoints. The frontier u*_c is the
+fraction of class c the proxies get right: the easiest u*_c of the class (on
+the axis) is what that much compute learns. The proxy never orders samples.
+
+Window: CAD's rule keeps [u_hi - w, u_hi], u_hi = min(u*_c + delta, 1 - beta)
+(beta drops the likely-mislabelled tail); a window that would start below 0
+keeps its width and starts at 0 (the provenance records it). ``lo`` / ``width``
+(or ``position`` / ``width``, how a search places a window of a given width in
+the room it has) set the window directly, the same for every class; beta still
+bounds it, and a window past 1 - beta is refused, never clipped. IPC samples
+are drawn stratified inside the window.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import numpy as np
@@ -37,17 +41,8 @@ from study.selection.base import (
 )
 from study.core.seeding import derive_seed
 from study.selection.difficulty import class_percentiles, stratified_window_pick
+from study.selection.scores import SCORERS, compute_scores
 from study.core.train import train_student
-
-
-def cad_window(u_star: float, delta: float, beta: float, w: float,
-               center: float | None = None, width: float | None = None) -> tuple[float, float]:
-    """The difficulty window [lo, hi]: CAD's rule, or a window set directly by (center, width)."""
-    if center is not None:
-        width = w if width is None else width
-        return max(0.0, center - width / 2), min(1.0, center + width / 2)
-    hi = min(u_star + delta, 1.0 - beta)
-    return max(0.0, hi - w), hi
 
 
 # ---------------------------------------------------------------- the proxy (scorer)
@@ -148,72 +143,140 @@ def proxy_scores(models: list[nn.Module], views: torch.Tensor, labels: torch.Ten
     return torch.stack(margins).mean(0), torch.stack(correct).mean(0)
 
 
-# ---------------------------------------------------------------- the selector
+# ---------------------------------------------------------------- the axis, the window, the selector
 
+def reference_axis(ctx: SelectionContext, axis: str) -> np.ndarray:
+    """Every training sample's within-class percentile of the reference score ``axis`` (cached per dataset and
+    teacher by :func:`compute_scores`); the same whatever the budget or IPC."""
+    scores = compute_scores(ctx, axis).double().numpy()
+    return class_percentiles(scores, ctx.data.train_y.numpy(), ctx.data.num_classes)
+
+
+def auto_width(ipc: int, class_size: int) -> float:
+    """The design's window width: four times the kept share of the class, at least a tenth of it."""
+    return max(4 * ipc / class_size, 0.1)
+
+
+@dataclass(frozen=True)
 class CADParams:
-    """The knobs shared by CAD-Prune and CA2D, checked up front."""
+    """The knobs shared by CAD-Prune and CA2D, checked up front; the one place their defaults live.
 
-    def __init__(self, delta=0.0, beta=0.05, w=0.3, proxy_seeds=3, checkpoints=3, late=0.3, center=None, width=None):
-        if not 0 <= beta < 1:
-            raise StudyError(f"beta (the hardest fraction dropped) must be in [0, 1), not {beta}.")
-        if not 0 < w <= 1:
-            raise StudyError(f"The window width w must be in (0, 1], not {w}.")
-        if not -1 <= delta <= 1:
-            raise StudyError(f"delta (the shift past the frontier) must be in [-1, 1], not {delta}.")
-        if proxy_seeds < 1 or checkpoints < 1 or not 0 < late <= 1:
+    delta = 0.05 and w = max(4k/N_c, 0.1) (``w=None``) are the design's; the
+    reason for each is in docs/alignment.md.
+    """
+
+    delta: float = 0.05
+    beta: float = 0.05
+    w: float | None = None
+    proxy_seeds: int = 3
+    checkpoints: int = 3
+    late: float = 0.3
+    lo: float | None = None
+    width: float | None = None
+    position: float | None = None
+    axis: str = "aum"
+
+    @classmethod
+    def build(cls, **params) -> "CADParams":
+        """CADParams from keyword settings; an unknown name is refused in one sentence."""
+        unknown = sorted(set(params) - {f.name for f in fields(cls)})
+        if unknown:
+            raise StudyError(f"CAD has no setting(s) {unknown}; its settings are: "
+                             f"{', '.join(f.name for f in fields(cls))}.")
+        return cls(**params)
+
+    def __post_init__(self):
+        if not 0 <= self.beta < 1:
+            raise StudyError(f"beta (the hardest fraction dropped) must be in [0, 1), not {self.beta}.")
+        if self.w is not None and not 0 < self.w <= 1:
+            raise StudyError(f"The window width w must be in (0, 1] (or None for max(4 IPC / class size, 0.1)), "
+                             f"not {self.w}.")
+        if not -1 <= self.delta <= 1:
+            raise StudyError(f"delta (the shift past the frontier) must be in [-1, 1], not {self.delta}.")
+        if self.proxy_seeds < 1 or self.checkpoints < 1 or not 0 < self.late <= 1:
             raise StudyError(f"CAD needs proxy_seeds >= 1, checkpoints >= 1 and 0 < late <= 1; got "
-                             f"{proxy_seeds}, {checkpoints}, {late}.")
-        if center is not None and not 0 <= center <= 1:
-            raise StudyError(f"The window centre must be in [0, 1], not {center}.")
-        if width is not None and not 0 < width <= 1:
-            raise StudyError(f"The window width must be in (0, 1], not {width}.")
-        if width is not None and center is None:
-            raise StudyError("A window width override needs a centre too (center=...).")
-        self.delta, self.beta, self.w = delta, beta, w
-        self.proxy_seeds, self.checkpoints, self.late = proxy_seeds, checkpoints, late
-        self.center, self.width = center, width
+                             f"{self.proxy_seeds}, {self.checkpoints}, {self.late}.")
+        if self.axis not in SCORERS:
+            raise StudyError(f"The difficulty axis {self.axis!r} is not a score; scores are: {', '.join(SCORERS.names())}.")
+        self.check_set_window()
+
+    def check_set_window(self) -> None:
+        if self.lo is None and self.position is None and self.width is None:
+            return
+        if self.width is None or (self.lo is None) == (self.position is None):
+            raise StudyError("A window set directly needs its width and exactly one of lo (its start) or position "
+                             f"(its place in [0, 1]); got lo={self.lo}, position={self.position}, width={self.width}.")
+        room = 1 - self.beta
+        if not 0 < self.width <= room:
+            raise StudyError(f"The window width must be in (0, 1 - beta = {room:g}], not {self.width}.")
+        if self.position is not None and not 0 <= self.position <= 1:
+            raise StudyError(f"The window position must be in [0, 1], not {self.position}.")
+        if self.lo is not None and not 0 <= self.lo <= room - self.width + 1e-9:
+            raise StudyError(f"The window [{self.lo:g}, {self.lo + self.width:g}] lies outside [0, 1 - beta = "
+                             f"{room:g}] (beta drops the hardest {self.beta:g} of each class); choose "
+                             f"0 <= lo <= {room - self.width:g}, or a smaller beta.")
 
     def as_dict(self) -> dict:
-        return dict(vars(self))
-
-    def window(self, u_star: float) -> tuple[float, float]:
-        return cad_window(u_star, self.delta, self.beta, self.w, self.center, self.width)
+        return asdict(self)
 
     @property
-    def window_width(self) -> float:
-        return self.width if (self.center is not None and self.width is not None) else self.w
+    def is_set(self) -> bool:
+        """True when the window is set directly (the alignment search), False when CAD's rule places it."""
+        return self.width is not None
+
+    def rule_window(self, u_star: float, ipc: int, class_size: int) -> tuple[float, float]:
+        """CAD's own window for frontier ``u_star``: [u_hi - w, u_hi], slid up to start at 0 where it would not."""
+        room = 1 - self.beta
+        w = min(self.w if self.w is not None else auto_width(ipc, class_size), room)
+        hi = max(min(u_star + self.delta, room), w)
+        return hi - w, hi
+
+    def window(self, u_star: float, ipc: int, class_size: int) -> tuple[float, float]:
+        """The window this selector keeps: the one set directly, else the rule's."""
+        if not self.is_set:
+            return self.rule_window(u_star, ipc, class_size)
+        lo = self.lo if self.lo is not None else self.position * (1 - self.beta - self.width)
+        return lo, lo + self.width
+
+    def width_for(self, ipc: int, class_size: int) -> float:
+        lo, hi = self.window(1.0, ipc, class_size)
+        return hi - lo
+
+
+def rounded(window: tuple[float, float]) -> list[float]:
+    return [round(window[0], 4), round(window[1], 4)]
 
 
 @register_selector("cad_prune")
 class CADPrune(Selector):
-    """Per class: the CAD window from the budget-matched proxy, IPC samples drawn stratified inside it."""
+    """Per class: the CAD window on the reference axis, IPC samples drawn stratified inside it."""
 
     budget_aware = True
+    needs_teacher = True  # the reference axis is the teacher's
 
-    def __init__(self, delta: float = 0.0, beta: float = 0.05, w: float = 0.3, proxy_seeds: int = 3,
-                 checkpoints: int = 3, late: float = 0.3, center: float | None = None, width: float | None = None):
-        self.cad = CADParams(delta, beta, w, proxy_seeds, checkpoints, late, center, width)
+    def __init__(self, **params):
+        self.cad = CADParams.build(**params)
         super().__init__(**self.cad.as_dict())
 
-    def difficulty(self, ctx: SelectionContext, ipc: int) -> tuple[np.ndarray, np.ndarray]:
-        """(u per training sample, u* per class) for this IPC and ctx.protocol."""
-        scores = cad_proxy(ctx, ipc, self.cad.proxy_seeds, self.cad.checkpoints, self.cad.late)
+    def frontier(self, ctx: SelectionContext, ipc: int) -> np.ndarray:
+        """u*_c per class: the fraction of class c the budget-matched proxies get right."""
+        correct = cad_proxy(ctx, ipc, self.cad.proxy_seeds, self.cad.checkpoints, self.cad.late)["correct"]
         y = ctx.data.train_y.numpy()
-        u = class_percentiles(-scores["margin"].double().numpy(), y, ctx.data.num_classes)
-        correct = scores["correct"].double().numpy()
-        u_star = np.array([correct[y == c].mean() for c in range(ctx.data.num_classes)])
-        return u, u_star
+        correct = correct.double().numpy()
+        return np.array([correct[y == c].mean() for c in range(ctx.data.num_classes)])
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
-        u, u_star = self.difficulty(ctx, ipc)
+        u, u_star = reference_axis(ctx, self.cad.axis), self.frontier(ctx, ipc)
         rng = np.random.default_rng(seed)
-        picks, windows = [], []
+        picks, windows, rule = [], [], []
         for c, members in enumerate(ctx.class_members()):
-            lo, hi = self.cad.window(float(u_star[c]))
-            windows.append([round(lo, 4), round(hi, 4)])
+            lo, hi = self.cad.window(float(u_star[c]), ipc, len(members))
+            windows.append(rounded((lo, hi)))
+            rule.append(rounded(self.cad.rule_window(float(u_star[c]), ipc, len(members))))
             picks.append(members[stratified_window_pick(u[members], lo, hi, ipc, rng)])
         chosen = np.concatenate(picks)
         return from_indices(ctx, chosen, self.provenance(
-            ipc, seed, budget=ctx.protocol.to_dict(), u_star=np.round(u_star, 4).tolist(), windows=windows,
-            mean_difficulty=float(u[chosen].mean()), difficulty=np.round(u[chosen], 4).tolist()))
+            ipc, seed, budget=ctx.protocol.to_dict(), axis=self.cad.axis, u_star=np.round(u_star, 4).tolist(),
+            windows=windows, rule_windows=rule, mean_difficulty=float(u[chosen].mean()),
+            difficulty=np.round(u[chosen], 4).tolist()))
