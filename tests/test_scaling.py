@@ -96,11 +96,11 @@ def test_failing_trial_is_recorded_and_others_finish(local_ray, tmp_path, cache_
 
 
 def watch_running(client: MlflowClient, experiment_id: str, parent: str, stop: threading.Event, seen: dict) -> None:
-    """Poll the store as a user's browser would: each RUNNING child run -> the most val_acc_seed0 steps seen."""
+    """Poll the store as a user's browser would: each RUNNING child run -> the most val_acc_curve_seed0 steps seen."""
     while not stop.is_set():
         for run in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent}' and "
                                                        f"attributes.status = 'RUNNING'"):
-            steps = len(client.get_metric_history(run.info.run_id, "val_acc_seed0"))
+            steps = len(client.get_metric_history(run.info.run_id, "val_acc_curve_seed0"))
             seen[run.info.run_id] = max(steps, seen.get(run.info.run_id, 0))
         time.sleep(0.05)
 
@@ -115,7 +115,7 @@ def test_trial_runs_are_live_and_a_killed_one_is_closed(local_ray, tmp_path, cac
     tracker = Tracker(default_tracking_uri(out), "hardtruths")
     parent = tracker.study_run(spec.hash, "live", spec.to_dict())
     killed = tracker.start_trial(parent, cell.to_dict(), cell.hash, cell.label())
-    tracker.log_progress(killed, 20, {"val_acc_seed0": 0.3})
+    tracker.log_progress(killed, 20, {"val_acc_curve_seed0": 0.3})
     seen, stop = {}, threading.Event()
     watcher = threading.Thread(target=watch_running, args=(MlflowClient(tracker.uri), tracker.experiment_id, parent,
                                                            stop, seen))
@@ -131,7 +131,7 @@ def test_trial_runs_are_live_and_a_killed_one_is_closed(local_ray, tmp_path, cac
     assert len(runs) == 2 and live.data.tags["config_hash"] == cell.hash
     assert seen.get(live.info.run_id, 0) >= 2, f"watched while RUNNING: {seen}"
     for seed in (0, 1):
-        history = tracker.client.get_metric_history(live.info.run_id, f"val_acc_seed{seed}")
+        history = tracker.client.get_metric_history(live.info.run_id, f"val_acc_curve_seed{seed}")
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(10, 101, 10))
         stamps = sorted(m.timestamp for m in history)
         assert live.info.start_time <= stamps[0] < stamps[-1] <= live.info.end_time

@@ -155,13 +155,13 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
 
 
 def seed_metrics(progress: Callable[[int, dict], None] | None, repeats) -> Callable | None:
-    """The training loop's ``on_eval`` for the students of ``repeats``, as ``progress(step, {val_acc_seed<r>,
-    train_loss_seed<r>})``: one curve per repeat, as repeats trained one by one each restart at step 1."""
+    """The training loop's ``on_eval`` for the students of ``repeats``, as ``progress(step, {val_acc_curve_seed<r>,
+    train_loss_curve_seed<r>})``: one curve per repeat, as repeats trained one by one each restart at step 1."""
     if progress is None:
         return None
     repeats = list(repeats)
 
     def on_eval(step: int, accs: list[float], losses: list[float]) -> None:
-        metrics = {f"val_acc_seed{r}": a for r, a in zip(repeats, accs)}
-        progress(step, {**metrics, **{f"train_loss_seed{r}": loss for r, loss in zip(repeats, losses)}})
+        metrics = {f"val_acc_curve_seed{r}": a for r, a in zip(repeats, accs)}
+        progress(step, {**metrics, **{f"train_loss_curve_seed{r}": loss for r, loss in zip(repeats, losses)}})
     return on_eval
