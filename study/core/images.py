@@ -12,6 +12,7 @@ blank image and counts it, so a pass that has run for hours never dies on one fi
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -99,6 +100,11 @@ class FileImages:
         """Decoded chunks of ``chunk`` images in index order (as ``Tensor.split``)."""
         for start in range(0, len(self.paths), chunk):
             yield self[np.arange(start, min(start + chunk, len(self.paths)))]
+
+    def digest(self) -> str:
+        """16 hex digits over the paths and the decoded size: which images, not their bytes (hashing an
+        ImageNet tree's bytes would read it all; the scan's cache key holds each file's size and time)."""
+        return hashlib.sha256("\0".join(map(str, self.paths)).encode() + f"|{self.size}".encode()).hexdigest()[:16]
 
     def to(self, *args, **kwargs) -> torch.Tensor:
         """The whole split decoded (what training on the full set needs: a teacher or a full-data trial)."""
