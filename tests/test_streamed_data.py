@@ -1,10 +1,12 @@
 """File-backed data and streamed passes: the same numbers as in memory, only the subset decoded, bad files handled.
 
-The tree is 2,000 Fashion-MNIST training and 500 test images written as 28-px greyscale PNGs, so decoding
+The tree is 1,200 Fashion-MNIST training and 300 test images written as 28-px greyscale PNGs, so decoding
 them gives back the exact pixels (as three equal channels), and an in-memory copy of the same set is the
 reference for every number the streamed path computes.
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ from study.runs.trial import cached_dataset, run_trial
 from study.selection import SelectionContext, build_selector
 from study.selection.scores import compute_scores, uncertainty
 
-N_TRAIN, N_TEST, SIDE = 2000, 500, 28
+N_TRAIN, N_TEST, SIDE = 1200, 300, 28
 CLASSES = [c.replace("/", "-") for c in FASHION_CLASSES]
 
 
@@ -82,9 +84,19 @@ def side(monkeypatch):
     monkeypatch.setattr(study.core.data, "IMAGEFOLDER_SIZE", SIDE)
 
 
-def test_streamed_scores_and_features_equal_the_in_memory_ones(fm_tree, side, local_ray, tmp_path):
+@pytest.fixture(params=["in_process", pytest.param("ray_data", marks=pytest.mark.slow)])
+def passes(request):
+    """Where full-set passes run: in this process, or as a Ray Data pipeline on a local Ray."""
+    if request.param == "in_process":
+        yield contextlib.nullcontext
+        return
     from trainables.data_passes import ray_passes
 
+    request.getfixturevalue("local_ray")
+    yield ray_passes
+
+
+def test_streamed_scores_and_features_equal_the_in_memory_ones(fm_tree, side, passes, tmp_path):
     root, train, test = fm_tree
     files = load_dataset(f"imagefolder:{root}")
     memory = assemble("fm-memory", sorted(CLASSES), train, test, Augment())
@@ -100,7 +112,7 @@ def test_streamed_scores_and_features_equal_the_in_memory_ones(fm_tree, side, lo
                                              .float().mean().item())
 
     ctx = SelectionContext(files, Cache(tmp_path / "cache"), "cpu", teacher_factory=lambda: teacher)
-    with ray_passes():
+    with passes():
         streamed = {name: compute_scores(ctx, name) for name in ("entropy", "margin", "centre_distance")}
         features = ctx.features
     expected_features = predict_features(model, memory.train_x, "cpu")
@@ -165,3 +177,17 @@ def test_a_corrupt_image_is_refused_or_skipped_as_set(tmp_path, monkeypatch):
     assert decoded[1].sum() == 0
     with pytest.raises(StudyError):
         FileImages(bad_after_scan.paths, 8, "fail")[np.arange(2)]
+
+
+def test_the_study_check_counts_an_imagefolder_tree_without_decoding_it(fm_tree, side, tmp_path):
+    from study.core.data import smallest_class
+
+    root, _, _ = fm_tree
+    images_mod.DECODED.clear()
+    assert smallest_class(f"imagefolder:{root}") == int(load_dataset(f"imagefolder:{root}").class_counts().min())
+    flat = tmp_path / "flat"
+    corrupt_tree(flat)
+    (flat / "b" / "9.png").unlink()
+    images_mod.DECODED.clear()
+    assert smallest_class(f"imagefolder:{flat}") == 4 and not images_mod.DECODED
+    assert smallest_class(f"imagefolder:{flat}") == int(load_dataset(f"imagefolder:{flat}").class_counts().min())

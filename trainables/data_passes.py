@@ -80,3 +80,25 @@ def ray_passes():
             yield
     finally:
         context.enable_progress_bars = shown
+
+
+def file_backed(cfg) -> bool:
+    from study.runs.trial import cached_dataset
+
+    return isinstance(cached_dataset(cfg.dataset, cfg.data_root).train_x, FileImages)
+
+
+def scan_in_driver(cfg) -> bool:
+    """List (and on first use scan) the study's dataset here, the scan as a Ray Data pass; True if it is
+    file-backed. An in-memory set is small and is loaded by each task as before."""
+    with ray_passes():
+        return file_backed(cfg)
+
+
+def teacher_pass_in_driver(cfg, cache_dir) -> None:
+    """The teacher's logits and features of the whole split, as a Ray Data pass, before the selection tasks
+    that read them from the cache (inside a task the pass would run in that one process)."""
+    from study.runs.trial import context_for
+
+    with ray_passes():
+        context_for(cfg, cache_dir, "cpu").teacher_outputs

@@ -18,6 +18,7 @@ from study.core.seeding import canonical_json
 from study.selection import build_selector
 from study.core.train import default_device
 from study.runs.trial import context_for, prepare_selection, selection_key
+from trainables.data_passes import scan_in_driver, teacher_pass_in_driver
 from trainables.progress import progress_bar
 
 
@@ -74,12 +75,16 @@ def likely_cost(cfg: TrialConfig) -> tuple[bool, int]:
 def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print) -> float | None:
     """Train (or load) the teacher, then make each distinct selection, one task per repeat."""
     teacher_acc = None
+    streamed = bool(cells) and scan_in_driver(cells[0])
     if cells and needs_teacher(cells):
         say("preparing: teacher ...")
         teacher_acc, notes = ray.get(prepare_teacher.remote(cells[0], cache_dir))
         for note in notes:
             say(note)
         say(f"preparing: teacher test accuracy {100 * teacher_acc:.1f}%")
+        if streamed and any(selector_of(c).needs_teacher for c in cells):
+            say("preparing: teacher outputs over the training split (Ray Data) ...")
+            teacher_pass_in_driver(cells[0], cache_dir)
     distinct = {canonical_json(selection_key(c, selector_of(c), 0)): c for c in cells if not c.is_full_data}
     if distinct:
         say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")

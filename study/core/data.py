@@ -332,6 +332,24 @@ def file_split(path: Path, size: int, bad_images: str):
     return (FileImages(paths[keep], size, bad_images), labels[keep]), mapping, scan
 
 
+def smallest_class(name: str, data_root: str | None = None) -> int:
+    """The smallest class's training images, for checking a study's IPC before any compute: an ImageFolder tree
+    is listed, not scanned (its scan decodes every image, and runs later as a pass of the preparation), so a
+    file left out as unreadable is still counted here; the selector checks the exact count."""
+    kind, named = DATASETS.resolve(name)
+    if kind is not load_image_folder:
+        return int(load_dataset(name, data_root).class_counts().min())
+    path = Path(named.get("arg", "")).expanduser()
+    if not path.is_dir():
+        load_image_folder(**named)  # says what is wrong with it, in one sentence
+    train_dir = path / "train" if (path / "train").is_dir() else path
+    _, labels, mapping = index_image_folder(train_dir)
+    n = int(torch.bincount(labels, minlength=len(mapping)).min())
+    if train_dir == path:  # the loader splits a test fifth off, as stratified_test_split does
+        n -= int(round(0.2 * n))
+    return n - max(1, min(100, n // 10))  # and the validation tenth, as carve_val does
+
+
 @DATASETS.register("imagefolder")
 def load_image_folder(arg: str = "", root: Path | None = None, download: bool = False) -> Dataset:
     """An ImageFolder tree, file-backed: the loader lists and scans it once; images are decoded when used."""
