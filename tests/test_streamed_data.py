@@ -191,3 +191,40 @@ def test_the_study_check_counts_an_imagefolder_tree_without_decoding_it(fm_tree,
     images_mod.DECODED.clear()
     assert smallest_class(f"imagefolder:{flat}") == 4 and not images_mod.DECODED
     assert smallest_class(f"imagefolder:{flat}") == int(load_dataset(f"imagefolder:{flat}").class_counts().min())
+
+
+def test_the_imagenet_preset_runs_on_a_tree_with_the_users_teacher_and_refuses_what_is_missing(tmp_path,
+                                                                                           monkeypatch):
+    from study.core.data import smallest_class
+    from study.runs.spec import resolve_spec, validate_spec
+
+    monkeypatch.setattr(study.core.data, "IMAGEFOLDER_SIZE", 8)
+    tree = tmp_path / "imagenet"
+    corrupt_tree(tree / "train")
+    corrupt_tree(tree / "val")
+    for split in ("train", "val"):
+        (tree / split / "b" / "9.png").unlink()
+    name = f"imagefolder:{tree}"
+    data = load_dataset(name)
+    weights = tmp_path / "resnet18.pt"
+    torch.save(model_for(data, "resnet18").state_dict(), weights)
+
+    def spec(*overrides, dataset=name):
+        s = resolve_spec("quick", preset="imagenet", dataset=dataset, selectors=["herding"], ipc=[2],
+                         regimes=["hl"], overrides=list(overrides))
+        validate_spec(s, smallest_class(s.protocol["dataset"]))
+        return s
+
+    ready = spec(f"teacher.path={weights}")
+    cfg = ready.cells()[0]
+    teacher = get_teacher(data, cfg.teacher, device="cpu")
+    ctx = SelectionContext(data, Cache(tmp_path / "cache"), "cpu", teacher_factory=lambda: teacher)
+    assert len(build_selector("herding").select(ctx, 2, seed=0)) == 4
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for overrides, dataset, says in [((), name, "/data/imagenet/teacher.pt does not exist"),
+                                     ((f"teacher.path={tmp_path / 'junk.pt'}",), name, "is not a state dict"),
+                                     ((f"teacher.path={weights}",), f"imagefolder:{tmp_path / 'none'}", "is not one")]:
+        with pytest.raises(StudyError) as err:
+            spec(*overrides, dataset=dataset)
+        assert says in str(err.value) and str(err.value).count(". ") == 0
