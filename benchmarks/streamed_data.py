@@ -110,8 +110,15 @@ def worker(tree: Path, cache: Path, teacher: Path, out: Path) -> None:
 
     sampler = Sampler()
     sampler.start()
-    ray.init(address="local", num_cpus=2, object_store_memory=1 << 30, log_to_driver=False,
-             include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
+    for attempt in range(3):  # on a loaded machine the raylet can miss Ray's fixed 30 s start-up window
+        try:
+            ray.init(address="local", num_cpus=2, object_store_memory=1 << 30, log_to_driver=False,
+                     include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     spec = TeacherSpec(model="convnet", model_kwargs={"width": 32}, path=str(teacher))
     protocol = Protocol(model="convnet", model_kwargs={"width": 32}, regime="hl", steps=20, batch_size=64)
     cells = [TrialConfig(dataset=f"imagefolder:{tree}", selector=name, ipc=10, seeds=1, protocol=protocol,
