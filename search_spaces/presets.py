@@ -68,7 +68,10 @@ PRESETS = {
         "temperature": 20.0,
         "t2_scale": False,
         "cutmix_prob": 1.0,
-        "teacher": {"model": "resnet18", "model_kwargs": {}, "epochs": 90, "batch_size": 256},
+        # ImageNet-1K's teacher is the user's own trained ResNet-18 (nothing is downloaded or trained here):
+        # a state dict at this path, or wherever --set teacher.path=FILE points (docs/imagenet.md).
+        "teacher": {"model": "resnet18", "model_kwargs": {}, "epochs": 90, "batch_size": 256,
+                    "path": "/data/imagenet/teacher.pt"},
         "budgets": [5000, 20000, 150000],
     },
 }

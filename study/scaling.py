@@ -98,9 +98,9 @@ def check_workers(workers: int, batch_size: int) -> None:
 
 
 def smallest_class(spec: StudySpec) -> int:
-    from study.runs.trial import cached_dataset
+    from study.core.data import smallest_class as smallest
 
-    return int(cached_dataset(spec.protocol["dataset"], spec.protocol["data_root"]).class_counts().min())
+    return smallest(spec.protocol["dataset"], spec.protocol["data_root"])
 
 
 def run_options(a: argparse.Namespace, out: Path):

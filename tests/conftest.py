@@ -2,11 +2,23 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# What a loader caches without being given a cache (an ImageFolder tree's scan) goes to a folder of this session,
+# set before study.core.cache is imported and inherited by the Ray workers the tests start.
+SESSION_CACHE = tempfile.mkdtemp(prefix="hardtruths-tests-")
+os.environ["HARDTRUTHS_CACHE"] = SESSION_CACHE
+
+
+@pytest.fixture(autouse=True, scope="session")
+def session_cache():
+    yield SESSION_CACHE
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

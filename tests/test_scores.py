@@ -32,7 +32,7 @@ def toy_context(cache_root, labels, features=None, dynamics=None) -> SelectionCo
     teacher = SimpleNamespace(spec=TeacherSpec(), dynamics=dynamics or {}, model=None)
     ctx = SelectionContext(data, Cache(cache_root), teacher_factory=lambda: teacher)
     if features is not None:
-        ctx.__dict__["features"] = torch.as_tensor(features, dtype=torch.float32)
+        ctx.__dict__["teacher_outputs"] = {"features": torch.as_tensor(features, dtype=torch.float32)}
     return ctx
 
 

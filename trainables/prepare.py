@@ -25,6 +25,7 @@ from study.core.seeding import canonical_json
 from study.selection import build_selector
 from study.core.train import default_device
 from study.runs.trial import context_for, prepare_selection, selection_key
+from trainables.data_passes import scan_in_driver, teacher_pass_in_driver
 from trainables.progress import progress_bar
 
 
@@ -97,17 +98,22 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print, cp
     """Train (or load) the teacher, then make each distinct selection, one task per repeat."""
     teacher_acc = None
     teacher_options, selection_options = task_resources(cpus_per_trial, gpus_per_trial)
+    streamed = bool(cells) and scan_in_driver(cells[0])
     if cells and needs_teacher(cells):
         say(f"preparing: teacher ({teacher_options['num_cpus']:g} CPU threads, {teacher_options['num_gpus']} GPU) ...")
         teacher_acc, notes = ray.get(prepare_teacher.options(**teacher_options).remote(cells[0], cache_dir))
         for note in notes:
             say(note)
         say(f"preparing: teacher test accuracy {100 * teacher_acc:.1f}%")
+        if streamed and any(selector_of(c).needs_teacher for c in cells):
+            say("preparing: teacher outputs over the training split (Ray Data) ...")
+            teacher_pass_in_driver(cells[0], cache_dir)
     distinct = {canonical_json(selection_key(c, selector_of(c), 0)): c for c in cells if not c.is_full_data}
     if distinct:
         say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")
         cells_by_cost = sorted(distinct.values(), key=likely_cost, reverse=True)
-        pending = {prepare_repeat.options(**selection_options).remote(c, r, cache_dir): c for c in cells_by_cost for r in range(c.seeds)}
+        pending = {prepare_repeat.options(**selection_options).remote(c, r, cache_dir): c
+                   for c in cells_by_cost for r in range(c.seeds)}
         total, seconds = len(pending), Counter()
         with progress_bar("selections") as bar:
             task = bar.add_task("selections", total=total)

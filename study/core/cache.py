@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -103,3 +104,34 @@ class Cache:
                 value = compute()
                 self.store(kind, key, value)
         return value
+
+    def folder(self, kind: str, key: dict, fill: Callable[[Path], None]) -> Path:
+        """A folder of files (a pass's Parquet parts) made once by ``fill``; its sidecar, written last with each
+        file's size, marks it complete, so a folder left by a killed pass, or one whose files changed, is made
+        again rather than read."""
+        payload, sidecar = self.paths(kind, key)
+        folder = payload.with_suffix("")
+        if self.folder_intact(folder, sidecar):
+            return folder
+        with self.computing(kind, key):
+            if not self.folder_intact(folder, sidecar):
+                shutil.rmtree(folder, ignore_errors=True)
+                fill(folder)
+                sizes = {f.name: f.stat().st_size for f in sorted(folder.iterdir())}
+                meta = {"key": json.loads(canonical_json(key)), "files": sizes}
+                atomic_write_text(sidecar, json.dumps(meta, indent=1))
+        return folder
+
+    @staticmethod
+    def folder_intact(folder: Path, sidecar: Path) -> bool:
+        if not (folder.is_dir() and sidecar.exists()):
+            return False
+        try:
+            recorded = json.loads(sidecar.read_text())["files"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        present = {f.name: f.stat().st_size for f in folder.iterdir()}
+        if present != recorded:
+            log.warning("Cache folder %s does not match its record; recomputing it.", folder)
+            return False
+        return True

@@ -1,7 +1,9 @@
-"""Datasets as uint8 image tensors with a fixed, seeded train / val / test split.
+"""Datasets as uint8 images with a fixed, seeded train / val / test split.
 
 Every loader returns a :class:`Dataset` whose images are ``uint8`` tensors of
-shape ``(N, C, H, W)`` and whose labels are ``int64``. The validation split is
+shape ``(N, C, H, W)``, or for an ImageFolder tree file-backed images with the
+same indexing (study.core.images: decoded on demand, never all at once), and
+whose labels are ``int64``. The validation split is
 carved from the training data, class-balanced, with a seed that belongs to the
 dataset (not to a trial), so every trial of every study sees the same split and
 learning rates are never chosen on the test set.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +26,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from study.core.cache import atomic_write_text
+from study.core.cache import Cache, atomic_write_text
 from study.core.errors import StudyError
+from study.core.images import FileImages, take
+from study.core.passes import read_pass, run_pass
 from study.core.registry import Registry
-from study.core.seeding import numpy_rng
+from study.core.seeding import content_hash, numpy_rng
+
+log = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLIT_SEED = 20260418
@@ -55,11 +62,11 @@ class Augment:
 class Dataset:
     name: str
     classes: list[str]
-    train_x: torch.Tensor
+    train_x: torch.Tensor | FileImages
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: torch.Tensor | FileImages
     val_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: torch.Tensor | FileImages
     test_y: torch.Tensor
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -118,7 +125,7 @@ def carve_val(x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int = SP
         val_idx.append(rng.choice(members, size=n_val, replace=False))
     val = np.sort(np.concatenate(val_idx))
     keep = np.setdiff1d(np.arange(len(yn)), val)
-    return (x[keep], y[keep]), (x[val], y[val])
+    return (take(x, keep), y[keep]), (take(x, val), y[val])
 
 
 def stratified_test_split(x, y, num_classes: int, fraction: float, seed: int = SPLIT_SEED):
@@ -130,12 +137,14 @@ def stratified_test_split(x, y, num_classes: int, fraction: float, seed: int = S
         for c in range(num_classes)
     ]))
     keep = np.setdiff1d(np.arange(len(yn)), test)
-    return (x[keep], y[keep]), (x[test], y[test])
+    return (take(x, keep), y[keep]), (take(x, test), y[test])
 
 
-def assemble(name, classes, train, test, augment: Augment) -> Dataset:
+def assemble(name, classes, train, test, augment: Augment, stats=channel_stats) -> Dataset:
+    """The dataset with its validation split carved from ``train``; ``stats`` gives the normalisation of the
+    remaining training images (a file-backed set reads it from its scan instead of decoding them again)."""
     (tx, ty), (vx, vy) = carve_val(train[0], train[1], len(classes))
-    mean, std = channel_stats(tx)
+    mean, std = stats(tx)
     return Dataset(name, list(classes), tx, ty, vx, vy, test[0], test[1], mean, std, augment)
 
 
@@ -241,22 +250,21 @@ DATASETS.register("cifar10")(torchvision_loader("cifar10", "CIFAR10", Augment(cr
 DATASETS.register("cifar100")(torchvision_loader("cifar100", "CIFAR100", Augment(crop_padding=4, flip=True)))
 
 IMAGEFOLDER_SIZE = int(os.environ.get("HARDTRUTHS_IMAGEFOLDER_SIZE", "64"))
+BAD_IMAGES = os.environ.get("HARDTRUTHS_BAD_IMAGES", "fail")
 
 
-def read_image_folder(path: Path, size: int):
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
+def index_image_folder(path: Path) -> tuple[np.ndarray, torch.Tensor, dict[str, int]]:
+    """The tree's image paths and labels, in torchvision ImageFolder's order, without opening an image."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-    tf = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
     try:
-        folder = ImageFolder(str(path), transform=tf)
+        _, class_to_idx = find_classes(str(path))
+        samples = make_dataset(str(path), class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError:
         raise StudyError(f"{path} holds no class sub-folders with images; imagefolder expects PATH/CLASS/IMAGE "
                          "files (.png, .jpg, ...).") from None
-    x = torch.stack([folder[i][0] for i in range(len(folder))]) if len(folder) else torch.empty(0)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1).contiguous()
-    return x.to(torch.uint8), torch.as_tensor(folder.targets, dtype=torch.int64), folder.class_to_idx
+    paths = np.array([p for p, _ in samples], dtype=object)
+    return paths, torch.as_tensor([c for _, c in samples], dtype=torch.int64), class_to_idx
 
 
 def check_manifest(root: Path, class_to_idx: dict[str, int]) -> None:
@@ -276,21 +284,91 @@ def check_manifest(root: Path, class_to_idx: dict[str, int]) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class ScanWork:
+    """The scan's per-image work: each channel's sum and sum of squares in [0, 1], and whether it decoded."""
+
+    def bind(self, device: str):
+        def scan(images: torch.Tensor, ok: np.ndarray) -> dict[str, np.ndarray]:
+            x = images.double().div_(255).flatten(2)
+            return {"ok": ok, "sum": x.sum(2).numpy(), "sumsq": x.pow(2).sum(2).numpy()}
+
+        return scan
+
+
+def scan_images(paths: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """Decode every image once, as a full-set pass cached per listing (paths, sizes, modification times), for
+    the channel statistics and the unreadable files; the images themselves are not kept."""
+    stats = [os.stat(p) for p in paths]
+    listing = content_hash([[str(p), s.st_size, s.st_mtime_ns] for p, s in zip(paths, stats)], length=24)
+    images = FileImages(paths, size, bad_images="skip")
+    folder = Cache().folder("scans", {"kind": "scan", "listing": listing, "size": size},
+                            lambda out: run_pass(images, ScanWork(), out))
+    return read_pass(folder)
+
+
+def file_stats(scan: dict[str, np.ndarray], paths: np.ndarray, pixels: int):
+    """:func:`channel_stats` of the images at ``paths`` from their scanned per-image sums (float64, exact to
+    the float32 rounding of the in-memory version)."""
+    rows = np.flatnonzero(np.isin(scan["paths"], paths))
+    total, squares, count = scan["sum"][rows].sum(0), scan["sumsq"][rows].sum(0), len(rows) * pixels
+    mean = total / count
+    std = np.sqrt(np.maximum(squares - count * mean ** 2, 0) / max(count - 1, 1))
+    return tuple(mean.tolist()), tuple(np.maximum(std, 1e-3).tolist())
+
+
+def file_split(path: Path, size: int, bad_images: str):
+    """One split of the tree: its images (paths, scanned) and labels, bad files refused or left out."""
+    paths, labels, mapping = index_image_folder(path)
+    scan = {**scan_images(paths, size), "paths": paths}
+    bad = paths[~scan["ok"]]
+    if len(bad) and bad_images == "fail":
+        shown = ", ".join(str(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise StudyError(f"{len(bad)} image(s) under {path} could not be decoded ({shown}); remove or replace them, "
+                         "or set HARDTRUTHS_BAD_IMAGES=skip to leave unreadable files out.")
+    if len(bad):
+        log.warning("Left out %d unreadable image(s) under %s: %s", len(bad), path, ", ".join(map(str, bad)))
+    keep = np.flatnonzero(scan["ok"])
+    return (FileImages(paths[keep], size, bad_images), labels[keep]), mapping, scan
+
+
+def smallest_class(name: str, data_root: str | None = None) -> int:
+    """The smallest class's training images, for checking a study's IPC before any compute: an ImageFolder tree
+    is listed, not scanned (its scan decodes every image, and runs later as a pass of the preparation), so a
+    file left out as unreadable is still counted here; the selector checks the exact count."""
+    kind, named = DATASETS.resolve(name)
+    if kind is not load_image_folder:
+        return int(load_dataset(name, data_root).class_counts().min())
+    path = Path(named.get("arg", "")).expanduser()
+    if not path.is_dir():
+        load_image_folder(**named)  # says what is wrong with it, in one sentence
+    train_dir = path / "train" if (path / "train").is_dir() else path
+    _, labels, mapping = index_image_folder(train_dir)
+    n = int(torch.bincount(labels, minlength=len(mapping)).min())
+    if train_dir == path:  # the loader splits a test fifth off, as stratified_test_split does
+        n -= int(round(0.2 * n))
+    return n - max(1, min(100, n // 10))  # and the validation tenth, as carve_val does
+
+
 @DATASETS.register("imagefolder")
 def load_image_folder(arg: str = "", root: Path | None = None, download: bool = False) -> Dataset:
+    """An ImageFolder tree, file-backed: the loader lists and scans it once; images are decoded when used."""
     path = Path(arg).expanduser()
     if not arg or not path.is_dir():
         raise StudyError(f"imagefolder:PATH needs an existing folder of class sub-folders, and {arg!r} is not one.")
+    if BAD_IMAGES not in ("fail", "skip"):
+        raise StudyError(f"HARDTRUTHS_BAD_IMAGES must be 'fail' or 'skip', not {BAD_IMAGES!r}.")
+    size = IMAGEFOLDER_SIZE
     train_dir, test_dir = path / "train", next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
     if train_dir.is_dir() and test_dir is not None:
-        tx, ty, mapping = read_image_folder(train_dir, IMAGEFOLDER_SIZE)
-        sx, sy, test_mapping = read_image_folder(test_dir, IMAGEFOLDER_SIZE)
+        train, mapping, scan = file_split(train_dir, size, BAD_IMAGES)
+        test, test_mapping, _ = file_split(test_dir, size, BAD_IMAGES)
         if test_mapping != mapping:
             raise StudyError(f"The class folders of {train_dir} and {test_dir} differ.")
-        train, test = (tx, ty), (sx, sy)
     else:
-        x, y, mapping = read_image_folder(path, IMAGEFOLDER_SIZE)
+        (x, y), mapping, scan = file_split(path, size, BAD_IMAGES)
         train, test = stratified_test_split(x, y, len(mapping), fraction=0.2)
     check_manifest(path, mapping)
     classes = sorted(mapping, key=mapping.get)
-    return assemble(f"imagefolder:{path}", classes, train, test, Augment(random_resized_crop=True, flip=True))
+    return assemble(f"imagefolder:{path}", classes, train, test, Augment(random_resized_crop=True, flip=True),
+                    stats=lambda tx: file_stats(scan, tx.paths, size * size))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,8 +19,10 @@ from torch import nn
 from study.core.cache import Cache
 from study.core.data import Dataset
 from study.core.errors import StudyError
-from study.core.evaluate import accuracy, predict_logits
+from study.core.evaluate import accuracy, eval_chunk, predict_logits
+from study.core.images import materialise
 from study.core.models import model_for
+from study.core.passes import read_pass, run_pass
 from study.core.protocol import TeacherSpec
 from study.core.seeding import content_hash
 from study.core.train import default_device, train_student
@@ -54,13 +57,15 @@ def sample_dynamics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, tor
 
 
 def train_teacher(data: Dataset, spec: TeacherSpec, device: str | None = None) -> Teacher:
+    """Train on the whole split, decoded once if file-backed (for ImageNet-sized trees, supply weights instead)."""
     device = device or default_device()
     history: list[dict[str, torch.Tensor]] = []
+    train_x = materialise(data.train_x)
 
     def record(step: int, model: nn.Module) -> None:
-        history.append(sample_dynamics(predict_logits(model, data.train_x, device), data.train_y))
+        history.append(sample_dynamics(predict_logits(model, train_x, device), data.train_y))
 
-    result = train_student(data.train_x, data.train_y, data, spec.protocol(len(data.train_y)), seed=spec.seed,
+    result = train_student(train_x, data.train_y, data, spec.protocol(len(data.train_y)), seed=spec.seed,
                            device=device, on_checkpoint=record,
                            checkpoint_every=spec.steps_per_epoch(len(data.train_y)))
     dynamics = {k: torch.stack([h[k] for h in history]).half() for k in DYNAMICS}
@@ -103,3 +108,31 @@ def get_teacher(data: Dataset, spec: TeacherSpec, cache: Cache | None = None, de
     entry = cache.get_or_compute("teachers", key, compute)
     model.load_state_dict(entry["state_dict"])
     return Teacher(model.eval(), entry["dynamics"], entry["test_acc"], spec)
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """A pass's work: a model's logits and penultimate features of clean images (one forward for both)."""
+
+    model: nn.Module
+
+    def bind(self, device: str):
+        model = self.model.to(device).eval()
+
+        @torch.inference_mode()
+        def outputs(images: torch.Tensor, ok: np.ndarray) -> dict[str, np.ndarray]:
+            features = model.features(images.to(device).float().div_(255))
+            logits = model.backbone.head(features)
+            return {"logits": logits.float().cpu().numpy(), "features": features.float().cpu().numpy()}
+
+        return outputs
+
+
+def teacher_outputs(data: Dataset, teacher: Teacher, cache: Cache, device: str) -> dict[str, torch.Tensor]:
+    """The teacher's logits and features of every training image, from one full-set pass stored once per
+    (dataset, teacher) as Parquet; every score and selector that reads them reads this table."""
+    key = {"kind": "teacher-outputs", "split": data.summary(), "teacher": teacher.spec.to_dict()}
+    folder = cache.folder("passes", key, lambda out: run_pass(data.train_x, ModelOutputs(teacher.model.cpu()), out,
+                                                               batch_size=eval_chunk(device), device=device))
+    columns = read_pass(folder)
+    return {name: torch.from_numpy(np.array(columns[name])) for name in ("logits", "features")}

@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from study.core.cache import Cache
 from study.runs.config import TrialConfig
 from study.core.data import Dataset, load_dataset
@@ -44,7 +46,10 @@ def tensor_digest(*tensors) -> str:
 def dataset_profile(name: str, data_root: str | None) -> tuple[str, dict]:
     """The training split's digest and size, once per process (hashing Fashion-MNIST takes a tenth of a second)."""
     data = cached_dataset(name, data_root)
-    return tensor_digest(data.train_x, data.train_y), {"train_images": len(data.train_y), "classes": data.num_classes}
+    images = data.train_x
+    digest = tensor_digest(images, data.train_y) if isinstance(images, torch.Tensor) else \
+        hashlib.sha256((images.digest() + tensor_digest(data.train_y)).encode()).hexdigest()[:16]
+    return digest, {"train_images": len(data.train_y), "classes": data.num_classes}
 
 
 @dataclass

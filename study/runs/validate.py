@@ -1,6 +1,8 @@
 """Checks that run before any compute: every mistake a user can make is one sentence, up front."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from study.runs.config import TrialConfig
 from study.core.errors import StudyError
 from study.core.models import MODELS, has_batchnorm
@@ -45,3 +47,26 @@ def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) 
         if cfg.ipc < 1 or (smallest is not None and cfg.ipc > smallest):
             limit = f" and at most {smallest}, the smallest class of {cfg.dataset}" if smallest else ""
             raise StudyError(f"IPC must be at least 1{limit}; got {cfg.ipc}.")
+    check_teacher_file(cfg.teacher.path)
+
+
+def check_teacher_file(path: str | None) -> None:
+    """A teacher checkpoint the user names must be a readable state dict; whether it fits the model is checked
+    when it is loaded (that needs the dataset's classes and image size)."""
+    if not path:
+        return
+    import pickle
+
+    import torch
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise StudyError(f"The teacher checkpoint {file} does not exist; pass the file of trained teacher weights "
+                         "with --set teacher.path=FILE (see docs/imagenet.md).")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError):
+        state = None
+    if not isinstance(state, dict):
+        raise StudyError(f"The teacher checkpoint {file} is not a state dict; save it with "
+                         "torch.save(model.state_dict(), FILE).")

@@ -19,9 +19,9 @@ import torch
 from study.core.cache import Cache
 from study.core.data import Augment, Dataset
 from study.core.errors import StudyError
-from study.core.evaluate import predict_features
 from study.core.protocol import Protocol
 from study.core.registry import Registry
+from study.core.teacher import teacher_outputs
 
 
 @dataclass
@@ -41,9 +41,14 @@ class SelectionContext:
         return self.teacher_factory()
 
     @cached_property
+    def teacher_outputs(self) -> dict[str, torch.Tensor]:
+        """The teacher's ``logits`` and ``features`` of the clean training images (a cached full-set pass)."""
+        return teacher_outputs(self.data, self.teacher, self.cache, self.device)
+
+    @property
     def features(self) -> torch.Tensor:
         """Penultimate teacher features of the clean training images, shape (N, D)."""
-        return predict_features(self.teacher.model.to(self.device), self.data.train_x, self.device)
+        return self.teacher_outputs["features"]
 
     @property
     def labels(self) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from study.core.errors import StudyError
-from study.core.evaluate import predict_features, predict_logits
+from study.core.evaluate import predict_features
 from study.core.registry import Registry
 from study.core.seeding import derive_seed
 from study.core.teacher import sample_dynamics
@@ -110,7 +110,7 @@ def dyn_unc(ctx, span: int | None = None) -> torch.Tensor:
 # ---------------------------------------------------------------- the trained teacher
 
 def teacher_probs(ctx) -> torch.Tensor:
-    return predict_logits(ctx.teacher.model.to(ctx.device), ctx.data.train_x, ctx.device).softmax(1)
+    return ctx.teacher_outputs["logits"].softmax(1)
 
 
 def uncertainty(probs: torch.Tensor, kind: str) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""Full-set passes as Ray Data pipelines: decoding in CPU tasks, the model in actors, on every node.
+
+:func:`ray_data_pass` has the signature of ``study.core.passes.in_process`` and is installed with
+``study.core.passes.use_pass_runner``. Rows are (index, path) for a file-backed split, or bare indices into an
+in-memory split put once in the object store. Decoding runs as stateless tasks (``map_batches`` with a
+function); the pass's work (a model's logits and features, the tree's scan) runs in actors
+(``map_batches`` with a callable class), one per GPU where there are GPUs, so each model is loaded once per
+actor; the actors write Parquet parts straight to the cache folder, so the driver never holds the outputs.
+The pipeline streams: memory is bounded by the blocks in flight, not by the size of the split.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from study.core.images import FileImages, decode_paths
+from study.core.passes import columns, use_pass_runner
+
+ROWS_PER_BLOCK = 1024
+
+
+def decode_rows(batch: dict[str, np.ndarray], size: int, bad_images: str) -> dict[str, np.ndarray]:
+    images, ok = decode_paths(batch["path"], size, bad_images)
+    return {"index": batch["index"], "image": images.numpy(), "ok": ok}
+
+
+def slice_rows(batch: dict[str, np.ndarray], images_ref) -> dict[str, np.ndarray]:
+    images = ray.get(images_ref[0])
+    return {"index": batch["index"], "image": images[batch["index"]], "ok": np.ones(len(batch["index"]), bool)}
+
+
+class RunWork:
+    """An actor holding one bound copy of the pass's work (a model on this actor's device)."""
+
+    def __init__(self, work, device: str):
+        self.fn = work.bind(device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        outputs = self.fn(torch.from_numpy(np.ascontiguousarray(batch["image"])), batch["ok"])
+        return pa.table({"index": pa.array(batch["index"]), **columns(outputs)})
+
+
+def source_rows(images) -> tuple["ray.data.Dataset", object]:
+    """The pass's rows in blocks of ``ROWS_PER_BLOCK``, and the decoding step that turns them into images."""
+    n = len(images)
+    index = np.arange(n)
+    blocks = [slice(start, start + ROWS_PER_BLOCK) for start in range(0, n, ROWS_PER_BLOCK)]
+    if isinstance(images, FileImages):
+        tables = [pa.table({"index": index[b], "path": pa.array(images.paths[b].astype(str))}) for b in blocks]
+        return ray.data.from_arrow(tables), dict(fn=decode_rows, fn_kwargs={"size": images.size,
+                                                                           "bad_images": images.bad_images})
+    ref = ray.put(images.numpy())
+    tables = [pa.table({"index": index[b]}) for b in blocks]
+    return ray.data.from_arrow(tables), dict(fn=slice_rows, fn_kwargs={"images_ref": [ref]})
+
+
+def ray_data_pass(images, work, out_dir: Path, batch_size: int, device: str) -> None:
+    """Decode in CPU tasks, run ``work`` in actors (one per GPU, else one on a CPU), write Parquet parts."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    rows, decode = source_rows(images)
+    decoded = rows.map_batches(decode["fn"], fn_kwargs=decode["fn_kwargs"], batch_size=batch_size, num_cpus=1)
+    outputs = decoded.map_batches(RunWork, fn_constructor_args=(work, "cuda" if gpus else "cpu"),
+                                  batch_size=batch_size, concurrency=max(gpus, 1), num_gpus=1 if gpus else 0,
+                                  num_cpus=1, batch_format="numpy")
+    outputs.write_parquet(str(out_dir))
+
+
+@contextlib.contextmanager
+def ray_passes():
+    """Full-set passes started in this process (the driver's preparation) run as Ray Data pipelines."""
+    context = ray.data.DataContext.get_current()
+    shown, context.enable_progress_bars = context.enable_progress_bars, False
+    try:
+        with use_pass_runner(ray_data_pass):
+            yield
+    finally:
+        context.enable_progress_bars = shown
+
+
+def file_backed(cfg) -> bool:
+    from study.runs.trial import cached_dataset
+
+    return isinstance(cached_dataset(cfg.dataset, cfg.data_root).train_x, FileImages)
+
+
+def scan_in_driver(cfg) -> bool:
+    """List (and on first use scan) the study's dataset here, the scan as a Ray Data pass; True if it is
+    file-backed. An in-memory set is small and is loaded by each task as before."""
+    with ray_passes():
+        return file_backed(cfg)
+
+
+def teacher_pass_in_driver(cfg, cache_dir) -> None:
+    """The teacher's logits and features of the whole split, as a Ray Data pass, before the selection tasks
+    that read them from the cache (inside a task the pass would run in that one process)."""
+    from study.runs.trial import context_for
+
+    with ray_passes():
+        context_for(cfg, cache_dir, "cpu").teacher_outputs
