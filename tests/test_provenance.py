@@ -70,9 +70,10 @@ def test_runs_carry_provenance_sort_numerically_and_stale_trials_need_a_choice(l
         assert tags["mlflow.user"] and tags["mlflow.user"] != "unknown"
         assert len(tags["mlflow.source.git.commit"]) == 40, "the tests run from a git checkout"
     assert {r.data.tags["code_version"] for r in runs} == {code_version()}
-    for run in runs:  # the run spans the trial, not the moment the driver logged it
+    for run in runs:  # the live run opens when Tune starts the trial and closes when the trial's own clock stops
         span = (run.info.end_time - run.info.start_time) / 1000
-        assert span == pytest.approx(run.data.metrics["wall_seconds"], abs=0.01), run.info.run_name
+        wall = run.data.metrics["wall_seconds"]
+        assert wall - 0.01 <= span <= wall + 10, (run.info.run_name, span, wall)
 
     by_metric = [r.data.tags["ipc"] for r in children(client, exp, parent, ["metrics.ipc ASC"])]
     by_tag = [r.data.tags["ipc"] for r in children(client, exp, parent, ["tags.ipc ASC"])]
