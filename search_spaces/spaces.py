@@ -2,11 +2,25 @@
 
 ``grid`` spaces list axes whose product is the set of trials; every trial runs
 once. ``optuna`` spaces fix some axes as a grid of groups and let Optuna search
-the named parameters inside each group for ``num_samples`` trials. Both are
-run by the same code path (trainables.tune_study) through Ray Tune's
-OptunaSearch. ``"selectors": "all"`` means every registered selector at run
+the named parameters inside each group for ``num_samples`` trials. Grid cells
+(and an optuna space's references) run through Tune's own grid variant
+generation, so a cluster's autoscaler sees every pending trial; searches run
+through Optuna's TPE (trainables.tune_study). ``"selectors": "all"`` means every registered selector at run
 time, so a new selector joins the default study by registering.
 """
+
+# The cells both alignment spaces vary windows over (see the comment at ``difficulty_sweep``).
+ALIGNMENT_CELLS = {
+    "preset": "fashion-mnist",
+    "selectors": ["cad_prune", "ca2d"],
+    "window_params": {"beta": 0.0},
+    "references": ["random", "cad_prune", "ca2d"],
+    "ipc": [10, 50],
+    "regimes": ["hl", "sl_kd"],
+    "budgets": [30, 300, 1000],
+    "seeds": 2,
+    "full_data_reference": False,
+}
 
 SPACES = {
     "quick": {
@@ -45,28 +59,12 @@ SPACES = {
     # take beta 0 so the windows map the whole axis, the tail CAD's rule drops included.
     "difficulty_sweep": {
         "kind": "grid",
-        "preset": "fashion-mnist",
-        "selectors": ["cad_prune", "ca2d"],
+        **ALIGNMENT_CELLS,
         "windows": {"widths": [0.1, 0.2], "step": 0.1},
-        "window_params": {"beta": 0.0},
-        "references": ["random", "cad_prune", "ca2d"],
-        "ipc": [10, 50],
-        "regimes": ["hl", "sl_kd"],
-        "budgets": [30, 300, 1000],
-        "seeds": 2,
-        "full_data_reference": False,
     },
     "ca2d_alignment": {
         "kind": "optuna",
-        "preset": "fashion-mnist",
-        "selectors": ["cad_prune", "ca2d"],
-        "window_params": {"beta": 0.0},
-        "references": ["random", "cad_prune", "ca2d"],
-        "ipc": [10, 50],
-        "regimes": ["hl", "sl_kd"],
-        "budgets": [30, 300, 1000],
-        "seeds": 2,
-        "full_data_reference": False,
+        **ALIGNMENT_CELLS,
         "search": {
             # lo = position * (1 - beta - width): every sampled window lies on the axis, none is clipped
             "selector_params.position": {"type": "uniform", "low": 0.0, "high": 1.0},

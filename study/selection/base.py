@@ -101,6 +101,14 @@ class Selector:
     def __init__(self, **params):
         self.params = params
 
+    def settings_over(self, defaults: dict, method: str) -> dict:
+        """The method's settings: its defaults overridden by ``params``; a parameter it does not know is refused."""
+        unknown = sorted(set(self.params) - set(defaults))
+        if unknown:
+            raise StudyError(f"{method} does not take the parameter(s) {unknown}; its parameters are: "
+                             f"{', '.join(defaults)}.")
+        return {**defaults, **self.params}
+
     def provenance(self, ipc: int, seed: int, **extra) -> dict:
         return {"selector": self.name, "params": self.params, "ipc": ipc, "seed": seed, **extra}
 

@@ -91,12 +91,8 @@ class DM(Selector):
     family = "dd"
 
     def __init__(self, **params):
-        unknown = sorted(set(params) - set(DEFAULTS))
-        if unknown:
-            raise StudyError(f"DM does not take the parameter(s) {unknown}; its parameters are: "
-                             f"{', '.join(DEFAULTS)}.")
         super().__init__(**params)
-        self.settings = {**DEFAULTS, **params}
+        self.settings = self.settings_over(DEFAULTS, "DM")
         check_dm_params(self.settings)
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:

@@ -163,12 +163,8 @@ class SRe2L(Selector):
     needs_batchnorm_teacher = True
 
     def __init__(self, **params):
-        unknown = sorted(set(params) - set(DEFAULTS))
-        if unknown:
-            raise StudyError(f"SRe2L does not take the parameter(s) {unknown}; its parameters are: "
-                             f"{', '.join(DEFAULTS)}.")
         super().__init__(**params)
-        self.settings = {**DEFAULTS, **params}
+        self.settings = self.settings_over(DEFAULTS, "SRe2L")
         check_sre2l_params(self.settings)
 
     def resolved(self, ctx: SelectionContext) -> dict:
