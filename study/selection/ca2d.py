@@ -40,13 +40,14 @@ import torch
 
 from study.selection.base import Selection, SelectionContext, check_ipc, from_indices, register_selector
 from study.selection.difficulty import stratified_window_pick
-from study.selection.cad import CADParams, cad_proxy, proxy_models, proxy_scores, reference_axis, rounded
+from study.selection.cad import AXIS_IDENTITY, CADParams, cad_proxy, proxy_models, proxy_scores, reference_axis, rounded
 from study.selection.rded import FULL_BOX, PatchSelector, best_crops, patch_size, stitch
 from study.core.seeding import generator
 
 
 class CADPatchSelector(PatchSelector):
     budget_aware = True
+    identity = f"{PatchSelector.identity}+{AXIS_IDENTITY}"
 
     def __init__(self, m: int = 300, k: int = 5, factor: int | None = None, score_view: str = "pad",
                  scale: tuple[float, float] = (0.08, 1.0), **cad):

@@ -157,6 +157,11 @@ def auto_width(ipc: int, class_size: int) -> float:
     return max(4 * ipc / class_size, 0.1)
 
 
+# Part of every CAD-based selection's cache key: sets cached while windows were placed on the per-budget proxy's
+# own ranking, with the old defaults, are stale.
+AXIS_IDENTITY = "windows-on-teacher-aum-axis"
+
+
 @dataclass(frozen=True)
 class CADParams:
     """The knobs shared by CAD-Prune and CA2D, checked up front; the one place their defaults live.
@@ -253,6 +258,7 @@ class CADPrune(Selector):
 
     budget_aware = True
     needs_teacher = True  # the reference axis is the teacher's
+    identity = AXIS_IDENTITY
 
     def __init__(self, **params):
         self.cad = CADParams.build(**params)
