@@ -147,8 +147,9 @@ def test_trials_wait_longer_than_a_minute_for_the_one_node(tmp_path, cache_dir):
     than Ray Train's default 60 s start-up timeout, and still finishes."""
     clock = time.monotonic()
     with fake_cluster(tmp_path, {"cpu": {"resources": {"CPU": 2}, "max_workers": 1}}) as head:
+        # ~30 s of training per trial on a quiet 2-core machine (3 ms a step and seed), so the last waits ~90 s
         rc, log = study(head, tmp_path / "study", cache_dir, "--selectors", "random", "--ipc", "1,2,3,4",
-                        "--budgets", "1500")
+                        "--budgets", "5000", "--seeds", "2")
     assert rc == 0, log[-5000:]
     results = pd.read_csv(tmp_path / "study" / "results.csv")
     assert len(results) == 4 and (results["status"] == "FINISHED").all()
