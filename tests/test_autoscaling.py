@@ -99,6 +99,26 @@ def pending_demands(head: RayNode) -> list[str]:
             for line in block.splitlines() if "no resource demands" not in line]
 
 
+def occupants(head: RayNode, nodes: set[str]) -> str:
+    """What Ray's state API sees on ``nodes``, and the cluster's objects and placement groups: why a node that
+    the autoscaler should remove may not count as idle."""
+    from ray.util.state import list_actors, list_objects, list_placement_groups, list_workers
+
+    api = f"http://{RAY_HOST}:{head.dashboard_port}"
+    lines = []
+    for node in sorted(nodes):
+        actors = list_actors(address=api, filters=[("node_id", "=", node), ("state", "=", "ALIVE")], raise_on_missing_output=False)
+        workers = [w for w in list_workers(address=api, filters=[("node_id", "=", node)], raise_on_missing_output=False)
+                   if w.is_alive]
+        lines.append(f"node {node[-6:]}: actors {[a.class_name for a in actors]}, "
+                     f"workers {[(w.worker_type, w.pid) for w in workers]}")
+    objects = list_objects(address=api, raise_on_missing_output=False)
+    lines.append(f"objects: {[(o.ip, o.type, o.reference_type, o.object_size, o.call_site) for o in objects]}")
+    groups = list_placement_groups(address=api, raise_on_missing_output=False)
+    lines.append(f"placement groups: {[(g.name, g.state) for g in groups if g.state != 'REMOVED']}")
+    return "\n".join(lines)
+
+
 def head_id(head: RayNode) -> str:
     (node,) = [n["node_id"] for n in ray_nodes(head.address) if n["alive"]]
     return node
@@ -106,8 +126,9 @@ def head_id(head: RayNode) -> str:
 
 @pytest.mark.slow
 def test_study_scales_from_zero_workers_and_back(tmp_path, cache_dir):
-    # two CPUs a node: one trial's Train worker and the Tune trials' drivers (a hundredth of a CPU each)
-    types = {"cpu": {"resources": {"CPU": 2}, "max_workers": 2}, "gpu": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 1}}
+    # two CPUs a node: one trial's Train worker and the Tune trials' drivers (a hundredth of a CPU each); the
+    # GPU trial's driver and its one-CPU worker must fit on the one GPU node once the CPU nodes have gone
+    types = {"cpu": {"resources": {"CPU": 2}, "max_workers": 2}, "gpu": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 1}}
     clock = time.monotonic()
     with fake_cluster(tmp_path, types) as head:
         head_node = head_id(head)
@@ -137,7 +158,8 @@ def test_study_scales_from_zero_workers_and_back(tmp_path, cache_dir):
             deadline = time.monotonic() + IDLE_S + 120
             while time.monotonic() < deadline and (not idle.joined or idle.alive):
                 time.sleep(2)
-            assert not idle.alive, f"worker nodes still up {IDLE_S} s after going idle: {idle.alive}"
+            assert not idle.alive, (f"worker nodes still up {IDLE_S} s after going idle: {idle.alive}\n"
+                                    f"{occupants(head, idle.alive)}")
     print(f"wall time of the test: {time.monotonic() - clock:.0f} s")
 
 

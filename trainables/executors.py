@@ -55,6 +55,22 @@ WORKER_START_S = 300
 WORKER_START_TRIES = 12
 
 
+def keep_train_coordinator_on_driver_node() -> None:
+    """Create Ray Train's autoscaling coordinator on the driver's node before any trial starts.
+
+    Every Train controller asks for one cluster-wide, detached actor ("AutoscalingCoordinator") and creates it,
+    with a hard affinity, on its own node when it does not exist yet. Our controllers run inside Tune trials,
+    on worker nodes, so the first trial would pin it to a worker node for good, and the autoscaler never
+    removes a node that hosts a live actor (tests/test_autoscaling.py saw exactly that). Created here first,
+    it lives on the head, where the driver runs; later controllers find it by name. The function is Ray's
+    private one (pinned by constraints.txt); if Ray moves it, the import fails loudly here.
+    """
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator)
+
+    get_or_create_autoscaling_coordinator()
+
+
 def cuda_present() -> bool:
     return torch.cuda.is_available()
 

@@ -112,8 +112,10 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print, cp
     if distinct:
         say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")
         cells_by_cost = sorted(distinct.values(), key=likely_cost, reverse=True)
+        # every selection's first repeat before any second one: repeats share their selection's cached work
+        # (a proxy, features), so two of them side by side would leave one waiting on the other's cache lock
         pending = {prepare_repeat.options(**selection_options).remote(c, r, cache_dir): c
-                   for c in cells_by_cost for r in range(c.seeds)}
+                   for r in range(cells[0].seeds) for c in cells_by_cost}
         total, seconds = len(pending), Counter()
         with progress_bar("selections") as bar:
             task = bar.add_task("selections", total=total)

@@ -36,7 +36,7 @@ from study.runs.spec import StudySpec
 from study.runs.tracking import Tracker
 from trainables.callbacks import StudyLogger
 from trainables.prepare import prepare_study
-from trainables.executors import study_trial
+from trainables.executors import keep_train_coordinator_on_driver_node, study_trial
 from trainables.progress import WaitingTrials
 
 # Tune's classic output (silent at verbose=0) and no per-trial CSV/JSON/TensorBoard files: MLflow is the record.
@@ -276,6 +276,8 @@ def storage_dir(options: RunOptions) -> Path:
 
 def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOptions, say) -> None:
     executor = resolve_executor(options, say)
+    if executor == "ray-train":
+        keep_train_coordinator_on_driver_node()
     storage = str(storage_dir(options))
     max_concurrent = concurrency(options)
     res = ray.cluster_resources()
