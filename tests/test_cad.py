@@ -11,7 +11,9 @@ from study.core.protocol import Protocol
 from study.selection import SelectionContext, build_selector
 from study.selection import cad as cad_module
 from study.selection.difficulty import class_percentiles, stratified_window_pick
-from study.selection.cad import CADParams, auto_width, cad_proxy, cad_proxy_key, late_steps, reference_axis
+from study.selection.cad import (
+    CADParams, auto_width, cad_proxy, cad_proxy_key, class_accuracy, late_steps, proxy_subset, reference_axis,
+)
 from study.core.augment import patch_crop, patch_views, stitched_views
 
 # A real proxy that learns digits in a few hundred steps: convnet width 32, AdamW, batch 64, hard labels.
@@ -95,7 +97,8 @@ def test_proxy_scores_are_cached_and_a_set_window_is_kept(cad_runs, digits, cad_
     # the rule's window is recorded beside the one kept: the prediction for this budget
     assert easy.provenance["rule_windows"] == cad_runs[400, 10].provenance["windows"]
     scores = cad_proxy(ctx, 10, **FAST)
-    assert scores["margin"].shape == (len(digits.train_y),) and len(scores["states"]) == 2 * 2
+    assert scores["u_star"].shape == (digits.num_classes,) and len(scores["states"]) == 2 * 2
+    assert scores["u_star"].tolist() == pytest.approx(cad_runs[400, 10].provenance["u_star"], abs=1e-4)
 
 
 def test_the_axis_is_the_same_at_every_budget(cad_runs, digits, cad_cache, digits_teacher):
@@ -236,3 +239,13 @@ def test_cad_selections_are_not_served_from_caches_of_the_old_axis():
     for name in ("cad_prune", "ca2d", "ca2d_coreset"):
         assert "windows-on-teacher-aum-axis" in SELECTORS.get(name)().identity, name
     assert "windows-on-teacher-aum-axis" not in SELECTORS.get("rded")().identity
+
+
+def test_the_frontier_is_read_per_class_on_a_stratified_sample():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    logits = torch.eye(3)[[0, 1, 0, 1, 0, 0]]  # predicts 0, 1, 0, 1, 0, 0
+    assert class_accuracy(logits, labels, 4).tolist() == pytest.approx([2 / 3, 1 / 2, 0, 0])
+    y = np.repeat(np.arange(3), [5, 50, 500])
+    sample = proxy_subset(y, 3, 20, seed=0)
+    assert np.bincount(y[sample]).tolist() == [5, 20, 20] and len(set(sample)) == len(sample)
+    assert np.array_equal(sample, proxy_subset(y, 3, 20, seed=0))

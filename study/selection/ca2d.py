@@ -40,7 +40,7 @@ import torch
 
 from study.selection.base import Selection, SelectionContext, check_ipc, from_indices, register_selector
 from study.selection.difficulty import stratified_window_pick
-from study.selection.cad import AXIS_IDENTITY, CADParams, cad_proxy, proxy_models, proxy_scores, reference_axis, rounded
+from study.selection.cad import AXIS_IDENTITY, CADParams, cad_proxy, proxy_accuracy, proxy_models, reference_axis, rounded
 from study.selection.rded import FULL_BOX, PatchSelector, best_crops, patch_size, stitch
 from study.core.seeding import generator
 
@@ -84,9 +84,8 @@ class CA2D(CADPatchSelector):
             patches = best_crops(ctx.data.train_x[cand], labels, cand, observer, fill=ctx.data.mean, k=self.k,
                                  factor=factor, g=g, scale=self.scale, score_view=self.score_view,
                                  per_image=math.ceil(need / len(cand)), device=ctx.device)
-            _, correct = proxy_scores(models, patches.views, torch.full((len(patches.loss),), c))
             u = axis[patches.source.numpy()]
-            u_star = float(correct.mean())
+            u_star = proxy_accuracy(models, patches.views, c)
             (lo, hi), rule_window = self.windows(u_star, ipc, len(members))
             pos = stratified_window_pick(u, lo, hi, need, rng)
             pos = pos[torch.randperm(need, generator=g).numpy()]
@@ -119,13 +118,13 @@ class CA2DCoreset(CADPatchSelector):
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
         rng = np.random.default_rng(seed)
-        correct = self.proxy(ctx, ipc)["correct"].double().numpy()
+        frontier = self.proxy(ctx, ipc)["u_star"].numpy()
         axis = reference_axis(ctx, self.cad.axis)
         picks, windows, rule, u_stars, diffs, pools = [], [], [], [], [], []
-        for members in ctx.class_members():
+        for c, members in enumerate(ctx.class_members()):
             cand = self.candidates(members, self.pool_size(ipc, ipc, len(members)), rng)
             u = axis[cand]
-            u_star = float(correct[cand].mean())
+            u_star = float(frontier[c])
             (lo, hi), rule_window = self.windows(u_star, ipc, len(members))
             pos = stratified_window_pick(u, lo, hi, ipc, rng)
             picks.append(cand[pos])
