@@ -160,6 +160,7 @@ def test_study_scales_from_zero_workers_and_back(tmp_path, cache_dir):
                 time.sleep(2)
             assert not idle.alive, (f"worker nodes still up {IDLE_S} s after going idle: {idle.alive}\n"
                                     f"{occupants(head, idle.alive)}")
+            print(f"idle worker nodes all removed {time.monotonic() - idle.start:.0f} s after the last study")
     print(f"wall time of the test: {time.monotonic() - clock:.0f} s")
 
 
