@@ -7,6 +7,8 @@ reference for every number the streamed path computes.
 from __future__ import annotations
 
 import contextlib
+import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -18,11 +20,12 @@ from study.core import images as images_mod
 from study.core.cache import Cache
 from study.core.data import FASHION_CLASSES, DEBIAN_FASHION_MNIST, Augment, assemble, load_dataset
 from study.core.errors import StudyError
-from study.core.evaluate import predict_features, predict_logits
+from study.core.evaluate import accuracy, predict_features, predict_logits
 from study.core.images import FileImages
-from study.core.models import model_for
+from study.core.models import create_model, model_for
 from study.core.protocol import Protocol, TeacherSpec
 from study.core.teacher import get_teacher, teacher_outputs
+from study.core.tree_pass import prepare_tree
 from study.runs.config import TrialConfig
 from study.runs.trial import cached_dataset, run_trial
 from study.selection import SelectionContext, build_selector
@@ -129,6 +132,56 @@ def test_streamed_scores_and_features_equal_the_in_memory_ones(fm_tree, side, pa
     reference = SelectionContext(memory, Cache(tmp_path / "cache-memory"), "cpu", teacher_factory=lambda: teacher)
     assert herding.indices.tolist() == build_selector("herding").select(reference, 5, seed=0).indices.tolist()
     assert torch.equal(herding.images, memory.train_x[herding.indices])
+
+
+def test_one_pass_over_the_tree_gives_its_scan_and_the_teachers_outputs_and_accuracy(fm_tree, side, passes,
+                                                                                      tmp_path):
+    root, train, test = fm_tree
+    tree = tmp_path / "tree"
+    shutil.copytree(root, tree)  # a listing of its own, so none of it is cached yet
+    memory = assemble("fm-memory", sorted(CLASSES), train, test, Augment())
+    model = model_for(memory, "convnet", width=16)
+    torch.save(model.state_dict(), tmp_path / "teacher.pt")
+    spec = TeacherSpec(model="convnet", model_kwargs={"width": 16}, path=str(tmp_path / "teacher.pt"))
+    cache = Cache(tmp_path / "cache")
+    images_mod.DECODED.clear()
+    with passes():
+        prepare_tree(str(tree), spec, cache)
+    decoded = Counter(images_mod.DECODED)  # what this process decoded (Ray Data decodes in its workers)
+    listed = {str(p) for p in tree.rglob("*.png")}
+    assert (set(decoded), set(decoded.values())) in [(listed, {1}), (set(), set())]
+
+    images_mod.DECODED.clear()
+    files = load_dataset(f"imagefolder:{tree}")
+    teacher = get_teacher(files, spec, cache, device="cpu")
+    outputs = teacher_outputs(files, teacher, cache, "cpu")
+    features, logits = outputs["features"], outputs["logits"]
+    assert not images_mod.DECODED, "the loader, the teacher's accuracy and its outputs all come from the pass"
+    assert np.allclose(files.mean, memory.mean, atol=1e-6) and np.allclose(files.std, memory.std, atol=1e-6)
+    torch.testing.assert_close(features, predict_features(model, memory.train_x, "cpu"), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, predict_logits(model, memory.train_x, "cpu"), rtol=1e-4, atol=1e-4)
+    assert teacher.test_acc == accuracy(model, memory.test_x, memory.test_y, "cpu")
+    assert logits.std(0).min() > 0
+
+
+def test_the_tree_pass_refuses_or_leaves_out_a_corrupt_image_as_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(study.core.data, "IMAGEFOLDER_SIZE", 8)
+    bad = corrupt_tree(tmp_path / "tree")
+    model = create_model("convnet", 3, 2, 8, (0.5,) * 3, (0.2,) * 3, width=8)
+    torch.save(model.state_dict(), tmp_path / "teacher.pt")
+    spec = TeacherSpec(model="convnet", model_kwargs={"width": 8}, path=str(tmp_path / "teacher.pt"))
+    with pytest.raises(StudyError) as err:
+        prepare_tree(str(tmp_path / "tree"), spec, Cache(tmp_path / "cache"))
+    assert str(bad) in str(err.value) and "HARDTRUTHS_BAD_IMAGES=skip" in str(err.value)
+
+    monkeypatch.setattr(study.core.data, "BAD_IMAGES", "skip")
+    prepare_tree(str(tmp_path / "tree"), spec, Cache(tmp_path / "cache"))
+    data = load_dataset(f"imagefolder:{tmp_path / 'tree'}")
+    teacher = get_teacher(data, spec, Cache(tmp_path / "cache"), device="cpu")
+    logits = teacher_outputs(data, teacher, Cache(tmp_path / "cache"), "cpu")["logits"]
+    assert str(bad) not in [*data.train_x.paths, *data.test_x.paths] and len(logits) == len(data.train_y)
+    torch.testing.assert_close(logits, predict_logits(model, data.train_x.to("cpu"), "cpu"), rtol=1e-4, atol=1e-4)
+    assert teacher.test_acc == accuracy(model, data.test_x, data.test_y, "cpu")
 
 
 def test_a_trial_on_an_imagefolder_set_decodes_only_its_subset(fm_tree, side, tmp_path):

@@ -82,22 +82,26 @@ def ray_passes():
         context.enable_progress_bars = shown
 
 
-def file_backed(cfg) -> bool:
-    from study.runs.trial import cached_dataset
+def prepare_tree_in_driver(cfg, cache_dir, teacher_outputs: bool) -> bool:
+    """For an ImageFolder study, its tree's scan, and with ``teacher_outputs`` and a pretrained teacher the
+    teacher's outputs and test accuracy, as one Ray Data pass here, before any task loads the set; True if the
+    set is file-backed. An in-memory set is small and is loaded by each task as before."""
+    from study.core.cache import Cache
+    from study.core.data import image_folder_path
+    from study.core.tree_pass import prepare_tree
 
-    return isinstance(cached_dataset(cfg.dataset, cfg.data_root).train_x, FileImages)
-
-
-def scan_in_driver(cfg) -> bool:
-    """List (and on first use scan) the study's dataset here, the scan as a Ray Data pass; True if it is
-    file-backed. An in-memory set is small and is loaded by each task as before."""
+    path = image_folder_path(cfg.dataset)
+    if path is None:
+        return False
     with ray_passes():
-        return file_backed(cfg)
+        prepare_tree(str(path), cfg.teacher if teacher_outputs else None, Cache(cache_dir))
+    return True
 
 
 def teacher_pass_in_driver(cfg, cache_dir) -> None:
-    """The teacher's logits and features of the whole split, as a Ray Data pass, before the selection tasks
-    that read them from the cache (inside a task the pass would run in that one process)."""
+    """The outputs of a teacher trained by the preparation, as a Ray Data pass, before the selection tasks
+    that read them from the cache (inside a task the pass would run in that one process); a pretrained
+    teacher's came with the tree's scan, and this finds them cached."""
     from study.runs.trial import context_for
 
     with ray_passes():
