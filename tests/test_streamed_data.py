@@ -24,11 +24,13 @@ from study.core.evaluate import accuracy, predict_features, predict_logits
 from study.core.images import FileImages
 from study.core.models import create_model, model_for
 from study.core.protocol import Protocol, TeacherSpec
-from study.core.teacher import get_teacher, teacher_outputs
+from study.core.seeding import generator
+from study.core.teacher import Teacher, get_teacher, teacher_outputs
 from study.core.tree_pass import prepare_tree
 from study.runs.config import TrialConfig
 from study.runs.trial import cached_dataset, run_trial
 from study.selection import SelectionContext, build_selector
+from study.selection.rded import rded_patches, to_uint8
 from study.selection.scores import compute_scores, uncertainty
 
 N_TRAIN, N_TEST, SIDE = 1200, 300, 28
@@ -182,6 +184,36 @@ def test_the_tree_pass_refuses_or_leaves_out_a_corrupt_image_as_set(tmp_path, mo
     assert str(bad) not in [*data.train_x.paths, *data.test_x.paths] and len(logits) == len(data.train_y)
     torch.testing.assert_close(logits, predict_logits(model, data.train_x.to("cpu"), "cpu"), rtol=1e-4, atol=1e-4)
     assert teacher.test_acc == accuracy(model, data.test_x, data.test_y, "cpu")
+
+
+def test_rded_scores_a_trees_candidates_in_one_pass_and_picks_what_it_picks_in_memory(fm_tree, side, passes,
+                                                                                       tmp_path):
+    root, train, test = fm_tree
+    files = load_dataset(f"imagefolder:{root}")
+    memory = assemble("fm-memory", sorted(CLASSES), train, test, Augment())
+    spec = TeacherSpec(model="convnet", model_kwargs={"width": 16})
+    teacher = Teacher(model_for(memory, "convnet", width=16).eval(), {}, 0.0, spec)
+    rded, m, k, ipc = build_selector("rded", m=20, k=3), 20, 3, 2
+    images_mod.DECODED.clear()
+    with passes():
+        streamed = rded.select(SelectionContext(files, Cache(tmp_path / "a"), "cpu", teacher_factory=lambda: teacher),
+                               ipc, seed=3)
+    in_here = sum(images_mod.DECODED.values())  # Ray Data decodes the candidates in its workers
+    assert in_here in (m * len(CLASSES) + ipc * len(CLASSES), ipc * len(CLASSES))
+
+    in_memory = SelectionContext(memory, Cache(tmp_path / "b"), "cpu", teacher_factory=lambda: teacher)
+    reference = rded.select(in_memory, ipc, seed=3)
+    assert torch.equal(streamed.images, reference.images) and torch.equal(streamed.labels, reference.labels)
+    assert {key: streamed.provenance[key] for key in ("patch_source", "patch_box", "patch_loss")} == \
+        {key: reference.provenance[key] for key in ("patch_source", "patch_box", "patch_loss")}
+
+    rng, g, released = np.random.default_rng(3), generator(3), []  # class by class, as RDED was released
+    for c, members in enumerate(in_memory.class_members()):
+        cand = torch.as_tensor(rded.candidates(members, m, rng))
+        stitched, _ = rded_patches(memory.train_x[cand], torch.full((m,), c), teacher.model, ipc, fill=memory.mean,
+                                   sources=cand, k=k, g=g)
+        released.append(stitched)
+    assert torch.equal(streamed.images, to_uint8(torch.cat(released)))
 
 
 def test_a_trial_on_an_imagefolder_set_decodes_only_its_subset(fm_tree, side, tmp_path):

@@ -4,8 +4,9 @@
 ``study.core.passes.use_pass_runner``. Rows are (index, path) for a file-backed split, or bare indices into an
 in-memory split put once in the object store. Decoding runs as stateless tasks (``map_batches`` with a
 function); the pass's work (a model's logits and features, the tree's scan) runs in actors
-(``map_batches`` with a callable class), one per GPU where there are GPUs, so each model is loaded once per
-actor; the actors write Parquet parts straight to the cache folder, so the driver never holds the outputs.
+(``map_batches`` with a callable class), one per GPU where there are GPUs, else one per CPU, so each model is
+loaded once per actor; Parquet parts are written by Ray Data's write tasks straight to the cache folder, so the
+driver never holds the outputs.
 The pipeline streams: memory is bounded by the blocks in flight, not by the size of the split.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ class RunWork:
         self.fn = work.bind(device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        outputs = self.fn(torch.from_numpy(np.ascontiguousarray(batch["image"])), batch["ok"])
+        outputs = self.fn(torch.from_numpy(np.ascontiguousarray(batch["image"])), batch["ok"], batch["index"])
         return pa.table({"index": pa.array(batch["index"]), **columns(outputs)})
 
 
@@ -60,13 +61,17 @@ def source_rows(images) -> tuple["ray.data.Dataset", object]:
 
 
 def ray_data_pass(images, work, out_dir: Path, batch_size: int, device: str) -> None:
-    """Decode in CPU tasks, run ``work`` in actors (one per GPU, else one on a CPU), write Parquet parts."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    """Decode in CPU tasks, run ``work`` in actors, write Parquet parts. The actors are one per GPU; without
+    GPUs, one per CPU, each decoding its own batches (Ray Data fuses the two steps when both ask for one CPU),
+    since one actor alone would leave every other CPU idle while the model is the slow part."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    actors = gpus or max(1, int(resources.get("CPU", 1)))
     rows, decode = source_rows(images)
     decoded = rows.map_batches(decode["fn"], fn_kwargs=decode["fn_kwargs"], batch_size=batch_size, num_cpus=1)
     outputs = decoded.map_batches(RunWork, fn_constructor_args=(work, "cuda" if gpus else "cpu"),
-                                  batch_size=batch_size, concurrency=max(gpus, 1), num_gpus=1 if gpus else 0,
-                                  num_cpus=1, batch_format="numpy")
+                                  batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
+                                  num_gpus=1 if gpus else 0, num_cpus=1, batch_format="numpy")
     outputs.write_parquet(str(out_dir))
 
 

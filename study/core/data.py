@@ -289,7 +289,7 @@ class ScanWork:
     """The scan's per-image work: each channel's sum and sum of squares in [0, 1], and whether it decoded."""
 
     def bind(self, device: str):
-        def scan(images: torch.Tensor, ok: np.ndarray) -> dict[str, np.ndarray]:
+        def scan(images: torch.Tensor, ok: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
             x = images.double().div_(255).flatten(2)
             return {"ok": ok, "sum": x.sum(2).numpy(), "sumsq": x.pow(2).sum(2).numpy()}
 

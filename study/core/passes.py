@@ -25,9 +25,11 @@ from study.core.images import FileImages, decode_paths
 
 
 class BatchWork(Protocol):
-    """A pass's per-batch work; ``bind`` is called once per worker (say, to move a model to its device)."""
+    """A pass's per-batch work; ``bind`` is called once per worker (say, to move a model to its device). The
+    bound function takes a batch's uint8 images, which of them decoded, and their rows in the pass (for work
+    with per-row inputs, such as each candidate's crop boxes)."""
 
-    def bind(self, device: str) -> Callable[[torch.Tensor, np.ndarray], dict[str, np.ndarray]]: ...
+    def bind(self, device: str) -> Callable[[torch.Tensor, np.ndarray, np.ndarray], dict[str, np.ndarray]]: ...
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Together:
 
     def bind(self, device: str):
         fns = [work.bind(device) for work in self.works]
-        return lambda images, ok: {name: values for fn in fns for name, values in fn(images, ok).items()}
+        return lambda *batch: {name: values for fn in fns for name, values in fn(*batch).items()}
 
 
 def columns(outputs: dict[str, np.ndarray]) -> dict[str, pa.Array]:
@@ -77,7 +79,7 @@ def in_process(images, work: BatchWork, out_dir: Path, batch_size: int, device: 
                 batch, ok = decode_paths(images.paths[index], images.size, images.bad_images)
             else:
                 batch, ok = images[torch.as_tensor(index)], np.ones(len(index), dtype=bool)
-            yield pa.table({"index": pa.array(index), **columns(fn(batch, ok))})
+            yield pa.table({"index": pa.array(index), **columns(fn(batch, ok, index))})
 
     write_tables(tables(), out_dir)
 

@@ -137,7 +137,7 @@ class ModelOutputs:
         model = self.model.to(device).eval()
 
         @torch.inference_mode()
-        def outputs(images: torch.Tensor, ok: np.ndarray) -> dict[str, np.ndarray]:
+        def outputs(images: torch.Tensor, ok: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
             features = model.features(images.to(device).float().div_(255))
             logits = model.backbone.head(features)
             return {"logits": logits.float().cpu().numpy(), "features": features.float().cpu().numpy()}
