@@ -90,19 +90,23 @@ def load_weights(model: nn.Module, spec: TeacherSpec) -> nn.Module:
 
 
 def accuracy_key(data: Dataset, spec: TeacherSpec) -> dict:
-    """What a pretrained teacher's test accuracy depends on: the test split and the checkpoint file."""
+    """What a pretrained teacher's accuracy on a file-backed test split depends on: the split and the checkpoint."""
     stat = os.stat(spec.path)
-    test = data.test_x.digest() if isinstance(data.test_x, FileImages) else None
-    return {"kind": "pretrained-accuracy", "dataset": data.name, "split": data.summary(), "test": test,
+    return {"kind": "pretrained-accuracy", "dataset": data.name, "split": data.summary(), "test": data.test_x.digest(),
             "weights": [stat.st_size, stat.st_mtime_ns], **spec.to_dict()}
 
 
 def load_pretrained(data: Dataset, spec: TeacherSpec, device: str, cache: Cache | None = None) -> Teacher:
-    """The teacher at ``spec.path``; its test accuracy is computed once per (checkpoint, test split) and cached,
-    as every process that loads the teacher would otherwise decode the test split again."""
+    """The teacher at ``spec.path``. On a file-backed test split its accuracy is computed once per (checkpoint,
+    test split) and cached, as every process that loads the teacher would otherwise decode the split again; an
+    in-memory split is evaluated here, and nothing is written."""
     model = load_weights(model_for(data, spec.model, **spec.model_kwargs), spec)
-    entry = (cache or Cache()).get_or_compute("teachers", accuracy_key(data, spec),
-                                              lambda: {"test_acc": accuracy(model, data.test_x, data.test_y, device)})
+
+    def evaluate() -> dict:
+        return {"test_acc": accuracy(model, data.test_x, data.test_y, device)}
+
+    entry = (cache or Cache()).get_or_compute("teachers", accuracy_key(data, spec), evaluate) \
+        if isinstance(data.test_x, FileImages) else evaluate()
     return Teacher(model, {}, entry["test_acc"], spec)
 
 
