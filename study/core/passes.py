@@ -10,9 +10,9 @@ index order, so a selector's process never holds the images, only the per-sample
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Callable, Protocol
 
 import numpy as np
@@ -107,7 +107,7 @@ def run_pass(images, work: BatchWork, out_dir: Path, batch_size: int = 256, devi
 def placed_batches(src: Path, columns: list[str], rows: np.ndarray | None = None):
     """The pass at ``src`` one record batch at a time, each with the output position of its rows: a row's own
     index, or, given ``rows``, ``i`` for row ``rows[i]`` (other rows left out). Parts come in any order (Ray
-    Data's actors write them as they finish); placing rows by position never holds the table twice."""
+    Data writes them as they finish); placing rows by position never holds the table twice."""
     source = ds.dataset(src, format="parquet")
     if rows is None:
         position = np.arange(source.count_rows())
