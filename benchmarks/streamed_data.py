@@ -8,7 +8,8 @@ started (psutil, every 0.2 s):
 
 - ``streamed``: this checkout: file-backed images, the tree's scan and the teacher's outputs as Ray Data
   passes, selections reading the cached Parquet outputs and decoding only the images they keep;
-- ``memory``: the code at ``--memory-code`` (today's main), which decodes the whole tree into one tensor in
+- ``memory``: the code at ``--memory-commit`` (the last commit before file-backed sets, extracted with
+  ``git archive`` under ``--root``) or at ``--memory-code``, which decodes the whole tree into one tensor in
   every process that loads the dataset.
 
     nice -n 5 python benchmarks/streamed_data.py --sizes 10000 60000
@@ -29,6 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parents[1]
 SIDE = 64
+MEMORY_COMMIT = "fec981d"  # main before the file-backed ImageFolder sets were merged
 
 
 def build_tree(root: Path, n: int) -> Path:
@@ -79,11 +81,12 @@ class Sampler(threading.Thread):
                         # a worker starts as "python .../default_worker.py" and renames itself ray::IDLE / ray::TASK
                         worker = bool(command) and (command[0].startswith("ray::") or
                                                     any("default_worker.py" in c for c in command))
-                        self.names[child.pid] = (command[0][:60] if command[0].startswith("ray::") else "ray::")\
+                        name = (command[0][:60] if command[0].startswith("ray::") else "ray::") \
                             if worker else child.name()
                     except psutil.Error:
                         continue
-                    self.peaks[child.pid] = max(self.peaks.get(child.pid, 0), rss)
+                    if rss > self.peaks.get(child.pid, 0):  # a worker's name changes with its task: keep the peak's
+                        self.peaks[child.pid], self.names[child.pid] = rss, name
                     total += rss
             except psutil.Error:
                 pass
@@ -94,9 +97,10 @@ class Sampler(threading.Thread):
         gb = 1 / 2 ** 30
         workers = {pid: p for pid, p in self.peaks.items() if self.names[pid].startswith("ray::")}
         others = {pid: p for pid, p in self.peaks.items() if pid not in workers}
+        largest = sorted(workers, key=workers.get, reverse=True)
         return {"driver_gb": self.driver * gb, "total_gb": self.total * gb,
-                "worker_peaks_gb": sorted((round(p * gb, 3) for p in workers.values()), reverse=True),
-                "worker_names": sorted({self.names[pid] for pid in workers}),
+                "worker_peaks_gb": [round(workers[pid] * gb, 3) for pid in largest],
+                "worker_peak_names": [self.names[pid] for pid in largest],
                 "ray_system_gb": sum(others.values()) * gb}
 
 
@@ -147,6 +151,17 @@ def make_teacher(root: Path) -> Path:
     return path
 
 
+def checkout(commit: str, root: Path) -> Path:
+    """The tree of ``commit`` under ``root`` (``git archive``), made once."""
+    out = root / f"code-{commit}"
+    if not (out / ".complete").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(HERE), "archive", commit], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+        (out / ".complete").touch()
+    return out
+
+
 def run(tree: Path, path: str, code: Path, teacher: Path, root: Path) -> dict:
     with tempfile.TemporaryDirectory(dir=root, prefix=f"cache-{path}-") as cache:
         out = Path(cache) / "result.json"
@@ -164,7 +179,9 @@ def main() -> None:
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=None,
                         help="sizes for the in-memory path (default: all); it holds the decoded set in every process")
     parser.add_argument("--root", type=Path, default=Path("/work/runs/data-bench"))
-    parser.add_argument("--memory-code", type=Path, default=Path("/work/main"))
+    parser.add_argument("--memory-commit", default=MEMORY_COMMIT,
+                        help="commit whose code runs the in-memory path (default: the last before file-backed sets)")
+    parser.add_argument("--memory-code", type=Path, default=None, help="a checkout to use instead of --memory-commit")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
@@ -172,24 +189,27 @@ def main() -> None:
         return
     a.root.mkdir(parents=True, exist_ok=True)
     teacher = make_teacher(a.root)
+    memory_code = a.memory_code or (checkout(a.memory_commit, a.root) if "memory" in a.paths else None)
     rows = []
     for n in a.sizes:
         tree = build_tree(a.root, n)
         for path in a.paths:
             if path == "memory" and a.memory_sizes is not None and n not in a.memory_sizes:
                 continue
-            result = run(tree, path, HERE if path == "streamed" else a.memory_code, teacher, a.root)
+            result = run(tree, path, HERE if path == "streamed" else memory_code, teacher, a.root)
             result.update(size=n, path=path, images_per_s=n / result["wall_s"])
             rows.append(result)
             print(json.dumps({k: v for k, v in result.items() if k != "log"}), flush=True)
             print("\n".join(result["log"]), flush=True)
-    (a.root / "results.json").write_text(json.dumps(rows, indent=1))
-    print("\n| path | training images | wall s | images/s | driver peak GB | largest worker peak GB | "
+    out = a.root / f"results-{'-'.join(map(str, a.sizes))}-{'-'.join(a.paths)}.json"
+    out.write_text(json.dumps(rows, indent=1))
+    print(f"results: {out}")
+    print("\n| path | training images | wall s | images/s | driver peak GB | largest Ray worker peak GB (which) | "
           "workers | peak total GB (driver + Ray) |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['path']} | {r['size']} | {r['wall_s']:.0f} | {r['images_per_s']:.0f} | {r['driver_gb']:.2f} | "
-              f"{(r['worker_peaks_gb'] or [0])[0]:.2f} | {len(r['worker_peaks_gb'])} | {r['total_gb']:.2f} |")
-
+        largest = f"{r['worker_peaks_gb'][0]:.2f} ({r['worker_peak_names'][0]})" if r["worker_peaks_gb"] else "-"
+        print(f"| {r['path']} | {r['size']} | {r['wall_s']:.0f} | {r['images_per_s']:.1f} | {r['driver_gb']:.2f} | "
+              f"{largest} | {len(r['worker_peaks_gb'])} | {r['total_gb']:.2f} |")
 
 if __name__ == "__main__":
     main()

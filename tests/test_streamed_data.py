@@ -7,6 +7,8 @@ reference for every number the streamed path computes.
 from __future__ import annotations
 
 import contextlib
+import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -18,14 +20,17 @@ from study.core import images as images_mod
 from study.core.cache import Cache
 from study.core.data import FASHION_CLASSES, DEBIAN_FASHION_MNIST, Augment, assemble, load_dataset
 from study.core.errors import StudyError
-from study.core.evaluate import predict_features, predict_logits
+from study.core.evaluate import accuracy, predict_features, predict_logits
 from study.core.images import FileImages
-from study.core.models import model_for
+from study.core.models import create_model, model_for
 from study.core.protocol import Protocol, TeacherSpec
-from study.core.teacher import get_teacher, teacher_outputs
+from study.core.seeding import generator
+from study.core.teacher import Teacher, get_teacher, teacher_outputs
+from study.core.tree_pass import prepare_tree
 from study.runs.config import TrialConfig
 from study.runs.trial import cached_dataset, run_trial
 from study.selection import SelectionContext, build_selector
+from study.selection.rded import rded_patches, to_uint8
 from study.selection.scores import compute_scores, uncertainty
 
 N_TRAIN, N_TEST, SIDE = 1200, 300, 28
@@ -129,6 +134,86 @@ def test_streamed_scores_and_features_equal_the_in_memory_ones(fm_tree, side, pa
     reference = SelectionContext(memory, Cache(tmp_path / "cache-memory"), "cpu", teacher_factory=lambda: teacher)
     assert herding.indices.tolist() == build_selector("herding").select(reference, 5, seed=0).indices.tolist()
     assert torch.equal(herding.images, memory.train_x[herding.indices])
+
+
+def test_one_pass_over_the_tree_gives_its_scan_and_the_teachers_outputs_and_accuracy(fm_tree, side, passes,
+                                                                                      tmp_path):
+    root, train, test = fm_tree
+    tree = tmp_path / "tree"
+    shutil.copytree(root, tree)  # a listing of its own, so none of it is cached yet
+    memory = assemble("fm-memory", sorted(CLASSES), train, test, Augment())
+    model = model_for(memory, "convnet", width=16)
+    torch.save(model.state_dict(), tmp_path / "teacher.pt")
+    spec = TeacherSpec(model="convnet", model_kwargs={"width": 16}, path=str(tmp_path / "teacher.pt"))
+    cache = Cache(tmp_path / "cache")
+    images_mod.DECODED.clear()
+    with passes():
+        prepare_tree(str(tree), spec, cache)
+    decoded = Counter(images_mod.DECODED)  # what this process decoded (Ray Data decodes in its workers)
+    listed = {str(p) for p in tree.rglob("*.png")}
+    assert (set(decoded), set(decoded.values())) in [(listed, {1}), (set(), set())]
+
+    images_mod.DECODED.clear()
+    files = load_dataset(f"imagefolder:{tree}")
+    teacher = get_teacher(files, spec, cache, device="cpu")
+    outputs = teacher_outputs(files, teacher, cache, "cpu")
+    features, logits = outputs["features"], outputs["logits"]
+    assert not images_mod.DECODED, "the loader, the teacher's accuracy and its outputs all come from the pass"
+    assert np.allclose(files.mean, memory.mean, atol=1e-6) and np.allclose(files.std, memory.std, atol=1e-6)
+    torch.testing.assert_close(features, predict_features(model, memory.train_x, "cpu"), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, predict_logits(model, memory.train_x, "cpu"), rtol=1e-4, atol=1e-4)
+    assert teacher.test_acc == accuracy(model, memory.test_x, memory.test_y, "cpu")
+    assert logits.std(0).min() > 0
+
+
+def test_the_tree_pass_refuses_or_leaves_out_a_corrupt_image_as_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(study.core.data, "IMAGEFOLDER_SIZE", 8)
+    bad = corrupt_tree(tmp_path / "tree")
+    model = create_model("convnet", 3, 2, 8, (0.5,) * 3, (0.2,) * 3, width=8)
+    torch.save(model.state_dict(), tmp_path / "teacher.pt")
+    spec = TeacherSpec(model="convnet", model_kwargs={"width": 8}, path=str(tmp_path / "teacher.pt"))
+    with pytest.raises(StudyError) as err:
+        prepare_tree(str(tmp_path / "tree"), spec, Cache(tmp_path / "cache"))
+    assert str(bad) in str(err.value) and "HARDTRUTHS_BAD_IMAGES=skip" in str(err.value)
+
+    monkeypatch.setattr(study.core.data, "BAD_IMAGES", "skip")
+    prepare_tree(str(tmp_path / "tree"), spec, Cache(tmp_path / "cache"))
+    data = load_dataset(f"imagefolder:{tmp_path / 'tree'}")
+    teacher = get_teacher(data, spec, Cache(tmp_path / "cache"), device="cpu")
+    logits = teacher_outputs(data, teacher, Cache(tmp_path / "cache"), "cpu")["logits"]
+    assert str(bad) not in [*data.train_x.paths, *data.test_x.paths] and len(logits) == len(data.train_y)
+    torch.testing.assert_close(logits, predict_logits(model, data.train_x.to("cpu"), "cpu"), rtol=1e-4, atol=1e-4)
+    assert teacher.test_acc == accuracy(model, data.test_x, data.test_y, "cpu")
+
+
+def test_rded_scores_a_trees_candidates_in_one_pass_and_picks_what_it_picks_in_memory(fm_tree, side, passes,
+                                                                                       tmp_path):
+    root, train, test = fm_tree
+    files = load_dataset(f"imagefolder:{root}")
+    memory = assemble("fm-memory", sorted(CLASSES), train, test, Augment())
+    spec = TeacherSpec(model="convnet", model_kwargs={"width": 16})
+    teacher = Teacher(model_for(memory, "convnet", width=16).eval(), {}, 0.0, spec)
+    rded, m, k, ipc = build_selector("rded", m=20, k=3), 20, 3, 2
+    images_mod.DECODED.clear()
+    with passes():
+        streamed = rded.select(SelectionContext(files, Cache(tmp_path / "a"), "cpu", teacher_factory=lambda: teacher),
+                               ipc, seed=3)
+    in_here = sum(images_mod.DECODED.values())  # Ray Data decodes the candidates in its workers
+    assert in_here in (m * len(CLASSES) + ipc * len(CLASSES), ipc * len(CLASSES))
+
+    in_memory = SelectionContext(memory, Cache(tmp_path / "b"), "cpu", teacher_factory=lambda: teacher)
+    reference = rded.select(in_memory, ipc, seed=3)
+    assert torch.equal(streamed.images, reference.images) and torch.equal(streamed.labels, reference.labels)
+    assert {key: streamed.provenance[key] for key in ("patch_source", "patch_box", "patch_loss")} == \
+        {key: reference.provenance[key] for key in ("patch_source", "patch_box", "patch_loss")}
+
+    rng, g, released = np.random.default_rng(3), generator(3), []  # class by class, as RDED was released
+    for c, members in enumerate(in_memory.class_members()):
+        cand = torch.as_tensor(rded.candidates(members, m, rng))
+        stitched, _ = rded_patches(memory.train_x[cand], torch.full((m,), c), teacher.model, ipc, fill=memory.mean,
+                                   sources=cand, k=k, g=g)
+        released.append(stitched)
+    assert torch.equal(streamed.images, to_uint8(torch.cat(released)))
 
 
 def test_a_trial_on_an_imagefolder_set_decodes_only_its_subset(fm_tree, side, tmp_path):

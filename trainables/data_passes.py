@@ -4,8 +4,9 @@
 ``study.core.passes.use_pass_runner``. Rows are (index, path) for a file-backed split, or bare indices into an
 in-memory split put once in the object store. Decoding runs as stateless tasks (``map_batches`` with a
 function); the pass's work (a model's logits and features, the tree's scan) runs in actors
-(``map_batches`` with a callable class), one per GPU where there are GPUs, so each model is loaded once per
-actor; the actors write Parquet parts straight to the cache folder, so the driver never holds the outputs.
+(``map_batches`` with a callable class), one per GPU where there are GPUs, else one per CPU, so each model is
+loaded once per actor; Parquet parts are written by Ray Data's write tasks straight to the cache folder, so the
+driver never holds the outputs.
 The pipeline streams: memory is bounded by the blocks in flight, not by the size of the split.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ class RunWork:
         self.fn = work.bind(device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        outputs = self.fn(torch.from_numpy(np.ascontiguousarray(batch["image"])), batch["ok"])
+        outputs = self.fn(torch.from_numpy(np.ascontiguousarray(batch["image"])), batch["ok"], batch["index"])
         return pa.table({"index": pa.array(batch["index"]), **columns(outputs)})
 
 
@@ -60,13 +61,17 @@ def source_rows(images) -> tuple["ray.data.Dataset", object]:
 
 
 def ray_data_pass(images, work, out_dir: Path, batch_size: int, device: str) -> None:
-    """Decode in CPU tasks, run ``work`` in actors (one per GPU, else one on a CPU), write Parquet parts."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    """Decode in CPU tasks, run ``work`` in actors, write Parquet parts. The actors are one per GPU; without
+    GPUs, one per CPU, each decoding its own batches (Ray Data fuses the two steps when both ask for one CPU),
+    since one actor alone would leave every other CPU idle while the model is the slow part."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    actors = gpus or max(1, int(resources.get("CPU", 1)))
     rows, decode = source_rows(images)
     decoded = rows.map_batches(decode["fn"], fn_kwargs=decode["fn_kwargs"], batch_size=batch_size, num_cpus=1)
     outputs = decoded.map_batches(RunWork, fn_constructor_args=(work, "cuda" if gpus else "cpu"),
-                                  batch_size=batch_size, concurrency=max(gpus, 1), num_gpus=1 if gpus else 0,
-                                  num_cpus=1, batch_format="numpy")
+                                  batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
+                                  num_gpus=1 if gpus else 0, num_cpus=1, batch_format="numpy")
     outputs.write_parquet(str(out_dir))
 
 
@@ -82,22 +87,26 @@ def ray_passes():
         context.enable_progress_bars = shown
 
 
-def file_backed(cfg) -> bool:
-    from study.runs.trial import cached_dataset
+def prepare_tree_in_driver(cfg, cache_dir, teacher_outputs: bool) -> bool:
+    """For an ImageFolder study, its tree's scan, and with ``teacher_outputs`` and a pretrained teacher the
+    teacher's outputs and test accuracy, as one Ray Data pass here, before any task loads the set; True if the
+    set is file-backed. An in-memory set is small and is loaded by each task as before."""
+    from study.core.cache import Cache
+    from study.core.data import image_folder_path
+    from study.core.tree_pass import prepare_tree
 
-    return isinstance(cached_dataset(cfg.dataset, cfg.data_root).train_x, FileImages)
-
-
-def scan_in_driver(cfg) -> bool:
-    """List (and on first use scan) the study's dataset here, the scan as a Ray Data pass; True if it is
-    file-backed. An in-memory set is small and is loaded by each task as before."""
+    path = image_folder_path(cfg.dataset)
+    if path is None:
+        return False
     with ray_passes():
-        return file_backed(cfg)
+        prepare_tree(str(path), cfg.teacher if teacher_outputs else None, Cache(cache_dir))
+    return True
 
 
 def teacher_pass_in_driver(cfg, cache_dir) -> None:
-    """The teacher's logits and features of the whole split, as a Ray Data pass, before the selection tasks
-    that read them from the cache (inside a task the pass would run in that one process)."""
+    """The outputs of a teacher trained by the preparation, as a Ray Data pass, before the selection tasks
+    that read them from the cache (inside a task the pass would run in that one process); a pretrained
+    teacher's came with the tree's scan, and this finds them cached."""
     from study.runs.trial import context_for
 
     with ray_passes():

@@ -25,7 +25,7 @@ from study.core.seeding import canonical_json
 from study.selection import build_selector
 from study.core.train import default_device
 from study.runs.trial import context_for, prepare_selection, selection_key
-from trainables.data_passes import scan_in_driver, teacher_pass_in_driver
+from trainables.data_passes import prepare_tree_in_driver, teacher_pass_in_driver
 from trainables.progress import progress_bar
 
 
@@ -98,14 +98,15 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print, cp
     """Train (or load) the teacher, then make each distinct selection, one task per repeat."""
     teacher_acc = None
     teacher_options, selection_options = task_resources(cpus_per_trial, gpus_per_trial)
-    streamed = bool(cells) and scan_in_driver(cells[0])
+    reads_outputs = any(selector_of(c).needs_teacher for c in cells)
+    streamed = bool(cells) and prepare_tree_in_driver(cells[0], cache_dir, reads_outputs)
     if cells and needs_teacher(cells):
         say(f"preparing: teacher ({teacher_options['num_cpus']:g} CPU threads, {teacher_options['num_gpus']} GPU) ...")
         teacher_acc, notes = ray.get(prepare_teacher.options(**teacher_options).remote(cells[0], cache_dir))
         for note in notes:
             say(note)
         say(f"preparing: teacher test accuracy {100 * teacher_acc:.1f}%")
-        if streamed and any(selector_of(c).needs_teacher for c in cells):
+        if streamed and reads_outputs and not cells[0].teacher.path:
             say("preparing: teacher outputs over the training split (Ray Data) ...")
             teacher_pass_in_driver(cells[0], cache_dir)
     distinct = {canonical_json(selection_key(c, selector_of(c), 0)): c for c in cells if not c.is_full_data}

@@ -122,6 +122,10 @@ class Cache:
                 atomic_write_text(sidecar, json.dumps(meta, indent=1))
         return folder
 
+    def has_folder(self, kind: str, key: dict) -> bool:
+        payload, sidecar = self.paths(kind, key)
+        return self.folder_intact(payload.with_suffix(""), sidecar)
+
     @staticmethod
     def folder_intact(folder: Path, sidecar: Path) -> bool:
         if not (folder.is_dir() and sidecar.exists()):

@@ -289,21 +289,29 @@ class ScanWork:
     """The scan's per-image work: each channel's sum and sum of squares in [0, 1], and whether it decoded."""
 
     def bind(self, device: str):
-        def scan(images: torch.Tensor, ok: np.ndarray) -> dict[str, np.ndarray]:
+        def scan(images: torch.Tensor, ok: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
             x = images.double().div_(255).flatten(2)
             return {"ok": ok, "sum": x.sum(2).numpy(), "sumsq": x.pow(2).sum(2).numpy()}
 
         return scan
 
 
-def scan_images(paths: np.ndarray, size: int) -> dict[str, np.ndarray]:
-    """Decode every image once, as a full-set pass cached per listing (paths, sizes, modification times), for
-    the channel statistics and the unreadable files; the images themselves are not kept."""
+SCAN_COLUMNS = ["ok", "sum", "sumsq"]
+
+
+def scan_key(paths: np.ndarray, size: int) -> dict:
+    """What a scan depends on: the listing (paths, sizes, modification times) and the decoded size."""
     stats = [os.stat(p) for p in paths]
     listing = content_hash([[str(p), s.st_size, s.st_mtime_ns] for p, s in zip(paths, stats)], length=24)
+    return {"kind": "scan", "listing": listing, "size": size}
+
+
+def scan_images(paths: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """Decode every image once, as a full-set pass cached per listing, for the channel statistics and the
+    unreadable files; the images themselves are not kept. A study's preparation makes this entry in the
+    teacher's pass instead (study.core.tree_pass), so the tree is decoded once."""
     images = FileImages(paths, size, bad_images="skip")
-    folder = Cache().folder("scans", {"kind": "scan", "listing": listing, "size": size},
-                            lambda out: run_pass(images, ScanWork(), out))
+    folder = Cache().folder("scans", scan_key(paths, size), lambda out: run_pass(images, ScanWork(), out))
     return read_pass(folder)
 
 
@@ -336,35 +344,51 @@ def smallest_class(name: str, data_root: str | None = None) -> int:
     """The smallest class's training images, for checking a study's IPC before any compute: an ImageFolder tree
     is listed, not scanned (its scan decodes every image, and runs later as a pass of the preparation), so a
     file left out as unreadable is still counted here; the selector checks the exact count."""
-    kind, named = DATASETS.resolve(name)
-    if kind is not load_image_folder:
+    path = image_folder_path(name)
+    if path is None:
         return int(load_dataset(name, data_root).class_counts().min())
-    path = Path(named.get("arg", "")).expanduser()
-    if not path.is_dir():
-        load_image_folder(**named)  # says what is wrong with it, in one sentence
-    train_dir = path / "train" if (path / "train").is_dir() else path
-    _, labels, mapping = index_image_folder(train_dir)
+    dirs = split_dirs(path)
+    _, labels, mapping = index_image_folder(dirs[0])
     n = int(torch.bincount(labels, minlength=len(mapping)).min())
-    if train_dir == path:  # the loader splits a test fifth off, as stratified_test_split does
+    if len(dirs) == 1:  # the loader splits a test fifth off, as stratified_test_split does
         n -= int(round(0.2 * n))
     return n - max(1, min(100, n // 10))  # and the validation tenth, as carve_val does
+
+
+def tree_path(arg: str) -> Path:
+    """The folder of ``imagefolder:ARG``, refused in one sentence when it is not one."""
+    path = Path(arg).expanduser()
+    if not arg or not path.is_dir():
+        raise StudyError(f"imagefolder:PATH needs an existing folder of class sub-folders, and {arg!r} is not one.")
+    return path
+
+
+def image_folder_path(name: str) -> Path | None:
+    """The tree of an ``imagefolder:PATH`` dataset name; None for any other dataset."""
+    kind, named = DATASETS.resolve(name)
+    return tree_path(named.get("arg", "")) if kind is load_image_folder else None
+
+
+def split_dirs(path: Path) -> list[Path]:
+    """The tree's listed folders: PATH/train and PATH/val (or PATH/test) when it has both, else PATH itself
+    (the loader then splits a test fifth off)."""
+    test_dir = next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
+    return [path / "train", test_dir] if (path / "train").is_dir() and test_dir is not None else [path]
 
 
 @DATASETS.register("imagefolder")
 def load_image_folder(arg: str = "", root: Path | None = None, download: bool = False) -> Dataset:
     """An ImageFolder tree, file-backed: the loader lists and scans it once; images are decoded when used."""
-    path = Path(arg).expanduser()
-    if not arg or not path.is_dir():
-        raise StudyError(f"imagefolder:PATH needs an existing folder of class sub-folders, and {arg!r} is not one.")
+    path = tree_path(arg)
     if BAD_IMAGES not in ("fail", "skip"):
         raise StudyError(f"HARDTRUTHS_BAD_IMAGES must be 'fail' or 'skip', not {BAD_IMAGES!r}.")
     size = IMAGEFOLDER_SIZE
-    train_dir, test_dir = path / "train", next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
-    if train_dir.is_dir() and test_dir is not None:
-        train, mapping, scan = file_split(train_dir, size, BAD_IMAGES)
-        test, test_mapping, _ = file_split(test_dir, size, BAD_IMAGES)
+    dirs = split_dirs(path)
+    if len(dirs) == 2:
+        train, mapping, scan = file_split(dirs[0], size, BAD_IMAGES)
+        test, test_mapping, _ = file_split(dirs[1], size, BAD_IMAGES)
         if test_mapping != mapping:
-            raise StudyError(f"The class folders of {train_dir} and {test_dir} differ.")
+            raise StudyError(f"The class folders of {dirs[0]} and {dirs[1]} differ.")
     else:
         (x, y), mapping, scan = file_split(path, size, BAD_IMAGES)
         train, test = stratified_test_split(x, y, len(mapping), fraction=0.2)

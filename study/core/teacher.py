@@ -8,6 +8,7 @@ A user with trained weights passes ``path`` and skips training.
 """
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 
@@ -20,9 +21,9 @@ from study.core.cache import Cache
 from study.core.data import Dataset
 from study.core.errors import StudyError
 from study.core.evaluate import accuracy, eval_chunk, predict_logits
-from study.core.images import materialise
+from study.core.images import FileImages, materialise
 from study.core.models import model_for
-from study.core.passes import read_pass, run_pass
+from study.core.passes import PassColumns, run_pass
 from study.core.protocol import TeacherSpec
 from study.core.seeding import content_hash
 from study.core.train import default_device, train_student
@@ -72,8 +73,8 @@ def train_teacher(data: Dataset, spec: TeacherSpec, device: str | None = None) -
     return Teacher(result.model.cpu().eval(), dynamics, result.test_acc, spec)
 
 
-def load_pretrained(data: Dataset, spec: TeacherSpec, device: str) -> Teacher:
-    model = model_for(data, spec.model, **spec.model_kwargs)
+def load_weights(model: nn.Module, spec: TeacherSpec) -> nn.Module:
+    """``model`` with the checkpoint at ``spec.path`` loaded (its normalisation included), in eval mode."""
     try:
         state = torch.load(spec.path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:
@@ -84,16 +85,36 @@ def load_pretrained(data: Dataset, spec: TeacherSpec, device: str) -> Teacher:
     try:
         model.load_state_dict(state.get("state_dict", state))
     except RuntimeError:
-        raise StudyError(f"The teacher weights at {spec.path} do not fit model {spec.model!r} on {data.name}.") from None
-    model.eval()
-    return Teacher(model, {}, accuracy(model, data.test_x, data.test_y, device), spec)
+        raise StudyError(f"The teacher weights at {spec.path} do not fit model {spec.model!r}.") from None
+    return model.eval()
+
+
+def accuracy_key(data: Dataset, spec: TeacherSpec) -> dict:
+    """What a pretrained teacher's accuracy on a file-backed test split depends on: the split and the checkpoint."""
+    stat = os.stat(spec.path)
+    return {"kind": "pretrained-accuracy", "dataset": data.name, "split": data.summary(), "test": data.test_x.digest(),
+            "weights": [stat.st_size, stat.st_mtime_ns], **spec.to_dict()}
+
+
+def load_pretrained(data: Dataset, spec: TeacherSpec, device: str, cache: Cache | None = None) -> Teacher:
+    """The teacher at ``spec.path``. On a file-backed test split its accuracy is computed once per (checkpoint,
+    test split) and cached, as every process that loads the teacher would otherwise decode the split again; an
+    in-memory split is evaluated here, and nothing is written."""
+    model = load_weights(model_for(data, spec.model, **spec.model_kwargs), spec)
+
+    def evaluate() -> dict:
+        return {"test_acc": accuracy(model, data.test_x, data.test_y, device)}
+
+    entry = (cache or Cache()).get_or_compute("teachers", accuracy_key(data, spec), evaluate) \
+        if isinstance(data.test_x, FileImages) else evaluate()
+    return Teacher(model, {}, entry["test_acc"], spec)
 
 
 def get_teacher(data: Dataset, spec: TeacherSpec, cache: Cache | None = None, device: str | None = None) -> Teacher:
     """The teacher for ``spec``: loaded from ``spec.path``, from the cache, or trained and cached."""
     device = device or default_device()
     if spec.path:
-        return load_pretrained(data, spec, device)
+        return load_pretrained(data, spec, device, cache)
     cache = cache or Cache()
     model = model_for(data, spec.model, **spec.model_kwargs)
     # The architecture's parameter shapes are part of the key: a change to a model's code (say, its depth on
@@ -120,7 +141,7 @@ class ModelOutputs:
         model = self.model.to(device).eval()
 
         @torch.inference_mode()
-        def outputs(images: torch.Tensor, ok: np.ndarray) -> dict[str, np.ndarray]:
+        def outputs(images: torch.Tensor, ok: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
             features = model.features(images.to(device).float().div_(255))
             logits = model.backbone.head(features)
             return {"logits": logits.float().cpu().numpy(), "features": features.float().cpu().numpy()}
@@ -128,11 +149,15 @@ class ModelOutputs:
         return outputs
 
 
-def teacher_outputs(data: Dataset, teacher: Teacher, cache: Cache, device: str) -> dict[str, torch.Tensor]:
+def outputs_key(data: Dataset, spec: TeacherSpec) -> dict:
+    return {"kind": "teacher-outputs", "split": data.summary(), "teacher": spec.to_dict()}
+
+
+def teacher_outputs(data: Dataset, teacher: Teacher, cache: Cache, device: str) -> PassColumns:
     """The teacher's logits and features of every training image, from one full-set pass stored once per
-    (dataset, teacher) as Parquet; every score and selector that reads them reads this table."""
-    key = {"kind": "teacher-outputs", "split": data.summary(), "teacher": teacher.spec.to_dict()}
-    folder = cache.folder("passes", key, lambda out: run_pass(data.train_x, ModelOutputs(teacher.model.cpu()), out,
-                                                               batch_size=eval_chunk(device), device=device))
-    columns = read_pass(folder)
-    return {name: torch.from_numpy(np.array(columns[name])) for name in ("logits", "features")}
+    (dataset, teacher) as Parquet; every score and selector that reads them reads this table, each column
+    only when asked for (the features of ImageNet are gigabytes, which a logits-only score never needs)."""
+    folder = cache.folder("passes", outputs_key(data, teacher.spec),
+                          lambda out: run_pass(data.train_x, ModelOutputs(teacher.model.cpu()), out,
+                                               batch_size=eval_chunk(device), device=device))
+    return PassColumns(folder)

@@ -38,7 +38,9 @@ images in [0, 1] to logits, so tests can inject a scripted observer.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -47,6 +49,9 @@ import torch.nn.functional as F
 
 from study.core.augment import crop_boxes, pad_centre, patch_crop, patch_views, resized_crop, stitched_views
 from study.core.errors import StudyError
+from study.core.evaluate import eval_chunk
+from study.core.images import take
+from study.core.passes import read_pass, run_pass
 from study.selection.base import Selection, SelectionContext, Selector, check_ipc, register_selector
 from study.core.seeding import generator
 
@@ -144,6 +149,21 @@ class Patches:
                        self.source[rows], self.boxes[rows], self.loss[rows])
 
 
+def lowest_crops(losses: torch.Tensor, per_image: int) -> torch.Tensor:
+    """Rows (image i's crop j is row i * k + j) of each image's ``per_image`` lowest-loss crops, in ascending loss."""
+    order = losses.argsort(dim=1, stable=True)[:, :per_image]
+    return (torch.arange(len(losses))[:, None] * losses.shape[1] + order).reshape(-1)
+
+
+def crops_per_image(need: int, n: int, k: int) -> int:
+    """How many crops each of ``n`` candidates must give for ``need`` tiles; refused when more than its ``k``."""
+    per_image = math.ceil(need / n)
+    if per_image > k:
+        raise StudyError(f"{need} patches are needed from {n} candidates with {k} crops each; "
+                         f"raise k or m, or lower the IPC or f.")
+    return per_image
+
+
 def best_crops(images: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor, observer: Observer, *,
                fill: tuple[float, ...], k: int = 5, factor: int = 1, g: torch.Generator | None = None,
                boxes: torch.Tensor | None = None, scale=(0.08, 1.0), score_view: str = "pad", per_image: int = 1,
@@ -163,8 +183,7 @@ def best_crops(images: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor
         b = boxes[sl]
         patches, views = crop_candidates(images[sl], b, factor, fill, score_view, device)
         losses = observer_losses(observer, views, labels[sl].repeat_interleave(k)).view(-1, k)
-        order = losses.argsort(dim=1, stable=True)[:, :per_image]
-        rows = (torch.arange(len(b))[:, None] * k + order).reshape(-1)
+        rows = lowest_crops(losses, per_image)
         kept["pixels"].append(patches[rows.to(patches.device)])
         kept["views"].append(views[rows.to(views.device)])
         kept["source"].append(sources[sl].repeat_interleave(per_image))
@@ -182,13 +201,8 @@ def rded_patches(images: torch.Tensor, labels: torch.Tensor, observer: Observer,
     Returns (stitched float images (ipc, C, H, W), Patches image by image, slot by slot).
     """
     need = ipc * factor * factor
-    n = len(images)
-    per_image = math.ceil(need / n)
-    kk = boxes.shape[1] if boxes is not None else k
-    if per_image > kk:
-        raise StudyError(f"{need} patches are needed from {n} candidates with {kk} crops each; "
-                         f"raise k or m, or lower the IPC or f.")
-    sources = torch.arange(n) if sources is None else sources
+    per_image = crops_per_image(need, len(images), boxes.shape[1] if boxes is not None else k)
+    sources = torch.arange(len(images)) if sources is None else sources
     cand = best_crops(images, labels, sources, observer, fill=fill, k=k, factor=factor, g=g, boxes=boxes,
                       scale=scale, score_view=score_view, per_image=per_image, device=device)
     ranked = cand.loss.argsort(stable=True)[:need]
@@ -250,24 +264,70 @@ class PatchSelector(Selector):
         return Selection(x, y, None, prov, views)
 
 
+@dataclass(frozen=True)
+class CropLosses:
+    """A pass's work: the observer's cross-entropy on each of a candidate's ``k`` crops, row ``r`` of the pass
+    cut at ``boxes[r]`` and scored against ``labels[r]``."""
+
+    observer: torch.nn.Module
+    boxes: torch.Tensor  # (n, k, 4)
+    labels: torch.Tensor  # (n,)
+    factor: int
+    fill: tuple[float, ...]
+    score_view: str
+
+    def bind(self, device: str):
+        observer = self.observer.to(device).eval()
+
+        def losses(images: torch.Tensor, ok: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
+            boxes, k = self.boxes[index], self.boxes.shape[1]
+            _, views = crop_candidates(images, boxes, self.factor, self.fill, self.score_view, device)
+            return {"loss": observer_losses(observer, views, self.labels[index].repeat_interleave(k)).view(-1, k).numpy()}
+
+        return losses
+
+
 @register_selector("rded")
 class RDED(PatchSelector):
     """Per class: m candidates, k square crops each, observer cross-entropy, the easiest ipc*f^2 crops stitched
-    f x f in the released order."""
+    f x f in the released order.
+
+    Every class's candidates are scored in one pass (study.core.passes: Ray Data when the preparation's driver
+    runs it, else in this process), which decodes each candidate once and keeps only its crops' losses; only
+    the images whose crops are kept are decoded again, to cut them. The candidates and boxes are drawn class by
+    class as :func:`rded_patches` draws them, so a seed picks the same crops either way."""
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
         factor = self.factor_for(ctx)
         patch_size(ctx.data.image_shape, factor)
+        need = ipc * factor * factor
         rng, g = np.random.default_rng(seed), generator(seed)
-        observer = self.observer(ctx)
+        cands = [torch.as_tensor(self.candidates(members, self.m, rng)) for members in ctx.class_members()]
+        boxes = [crop_boxes(len(cand) * self.k, g, scale=self.scale, ratio=SQUARE).view(len(cand), self.k, 4)
+                 for cand in cands]
+        per_image = [crops_per_image(need, len(cand), self.k) for cand in cands]
+        losses = self.crop_losses(ctx, cands, boxes, factor).split([len(cand) for cand in cands])
         images, patches = [], []
-        for c, members in enumerate(ctx.class_members()):
-            cand = torch.as_tensor(self.candidates(members, self.m, rng))
-            labels = torch.full((len(cand),), c, dtype=torch.long)
-            stitched, chosen = rded_patches(ctx.data.train_x[cand], labels, observer, ipc, fill=ctx.data.mean,
-                                            sources=cand, k=self.k, factor=factor, g=g, scale=self.scale,
-                                            score_view=self.score_view, device=ctx.device)
-            images.append(stitched)
-            patches.append(chosen)
+        for cand, box, loss, per in zip(cands, boxes, losses, per_image):
+            kept = lowest_crops(loss, per)
+            ranked = kept[loss.reshape(-1)[kept].argsort(stable=True)[:need][released_order(ipc, factor)]]
+            source, box = cand[ranked // self.k], box.reshape(-1, 4)[ranked]
+            pixels, views = crop_candidates(ctx.data.train_x[source], box[:, None], factor, ctx.data.mean,
+                                            self.score_view, ctx.device)
+            patches.append(Patches(pixels, views, source, box, loss.reshape(-1)[ranked]))
+            images.append(stitch(pixels, factor))
         return self.assemble(ctx, images, patches, factor, ipc, seed)
+
+    def crop_losses(self, ctx: SelectionContext, cands: list[torch.Tensor], boxes: list[torch.Tensor],
+                    factor: int) -> torch.Tensor:
+        """(candidates, k) observer losses of every class's candidates, class after class, from one pass."""
+        sources = torch.cat(cands).numpy()
+        labels = torch.cat([torch.full((len(cand),), c, dtype=torch.long) for c, cand in enumerate(cands)])
+        work = CropLosses(self.observer(ctx).cpu(), torch.cat(boxes), labels, factor, tuple(ctx.data.mean),
+                          self.score_view)
+        ctx.cache.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=ctx.cache.root, prefix=".rded-pass-") as tmp:
+            run_pass(take(ctx.data.train_x, sources), work, Path(tmp), batch_size=eval_chunk(ctx.device),
+                     device=ctx.device)
+            return torch.from_numpy(read_pass(Path(tmp), ["loss"])["loss"])
