@@ -303,6 +303,7 @@ def temporaries(*folders: Path) -> set[Path]:
     return {p for f in folders if f.exists() for p in f.rglob("*.tmp")}
 
 
+@pytest.mark.slow  # in the full suite its kills missed every write in 2 of 4 runs (never alone in 6): see issue notes
 def test_sigkill_during_writes_leaves_no_truncated_trusted_file(tmp_path):
     """A process rewriting a 48 MB cache entry and results.csv in a loop is SIGKILLed, several times: a kill
     that lands mid-write leaves only an orphaned temporary file (the evidence it landed there); the cache
