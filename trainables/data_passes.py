@@ -61,19 +61,19 @@ def source_rows(images) -> tuple["ray.data.Dataset", object]:
 
 
 def ray_data_pass(images, work, out_dir: Path, batch_size: int, device: str) -> None:
-    """Decode in CPU tasks, run ``work`` in actors, write Parquet parts. The actors are one per GPU; without
-    GPUs, one per CPU but one, each decoding its own batches (Ray Data fuses the two steps when both ask for one
-    CPU): the CPU left over runs the write tasks. With an actor on every CPU the writes never got a CPU and the
-    60 k-image benchmark stalled (both actors at ~20 % CPU, no output for minutes)."""
+    """Decode in CPU tasks, run ``work`` in actors, write Parquet parts. The actors are one per GPU, else one
+    per CPU, each decoding its own batches (Ray Data fuses the two steps when both ask for one CPU). The write
+    tasks ask for no CPU: they only append Arrow tables to files, and when they asked for one, actors on every
+    CPU left them none and the 60 k-image benchmark stalled (both actors at ~20 % CPU, no output for minutes)."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    actors = gpus or max(1, int(resources.get("CPU", 1)) - 1)
+    actors = gpus or max(1, int(resources.get("CPU", 1)))
     rows, decode = source_rows(images)
     decoded = rows.map_batches(decode["fn"], fn_kwargs=decode["fn_kwargs"], batch_size=batch_size, num_cpus=1)
     outputs = decoded.map_batches(RunWork, fn_constructor_args=(work, "cuda" if gpus else "cpu"),
                                   batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
                                   num_gpus=1 if gpus else 0, num_cpus=1, batch_format="numpy")
-    outputs.write_parquet(str(out_dir))
+    outputs.write_parquet(str(out_dir), ray_remote_args={"num_cpus": 0})
 
 
 @contextlib.contextmanager
