@@ -19,19 +19,13 @@ import torch
 
 from study.core import data as data_mod
 from study.core.cache import Cache
-from study.core.data import SCAN_COLUMNS, ScanWork, index_image_folder, scan_key, split_dirs, tree_path
+from study.core.data import SCAN_COLUMNS, ScanWork, index_image_folder, listed_rows, scan_key, split_dirs, tree_path
 from study.core.evaluate import eval_chunk
 from study.core.images import FileImages
 from study.core.models import create_model
 from study.core.passes import Together, copy_rows, read_pass, run_pass
 from study.core.protocol import TeacherSpec
 from study.core.teacher import ModelOutputs, accuracy_key, load_weights, outputs_key
-
-
-def listed_rows(every: np.ndarray, paths: np.ndarray) -> np.ndarray:
-    """Where each of ``paths`` sits in the listing ``every``."""
-    order = np.argsort(every)
-    return order[np.searchsorted(every, paths, sorter=order)]
 
 
 def pretrained(spec: TeacherSpec, classes: int, size: int):
