@@ -23,6 +23,8 @@ import torch
 
 from study.core.images import FileImages, decode_paths
 
+READ_ROWS = 4096  # rows a reader holds at once
+
 
 class BatchWork(Protocol):
     """A pass's per-batch work; ``bind`` is called once per worker (say, to move a model to its device). The
@@ -107,14 +109,18 @@ def run_pass(images, work: BatchWork, out_dir: Path, batch_size: int = 256, devi
 def placed_batches(src: Path, columns: list[str], rows: np.ndarray | None = None):
     """The pass at ``src`` one record batch at a time, each with the output position of its rows: a row's own
     index, or, given ``rows``, ``i`` for row ``rows[i]`` (other rows left out). Parts come in any order (Ray
-    Data writes them as they finish); placing rows by position never holds the table twice."""
+    Data writes them as they finish); placing rows by position never holds the table twice, and reading a few
+    row groups at a time, not even once: reading 59 k x 2048 features into their array peaked at 1.19 GB with
+    pyarrow's default read-ahead and pre-buffering, 0.66 GB without."""
     source = ds.dataset(src, format="parquet")
     if rows is None:
         position = np.arange(source.count_rows())
     else:
         position = np.full(source.count_rows(), -1, dtype=np.int64)
         position[rows] = np.arange(len(rows))
-    for batch in source.to_batches(columns=["index", *columns]):
+    unbuffered = ds.ParquetFragmentScanOptions(pre_buffer=False)  # pre-buffering read a 0.5 GB column whole
+    for batch in source.to_batches(columns=["index", *columns], batch_size=READ_ROWS, batch_readahead=1,
+                                   fragment_readahead=1, fragment_scan_options=unbuffered):
         target = position[batch.column("index").to_numpy()]
         keep = target >= 0
         yield target[keep], batch.filter(pa.array(keep))
