@@ -199,3 +199,23 @@ def test_bad_input_fails_before_compute(argv, needle, dry_run, tmp_path, capsys)
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_teacher_reports_each_epoch_while_it_trains(local_ray, tmp_path):
+    """The teacher trains in a Ray task; its progress reaches the driver's output an epoch at a time, in order,
+    before its test accuracy, and the accuracy it reports rises."""
+    import re
+
+    from study.core.protocol import Protocol, TeacherSpec
+    from study.runs.config import TrialConfig
+    from trainables.prepare import prepare_study
+
+    cell = TrialConfig(selector="random", ipc=1, seeds=1, protocol=Protocol(regime="sl_kd", steps=5),
+                       teacher=TeacherSpec(model="convnet", model_kwargs={"width": 16}, epochs=3))
+    lines: list[str] = []
+    prepare_study([cell], str(tmp_path / "cache"), say=lines.append)
+    epochs = [re.search(r"teacher epoch (\d)/3: training accuracy ([\d.]+)%", line) for line in lines]
+    epochs = [m for m in epochs if m]
+    assert [m[1] for m in epochs] == ["1", "2", "3"], lines
+    assert float(epochs[-1][2]) > float(epochs[0][2]) + 5, lines
+    assert any("teacher test accuracy" in line for line in lines[lines.index(epochs[-1].string) + 1:]), lines

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections import Counter
 
@@ -30,32 +32,64 @@ from trainables.progress import progress_bar
 
 
 class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
+    def __init__(self, level: int, sink):
+        super().__init__(level)
+        self.sink = sink
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        self.sink(record.getMessage())
+
+
+@contextlib.contextmanager
+def logged(name: str, level: int, sink):
+    """Hand what the logger ``name`` logs at ``level`` or above to ``sink``: what a Ray task logs goes to the
+    worker's log file, which the user does not see."""
+    handler, logger = _Lines(level, sink), logging.getLogger(name)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 @contextlib.contextmanager
 def cache_notes():
-    """The cache's warnings (a damaged entry found and recomputed) inside a task, for the driver to say:
-    what a Ray task logs goes to the worker's log file, which the user does not see."""
-    handler, logger = _Lines(), logging.getLogger("study.core.cache")
-    logger.addHandler(handler)
-    try:
-        yield handler.lines
-    finally:
-        logger.removeHandler(handler)
+    """The cache's warnings (a damaged entry found and recomputed) inside a task, for the driver to say."""
+    lines: list[str] = []
+    with logged("study.core.cache", logging.WARNING, lines.append):
+        yield lines
 
 
-@ray.remote
-def prepare_teacher(cfg: TrialConfig, cache_dir: str | None) -> tuple[float, list[str]]:
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-    with cache_notes() as notes:
-        acc = context_for(cfg, cache_dir, default_device()).teacher.test_acc
-    return acc, notes
+@ray.remote(num_returns="streaming")
+def prepare_teacher(cfg: TrialConfig, cache_dir: str | None):
+    """Yields the teacher's progress lines (one an epoch) as they come, then its test accuracy and the cache's
+    notes: a teacher trains for minutes here and hours on ImageNet, and the driver would otherwise say nothing
+    all that time. The training runs in a thread of this task, which sets its own torch threads (Ray gives a
+    task ``OMP_NUM_THREADS=1``)."""
+    lines: queue.SimpleQueue = queue.SimpleQueue()
+    outcome: dict = {}
+
+    def train() -> None:
+        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+        try:
+            with cache_notes() as notes, logged("study.core.teacher", logging.INFO, lines.put):
+                outcome["result"] = context_for(cfg, cache_dir, default_device()).teacher.test_acc, notes
+        except BaseException as err:  # raised again in the task, as a failed task
+            outcome["error"] = err
+        finally:
+            lines.put(None)
+
+    thread = threading.Thread(target=train, name="teacher")
+    thread.start()
+    for line in iter(lines.get, None):  # Ray's generator tasks take no 'yield from' of a plain iterator
+        yield line
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield outcome["result"]
 
 
 @ray.remote
@@ -102,7 +136,12 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print, cp
     streamed = bool(cells) and prepare_tree_in_driver(cells[0], cache_dir, reads_outputs)
     if cells and needs_teacher(cells):
         say(f"preparing: teacher ({teacher_options['num_cpus']:g} CPU threads, {teacher_options['num_gpus']} GPU) ...")
-        teacher_acc, notes = ray.get(prepare_teacher.options(**teacher_options).remote(cells[0], cache_dir))
+        for ref in prepare_teacher.options(**teacher_options).remote(cells[0], cache_dir):
+            item = ray.get(ref)
+            if isinstance(item, str):
+                say(f"preparing: {item}")
+            else:
+                teacher_acc, notes = item
         for note in notes:
             say(note)
         say(f"preparing: teacher test accuracy {100 * teacher_acc:.1f}%")

@@ -8,8 +8,10 @@ A user with trained weights passes ``path`` and skips training.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,8 @@ from study.core.passes import PassColumns, run_pass
 from study.core.protocol import TeacherSpec
 from study.core.seeding import content_hash
 from study.core.train import default_device, train_student
+
+log = logging.getLogger(__name__)
 
 DYNAMICS = ("correct", "p_true", "margin", "logit_margin", "loss", "el2n")
 
@@ -62,9 +66,12 @@ def train_teacher(data: Dataset, spec: TeacherSpec, device: str | None = None) -
     device = device or default_device()
     history: list[dict[str, torch.Tensor]] = []
     train_x = materialise(data.train_x)
+    start = time.perf_counter()
 
     def record(step: int, model: nn.Module) -> None:
         history.append(sample_dynamics(predict_logits(model, train_x, device), data.train_y))
+        log.info("teacher epoch %d/%d: training accuracy %.1f%%, %.1f min", len(history), spec.epochs,
+                 100 * history[-1]["correct"].mean().item(), (time.perf_counter() - start) / 60)
 
     result = train_student(train_x, data.train_y, data, spec.protocol(len(data.train_y)), seed=spec.seed,
                            device=device, on_checkpoint=record,
