@@ -377,3 +377,10 @@ def test_protocol_check_flags_a_1_5_point_gap_and_names_a_budget_to_try():
     lines = headline(pd.DataFrame(columns=["regime"]), check.reset_index())
     assert len(lines) == 1 and "under sl_kd at 300 steps" in lines[0] and "1.5 points below" in lines[0]
     assert "no budget of this study closes the gap; try 600 steps or more" in lines[0]
+
+
+def test_a_selector_below_random_is_said_to_be_below_it():
+    from study.analysis.prose import versus_random
+
+    assert versus_random(-0.157) == "15.7 points below random"
+    assert versus_random(0.016) == "+1.6 points over random"

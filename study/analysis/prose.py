@@ -9,13 +9,18 @@ from study.analysis.summary import PROTOCOL_GAP
 from study.analysis.trials import CORESET, DD, ordered_regimes
 
 
+def versus_random(gain: float) -> str:
+    """A mean gain in words: a selector below random is said to be below it, not "-15.7 points over" it."""
+    return f"{100 * gain:+.1f} points over random" if gain >= 0 else f"{100 * -gain:.1f} points below random"
+
+
 def family_lines(families: pd.DataFrame) -> list[str]:
     """One sentence per regime: the mean gain over random of the best coreset and of the best DD method."""
     lines = []
     for regime in ordered_regimes(families["regime"]) if not families.empty else []:
         part = families[families["regime"] == regime]
         gains = {kind: part[f"{kind}_gain"].dropna() for kind in (CORESET, DD)}
-        said = [f"best {name} {100 * statistics.fmean(gains[kind]):+.1f} points over random "
+        said = [f"best {name} {versus_random(statistics.fmean(gains[kind]))} "
                 f"({len(gains[kind])} cells)" for kind, name in ((DD, "DD method"), (CORESET, "coreset"))
                 if len(gains[kind])]
         if said:
@@ -51,7 +56,7 @@ def headline(best: pd.DataFrame, protocol: pd.DataFrame, failed: int = 0,
         spread = (f"the gain exceeds the seed spread in {r.cells_exceeding_spread}/{r.cells} cells"
                   if r.cells_with_spread else "no seed spread to compare with (one seed)")
         note = " (not trustworthy: the soft-label protocol under-trains)" if r.regime in suspect else ""
-        lines.append(f"{r.regime}: best selector {r.best}, {100 * r.mean_gain:+.1f} points over random "
+        lines.append(f"{r.regime}: best selector {r.best}, {versus_random(r.mean_gain)} "
                      f"(mean over {r.cells} cells); {spread}{note}.")
     lines += family_lines(families if families is not None else pd.DataFrame())
     if failed:
