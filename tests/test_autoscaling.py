@@ -107,7 +107,8 @@ def occupants(head: RayNode, nodes: set[str]) -> str:
     api = f"http://{RAY_HOST}:{head.dashboard_port}"
     lines = []
     for node in sorted(nodes):
-        actors = list_actors(address=api, filters=[("node_id", "=", node), ("state", "=", "ALIVE")], raise_on_missing_output=False)
+        actors = list_actors(address=api, filters=[("node_id", "=", node), ("state", "=", "ALIVE")],
+                             raise_on_missing_output=False)
         workers = [w for w in list_workers(address=api, filters=[("node_id", "=", node)], raise_on_missing_output=False)
                    if w.is_alive]
         lines.append(f"node {node[-6:]}: actors {[a.class_name for a in actors]}, "
@@ -128,7 +129,8 @@ def head_id(head: RayNode) -> str:
 def test_study_scales_from_zero_workers_and_back(tmp_path, cache_dir):
     # two CPUs a node: one trial's Train worker and the Tune trials' drivers (a hundredth of a CPU each); the
     # GPU trial's driver and its one-CPU worker must fit on the one GPU node once the CPU nodes have gone
-    types = {"cpu": {"resources": {"CPU": 2}, "max_workers": 2}, "gpu": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 1}}
+    types = {"cpu": {"resources": {"CPU": 2}, "max_workers": 2},
+             "gpu": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 1}}
     clock = time.monotonic()
     with fake_cluster(tmp_path, types) as head:
         head_node = head_id(head)

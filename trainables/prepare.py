@@ -154,8 +154,8 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print, cp
         cells_by_cost = sorted(distinct.values(), key=likely_cost, reverse=True)
         # every selection's first repeat before any second one: repeats share their selection's cached work
         # (a proxy, features), so two of them side by side would leave one waiting on the other's cache lock
-        pending = {prepare_repeat.options(**selection_options).remote(c, r, cache_dir): c
-                   for r in range(cells[0].seeds) for c in cells_by_cost}
+        repeats = sorted(((c, r) for c in cells_by_cost for r in range(c.seeds)), key=lambda cr: cr[1])
+        pending = {prepare_repeat.options(**selection_options).remote(c, r, cache_dir): c for c, r in repeats}
         total, seconds = len(pending), Counter()
         with progress_bar("selections") as bar:
             task = bar.add_task("selections", total=total)

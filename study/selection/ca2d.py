@@ -40,7 +40,8 @@ import torch
 
 from study.selection.base import Selection, SelectionContext, check_ipc, from_indices, register_selector
 from study.selection.difficulty import stratified_window_pick
-from study.selection.cad import AXIS_IDENTITY, CADParams, cad_proxy, proxy_accuracy, proxy_models, reference_axis, rounded
+from study.selection.cad import (AXIS_IDENTITY, CADParams, cad_proxy, proxy_accuracy, proxy_models, reference_axis,
+                                 rounded)
 from study.selection.rded import FULL_BOX, PatchSelector, best_crops, patch_size, stitch
 from study.core.seeding import generator
 

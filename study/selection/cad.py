@@ -99,8 +99,9 @@ def train_proxies(ctx: SelectionContext, ipc: int, proxy_seeds: int, checkpoints
 
 def cad_proxy_key(ctx: SelectionContext, ipc: int, proxy_seeds: int, checkpoints: int, late: float,
                   views: Augment | None = None) -> dict:
-    key = {"kind": "cad_proxy", "version": 2, "frontier_per_class": FRONTIER_PER_CLASS, "split": ctx.data.summary(), "ipc": ipc, "budget": ctx.protocol.to_dict(),
-           "proxy_seeds": proxy_seeds, "checkpoints": checkpoints, "late": late}
+    key = {"kind": "cad_proxy", "version": 2, "frontier_per_class": FRONTIER_PER_CLASS, "split": ctx.data.summary(),
+           "ipc": ipc, "budget": ctx.protocol.to_dict(), "proxy_seeds": proxy_seeds, "checkpoints": checkpoints,
+           "late": late}
     if views is not None:
         key["views"] = asdict(views)
     if REGIMES.get(ctx.protocol.regime).needs_teacher:
