@@ -219,10 +219,11 @@ def pct(value, signed: bool = False) -> str:
 
 
 def print_report(report: Report, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from study.terminal import console as study_console
+
+    console = console or study_console()
     if not report.protocol.empty:
         table = Table(title="Protocol check: full-data accuracy %, soft vs hard labels at the same budget")
         for col in ("regime", "steps", "full data", "full data (hl)", "gap (points)", "verdict"):

@@ -170,12 +170,12 @@ def teacher_metric(frame: pd.DataFrame) -> dict:
 
 
 def print_summary(summary: pd.DataFrame) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from study.analysis.summary import mean_std
+    from study.terminal import console as study_console
 
-    console = Console()
+    console = study_console()
     for (regime, steps), part in summary.groupby(["regime", "steps"], sort=False):
         ipcs = sorted(part["ipc"].unique())
         table = Table(title=f"test accuracy %, regime {regime}, {steps} steps (mean +- std over seeds)")

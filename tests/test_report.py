@@ -213,15 +213,19 @@ def test_derived_metrics_equal_hand_computed_values(report):
     assert best.loc["sl_kd", "cells_exceeding_spread"] == 0
 
 
-def test_headline_and_terminal_summary(report, capsys):
+def test_headline_and_terminal_summary(report, capsys, monkeypatch):
+    """Printed to a pipe, as into a study's log: each headline sentence whole on its line, no table cell cut."""
+    monkeypatch.delenv("COLUMNS", raising=False)
     print_report(report)
-    out = " ".join(capsys.readouterr().out.split())
-    assert "Protocol check passed" in out
+    out = capsys.readouterr().out
+    lines = [line.strip() for line in out.splitlines()]
+    assert any(line.startswith("Protocol check passed") for line in lines)
     assert "hl: best selector herding, +8.6 points over random (mean over 4 cells); the gain exceeds the seed " \
-           "spread in 4/4 cells." in out
+           "spread in 4/4 cells." in lines
     assert "sl_kd: best selector herding, +1.6 points over random (mean over 4 cells); the gain exceeds the seed " \
-           "spread in 0/4 cells." in out
-    assert "1 trial(s) failed" in out
+           "spread in 0/4 cells." in lines
+    assert "1 trial(s) failed; their cells are missing from the tables." in lines
+    assert "…" not in out
 
 
 def test_every_figure_is_written_and_logged(store, report):

@@ -14,9 +14,11 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from study.terminal import console as study_console
+
 
 def progress_bar(what: str, console: Console | None = None) -> Progress:
-    console = console or Console()
+    console = console or study_console()
     return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"), TimeElapsedColumn(),
                     TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
                     disable=not console.is_terminal)
