@@ -378,6 +378,8 @@ def test_settings_file_and_bashrc_hook(path, tmp_path):
     assert set(seen) == set(env)
     shared = env["HT_SHARED_DIR"]
     assert seen["HT_CACHE_DIR"].startswith(shared + "/") and seen["HT_OUT_DIR"].startswith(shared + "/")
+    (root,) = [line.split("=", 1)[1] for line in shown.stdout.splitlines() if line.startswith("HARDTRUTHS_CACHE=")]
+    assert root == seen["HT_CACHE_DIR"], "what a loader caches on its own (a tree's scan) must be shared too"
     if path == AWS:
         assert seen["HT_MLFLOW_ARTIFACTS"] == f"s3://{env['HT_BUCKET']}/mlflow"
     else:

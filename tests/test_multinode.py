@@ -84,3 +84,38 @@ def test_study_on_two_ray_nodes_logs_every_trial_to_one_mlflow_server(tmp_path, 
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert stopped and gone(stopped), f"still running: {[p for p in stopped if not gone([p])]}"
     assert not leftovers, f"processes of this Ray cluster outlived its nodes: {leftovers}"
+
+
+def test_workers_started_by_another_raylet_get_the_drivers_study_settings(tmp_path, monkeypatch):
+    """A Ray node started on its own (as `ray up` starts them) has other settings than the study's driver; the
+    workers of the study's job must see the driver's, not their node's: the decoded side, the bad-image policy
+    and the cache root where the driver wrote the tree's scan."""
+    import ray
+
+    from study.core import cache, data
+    from trainables.tune_study import RunOptions, connect
+
+    ray_tmp = short_tmp("htenv-")
+    head = RayNode(ray_tmp, num_cpus=1, env={"HARDTRUTHS_IMAGEFOLDER_SIZE": "96", "HARDTRUTHS_BAD_IMAGES": "fail",
+                                            "HARDTRUTHS_CACHE": str(tmp_path / "node-cache")})
+    monkeypatch.setattr(data, "IMAGEFOLDER_SIZE", 48)
+    monkeypatch.setattr(data, "BAD_IMAGES", "skip")
+    monkeypatch.setattr(cache, "DEFAULT_ROOT", tmp_path / "driver-cache")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    @ray.remote(num_cpus=1)
+    def settings_seen() -> tuple:
+        from study.core import cache as worker_cache, data as worker_data
+
+        return worker_data.IMAGEFOLDER_SIZE, worker_data.BAD_IMAGES, str(worker_cache.DEFAULT_ROOT)
+
+    try:
+        head.start()
+        assert connect(RunOptions(out_dir=tmp_path, address=head.address))
+        assert ray.get(settings_seen.remote(), timeout=120) == (48, "skip", str(tmp_path / "driver-cache"))
+    finally:
+        ray.shutdown()
+        stopped = head.stop()
+        stop_processes(mentioning(str(ray_tmp)), timeout=10)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert stopped and gone(stopped)

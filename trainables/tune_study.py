@@ -27,6 +27,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from study.runs.config import TrialConfig
+from study.core.environment import study_environment
 from study.core.errors import StudyError
 from study.runs.history import check_stale, describe, finished_versions, stale_hashes
 from study.runs.journal import replay
@@ -126,13 +127,15 @@ def planned_executor(options: RunOptions) -> str:
 
 
 def connect(options: RunOptions) -> bool:
-    """Join the cluster at --address / RAY_ADDRESS, or start a local Ray; True if this call started it."""
+    """Join the cluster at --address / RAY_ADDRESS, or start a local Ray; True if this call started it. Every
+    worker of the job gets the driver's study settings (study.core.environment)."""
     address = options.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return False
     check_reachable(address)
     kwargs = {"log_to_driver": options.verbose, "configure_logging": True,
-              "logging_level": "INFO" if options.verbose else "ERROR"}
+              "logging_level": "INFO" if options.verbose else "ERROR",
+              "runtime_env": {"env_vars": study_environment()}}
     try:
         if address:
             ray.init(address=address, **kwargs)
