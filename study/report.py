@@ -221,7 +221,7 @@ def pct(value, signed: bool = False) -> str:
 def print_report(report: Report, console=None) -> None:
     from rich.table import Table
 
-    from study.terminal import console as study_console
+    from study.analysis.terminal import console as study_console
 
     console = console or study_console()
     if not report.protocol.empty:

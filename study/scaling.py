@@ -173,7 +173,7 @@ def print_summary(summary: pd.DataFrame) -> None:
     from rich.table import Table
 
     from study.analysis.summary import mean_std
-    from study.terminal import console as study_console
+    from study.analysis.terminal import console as study_console
 
     console = study_console()
     for (regime, steps), part in summary.groupby(["regime", "steps"], sort=False):

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from study.terminal import console as study_console
+from study.analysis.terminal import console as study_console
 
 
 def progress_bar(what: str, console: Console | None = None) -> Progress:
