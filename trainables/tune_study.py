@@ -27,7 +27,9 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from study.runs.config import TrialConfig
+from study.core.data import listed_folders
 from study.core.environment import study_environment
+from study.core.listing import published_listings
 from study.core.errors import StudyError
 from study.runs.history import check_stale, describe, finished_versions, stale_hashes
 from study.runs.journal import replay
@@ -260,14 +262,15 @@ def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOpt
     say(f"{len(cells)} cell(s) in the study, {describe(len(cells) - len(pending), len(stale), options.stale)}")
     if spec.kind == "grid" and not pending:
         return ledger
-    clock = time.perf_counter()
-    started = connect(options)
-    options.phases["ray_start_s"] = time.perf_counter() - clock
-    try:
-        run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options, say)
-    finally:
-        if started:
-            ray.shutdown()
+    with published_listings(listed_folders(spec.protocol["dataset"])):
+        clock = time.perf_counter()
+        started = connect(options)
+        options.phases["ray_start_s"] = time.perf_counter() - clock
+        try:
+            run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options, say)
+        finally:
+            if started:
+                ray.shutdown()
     replay(tracker, parent_id, storage_dir(options), ledger, hashes, say)
     return ledger
 

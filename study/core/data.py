@@ -29,9 +29,10 @@ import torch
 from study.core.cache import Cache, atomic_write_text
 from study.core.errors import StudyError
 from study.core.images import FileImages, take
+from study.core.listing import Listing, folder_listing, index_image_folder
 from study.core.passes import read_pass, run_pass
 from study.core.registry import Registry
-from study.core.seeding import content_hash, numpy_rng
+from study.core.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
 
@@ -253,20 +254,6 @@ IMAGEFOLDER_SIZE = int(os.environ.get("HARDTRUTHS_IMAGEFOLDER_SIZE", "64"))
 BAD_IMAGES = os.environ.get("HARDTRUTHS_BAD_IMAGES", "fail")
 
 
-def index_image_folder(path: Path) -> tuple[np.ndarray, torch.Tensor, dict[str, int]]:
-    """The tree's image paths and labels, in torchvision ImageFolder's order, without opening an image."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    try:
-        _, class_to_idx = find_classes(str(path))
-        samples = make_dataset(str(path), class_to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError:
-        raise StudyError(f"{path} holds no class sub-folders with images; imagefolder expects PATH/CLASS/IMAGE "
-                         "files (.png, .jpg, ...).") from None
-    paths = np.array([p for p, _ in samples], dtype=object)
-    return paths, torch.as_tensor([c for _, c in samples], dtype=torch.int64), class_to_idx
-
-
 def check_manifest(root: Path, class_to_idx: dict[str, int]) -> None:
     """Write the class-to-index mapping once and refuse a tree whose mapping has changed since."""
     manifest = root / ".hardtruths-classes.json"
@@ -299,19 +286,17 @@ class ScanWork:
 SCAN_COLUMNS = ["ok", "sum", "sumsq"]
 
 
-def scan_key(paths: np.ndarray, size: int) -> dict:
-    """What a scan depends on: the listing (paths, sizes, modification times) and the decoded size."""
-    stats = [os.stat(p) for p in paths]
-    listing = content_hash([[str(p), s.st_size, s.st_mtime_ns] for p, s in zip(paths, stats)], length=24)
-    return {"kind": "scan", "listing": listing, "size": size}
+def scan_key(listing: Listing, size: int) -> dict:
+    """What a scan depends on: the listed files (paths, sizes, modification times) and the decoded size."""
+    return {"kind": "scan", "listing": listing.files, "size": size}
 
 
-def scan_images(paths: np.ndarray, size: int) -> dict[str, np.ndarray]:
+def scan_images(listing: Listing, size: int) -> dict[str, np.ndarray]:
     """Decode every image once, as a full-set pass cached per listing, for the channel statistics and the
     unreadable files; the images themselves are not kept. A study's preparation makes this entry in the
     teacher's pass instead (study.core.tree_pass), so the tree is decoded once."""
-    images = FileImages(paths, size, bad_images="skip")
-    folder = Cache().folder("scans", scan_key(paths, size), lambda out: run_pass(images, ScanWork(), out))
+    images = FileImages(listing.paths, size, bad_images="skip")
+    folder = Cache().folder("scans", scan_key(listing, size), lambda out: run_pass(images, ScanWork(), out))
     return read_pass(folder)
 
 
@@ -334,8 +319,9 @@ def file_stats(scan: dict[str, np.ndarray], paths: np.ndarray, pixels: int):
 
 def file_split(path: Path, size: int, bad_images: str):
     """One split of the tree: its images (paths, scanned) and labels, bad files refused or left out."""
-    paths, labels, mapping = index_image_folder(path)
-    scan = {**scan_images(paths, size), "paths": paths}
+    listing = folder_listing(path)
+    paths, labels, mapping = listing.paths, listing.labels, listing.mapping
+    scan = {**scan_images(listing, size), "paths": paths}
     bad = paths[~scan["ok"]]
     if len(bad) and bad_images == "fail":
         shown = ", ".join(str(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -374,6 +360,12 @@ def image_folder_path(name: str) -> Path | None:
     """The tree of an ``imagefolder:PATH`` dataset name; None for any other dataset."""
     kind, named = DATASETS.resolve(name)
     return tree_path(named.get("arg", "")) if kind is load_image_folder else None
+
+
+def listed_folders(name: str) -> list[Path]:
+    """The folders a dataset's loader lists: an ImageFolder tree's splits, none for any other dataset."""
+    path = image_folder_path(name)
+    return split_dirs(path) if path is not None else []
 
 
 def split_dirs(path: Path) -> list[Path]:

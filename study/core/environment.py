@@ -7,7 +7,8 @@ the driver, and sees none of the driver's variables: a study started with
 HARDTRUTHS_IMAGEFOLDER_SIZE=224 decoded its trials' images at the default 64 px
 there, and looked for the tree's scan in that node's own default cache, so
 decoded the whole tree again. The driver hands these values to Ray with the
-job (trainables.tune_study.connect); the cache root goes as an absolute path.
+job (trainables.tune_study.connect); the cache root goes as an absolute path,
+and with them the tree listings the driver published (study.core.listing).
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 
 
 def study_environment() -> dict[str, str]:
-    from study.core import cache, data
+    from study.core import cache, data, listing
 
     return {"HARDTRUTHS_CACHE": str(Path(cache.DEFAULT_ROOT).expanduser().resolve()),
             "HARDTRUTHS_IMAGEFOLDER_SIZE": str(data.IMAGEFOLDER_SIZE),
-            "HARDTRUTHS_BAD_IMAGES": data.BAD_IMAGES}
+            "HARDTRUTHS_BAD_IMAGES": data.BAD_IMAGES, **listing.environment()}

@@ -19,9 +19,10 @@ import torch
 
 from study.core import data as data_mod
 from study.core.cache import Cache
-from study.core.data import SCAN_COLUMNS, ScanWork, index_image_folder, listed_rows, scan_key, split_dirs, tree_path
+from study.core.data import SCAN_COLUMNS, ScanWork, listed_rows, scan_key, split_dirs, tree_path
 from study.core.evaluate import eval_chunk
 from study.core.images import FileImages
+from study.core.listing import folder_listing
 from study.core.models import create_model
 from study.core.passes import Together, copy_rows, read_pass, run_pass
 from study.core.protocol import TeacherSpec
@@ -39,18 +40,18 @@ def prepare_tree(arg: str, spec: TeacherSpec | None, cache: Cache, device: str =
     in one pass; a no-op when all of them are cached. Bad files are refused or left out afterwards, by the
     loader, as the scan alone would have them."""
     size, scans = data_mod.IMAGEFOLDER_SIZE, Cache()
-    listings = [index_image_folder(folder) for folder in split_dirs(tree_path(arg))]
-    keys = [scan_key(paths, size) for paths, _, _ in listings]
-    model = pretrained(spec, len(listings[0][2]), size) if spec is not None and spec.path else None
+    listings = [folder_listing(folder) for folder in split_dirs(tree_path(arg))]
+    keys = [scan_key(listing, size) for listing in listings]
+    model = pretrained(spec, len(listings[0].mapping), size) if spec is not None and spec.path else None
     if all(scans.has_folder("scans", key) for key in keys) and (model is None or teacher_ready(arg, spec, cache)):
         return
-    every = np.concatenate([paths for paths, _, _ in listings])
+    every = np.concatenate([listing.paths for listing in listings])
     work = ScanWork() if model is None else Together((ScanWork(), ModelOutputs(model)))
     cache.root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache.root, prefix=".tree-pass-") as tmp:
         run_pass(FileImages(every, size, bad_images="skip"), work, Path(tmp), batch_size=eval_chunk(device),
                  device=device)
-        bounds = np.cumsum([0, *(len(paths) for paths, _, _ in listings)])
+        bounds = np.cumsum([0, *(len(listing.paths) for listing in listings)])
         for key, lo, hi in zip(keys, bounds, bounds[1:]):
             scans.folder("scans", key, lambda out: copy_rows(Path(tmp), out, np.arange(lo, hi), SCAN_COLUMNS))
         if model is None:
