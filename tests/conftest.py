@@ -1,6 +1,7 @@
 """Shared fixtures: real data, a per-session cache, and a real local Ray that is always shut down."""
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import tempfile
@@ -13,6 +14,13 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # set before study.core.cache is imported and inherited by the Ray workers the tests start.
 SESSION_CACHE = tempfile.mkdtemp(prefix="hardtruths-tests-")
 os.environ["HARDTRUTHS_CACHE"] = SESSION_CACHE
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Keep the fault handler on after pytest's own plugin turns it off: one CI run (session 8) died with a
+    segmentation fault after all tests had passed, while the interpreter shut down, with no trace of where."""
+    faulthandler.enable()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,6 +9,7 @@ test starts is stopped by PID at the end, and the test checks those PIDs are gon
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -86,36 +87,35 @@ def test_study_on_two_ray_nodes_logs_every_trial_to_one_mlflow_server(tmp_path, 
     assert not leftovers, f"processes of this Ray cluster outlived its nodes: {leftovers}"
 
 
-def test_workers_started_by_another_raylet_get_the_drivers_study_settings(tmp_path, monkeypatch):
+def test_workers_started_by_another_raylet_get_the_drivers_study_settings(tmp_path):
     """A Ray node started on its own (as `ray up` starts them) has other settings than the study's driver; the
     workers of the study's job must see the driver's, not their node's: the decoded side, the bad-image policy
-    and the cache root where the driver wrote the tree's scan."""
-    import ray
-
-    from study.core import cache, data
-    from trainables.tune_study import RunOptions, connect
-
+    and the cache root where the driver wrote the tree's scan. The driver is a process of its own, as a study's
+    is (this process never joins the cluster)."""
     ray_tmp = short_tmp("htenv-")
     head = RayNode(ray_tmp, num_cpus=1, env={"HARDTRUTHS_IMAGEFOLDER_SIZE": "96", "HARDTRUTHS_BAD_IMAGES": "fail",
                                             "HARDTRUTHS_CACHE": str(tmp_path / "node-cache")})
-    monkeypatch.setattr(data, "IMAGEFOLDER_SIZE", 48)
-    monkeypatch.setattr(data, "BAD_IMAGES", "skip")
-    monkeypatch.setattr(cache, "DEFAULT_ROOT", tmp_path / "driver-cache")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-
-    @ray.remote(num_cpus=1)
-    def settings_seen() -> tuple:
-        from study.core import cache as worker_cache, data as worker_data
-
-        return worker_data.IMAGEFOLDER_SIZE, worker_data.BAD_IMAGES, str(worker_cache.DEFAULT_ROOT)
-
+    driver = (
+        "import json, ray\n"
+        "from trainables.tune_study import RunOptions, connect\n"
+        "@ray.remote(num_cpus=1)\n"
+        "def seen():\n"
+        "    from study.core import cache, data\n"
+        "    return [data.IMAGEFOLDER_SIZE, data.BAD_IMAGES, str(cache.DEFAULT_ROOT)]\n"
+        f"assert connect(RunOptions(out_dir={str(tmp_path)!r}, address={{address!r}}))\n"
+        "print(json.dumps(ray.get(seen.remote(), timeout=120)))\n"
+        "ray.shutdown()\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HARDTRUTHS_IMAGEFOLDER_SIZE": "48",
+           "HARDTRUTHS_BAD_IMAGES": "skip", "HARDTRUTHS_CACHE": str(tmp_path / "driver-cache")}
+    env.pop("RAY_ADDRESS", None)
     try:
         head.start()
-        assert connect(RunOptions(out_dir=tmp_path, address=head.address))
-        assert ray.get(settings_seen.remote(), timeout=120) == (48, "skip", str(tmp_path / "driver-cache"))
+        done = subprocess.run([sys.executable, "-c", driver.format(address=head.address)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
     finally:
-        ray.shutdown()
         stopped = head.stop()
         stop_processes(mentioning(str(ray_tmp)), timeout=10)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [48, "skip", str(tmp_path / "driver-cache")]
     assert stopped and gone(stopped)
