@@ -80,9 +80,8 @@ def published_listings(folders: list[Path]):
         for folder in folders:
             listing = list_folder(folder)
             key = {"kind": "listing", "folder": str(folder), "files": listing.files}
-            if Cache().load(KIND, key, warn=False) is None:
-                Cache().store(KIND, key, {"paths": listing.paths.tolist(), "labels": listing.labels,
-                                          "mapping": listing.mapping, "files": listing.files})
+            Cache().get_or_compute(KIND, key, lambda: {"paths": listing.paths.tolist(), "labels": listing.labels,
+                                                       "mapping": listing.mapping, "files": listing.files})
             PUBLISHED[str(folder)] = key
         yield
     finally:
