@@ -17,6 +17,6 @@ LOG_WIDTH = 200
 
 def console(**options) -> Console:
     screen = Console(**options)
-    if screen.is_terminal or "COLUMNS" in os.environ or "width" in options:
+    if screen.is_terminal or "COLUMNS" in os.environ:
         return screen
     return Console(width=LOG_WIDTH, **options)
