@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from study.core import cache, data, listing
+
 
 def study_environment() -> dict[str, str]:
-    from study.core import cache, data, listing
-
     return {"HARDTRUTHS_CACHE": str(Path(cache.DEFAULT_ROOT).expanduser().resolve()),
             "HARDTRUTHS_IMAGEFOLDER_SIZE": str(data.IMAGEFOLDER_SIZE),
             "HARDTRUTHS_BAD_IMAGES": data.BAD_IMAGES, **listing.environment()}
