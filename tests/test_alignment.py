@@ -51,8 +51,9 @@ def test_ca2d_alignment_searches_both_methods_on_validation_accuracy():
     assert CADParams.build(**chosen.selector_params).window(0.5, 10, 6000) == pytest.approx((0.6, 1.0))
 
 
-def test_dry_run_counts_the_alignment_trials(capsys):
-    assert main(["--space", "ca2d_alignment", "--preset", "fashion-mnist", "--dry-run"]) == 0
+def test_dry_run_counts_the_alignment_trials(capsys, fashion_mnist_root):
+    assert main(["--space", "ca2d_alignment", "--preset", "fashion-mnist", "--data-root", fashion_mnist_root,
+                 "--dry-run"]) == 0
     out = capsys.readouterr().out
     spec = resolve_spec("ca2d_alignment", preset="fashion-mnist")
     assert f"total: {spec.trial_count()} trials" in out

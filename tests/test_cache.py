@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,24 +94,43 @@ def test_corrupted_teacher_is_retrained_identically(tmp_path, caplog, digits):
         assert torch.equal(a, b)
 
 
-def slow_count(root: str, log: str) -> float:
-    """Compute one shared entry slowly, noting each real computation in ``log``."""
-    import time
+def blocked_on(path: Path) -> int:
+    """How many processes wait for the flock on ``path`` now: /proc/locks lists each blocked waiter as a
+    '->' line naming the file's inode."""
+    inode = f":{path.stat().st_ino} "
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines() if "->" in line and inode in line)
+
+
+def shared_entry(root: str, log: str, waiters: int) -> float:
+    """Get one shared entry; whoever computes it first waits until ``waiters`` other processes are blocked on
+    its lock, so the test knows the lock was contended, and notes what it saw in ``log``."""
+    cache = Cache(root)
 
     def compute():
+        lock = cache.paths("shared", {"k": 1})[0].with_suffix(".lock")
+        while blocked_on(lock) < waiters:
+            time.sleep(0.01)  # polling an event; how long it takes decides nothing
         with open(log, "a") as f:
-            f.write("computed\n")
-        time.sleep(0.5)
+            f.write(f"computed while {blocked_on(lock)} waited\n")
         return torch.tensor([7.0])
 
-    return float(Cache(root).get_or_compute("shared", {"k": 1}, compute)[0])
+    return float(cache.get_or_compute("shared", {"k": 1}, compute)[0])
+
+
+def entry_into(queue, *args) -> None:
+    queue.put(shared_entry(*args))
 
 
 def test_processes_needing_one_entry_compute_it_once(tmp_path):
     import multiprocessing as mp
 
-    log = tmp_path / "log.txt"
-    with mp.get_context("spawn").Pool(3) as pool:
-        values = pool.starmap(slow_count, [(str(tmp_path / "cache"), str(log))] * 3)
+    ctx = mp.get_context("spawn")
+    log, results = tmp_path / "log.txt", ctx.Queue()
+    procs = [ctx.Process(target=entry_into, args=(results, str(tmp_path / "cache"), str(log), 2)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    values = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
     assert values == [7.0, 7.0, 7.0]
-    assert log.read_text().count("computed") == 1
+    assert log.read_text().splitlines() == ["computed while 2 waited"], "computed once, with the lock contended"
