@@ -232,15 +232,6 @@ def test_compute_aware_selectors_declare_what_they_read():
     assert build_selector("ca2d_coreset").family == "coreset"
 
 
-def test_cad_selections_are_not_served_from_caches_of_the_old_axis():
-    """A CAD set cached while windows sat on the per-budget proxy's own ranking must not be reused."""
-    from study.selection import SELECTORS
-
-    for name in ("cad_prune", "ca2d", "ca2d_coreset"):
-        assert "windows-on-teacher-aum-axis" in SELECTORS.get(name)().identity, name
-    assert "windows-on-teacher-aum-axis" not in SELECTORS.get("rded")().identity
-
-
 def test_the_frontier_is_read_per_class_on_a_stratified_sample():
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
     logits = torch.eye(3)[[0, 1, 0, 1, 0, 0]]  # predicts 0, 1, 0, 1, 0, 0

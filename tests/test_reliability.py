@@ -124,7 +124,7 @@ def fake_record(cfg, i: int) -> dict:
     (["--gpus-per-trial", "1"], "this machine has no GPUs"),
     (["--workers-per-trial", "3"], "--workers-per-trial 3 must divide the batch size 64"),
     (["--set", "precision=fp8"], "Unknown precision 'fp8'; choose one of: auto, fp32, bf16"),
-    (["--selectors", "random,dm", "--set", "selector_params.dm.iters=5"], "DM does not take the parameter(s) ['iters']"),
+    (["--selectors", "random,dm", "--set", "selector_params.dm.iters=5"], "The selector 'dm' has no parameter(s) ['iters']"),
     (["--selectors", "random", "--set", "selector_params.dm.iterations=5"],
      "Parameters were set for the selector 'dm', which this study does not run"),
 ], ids=["dataset", "model", "preset", "ipc-above-smallest-class", "malformed-override", "data-root-without-dataset",
