@@ -196,7 +196,8 @@ def test_ca2d_images_come_from_the_window_with_complete_provenance(cad_runs, dig
     assert (got - tile).abs().max() < 4 / 255
     # the proxy that measured u* was trained on the views it scored: square crops, tiles padded in the mean colour
     views = patch_views(factor, (0.08, 1.0), digits.mean, digits.augment.flip)
-    assert ctx.cache.load("cad-proxy", cad_proxy_key(ctx, ipc, 2, 2, 0.3, views), warn=False) is not None
+    assert ctx.cache.load("cad-proxy", cad_proxy_key(ctx, ipc, 2, 2, 0.3, views), code=["study.selection.cad"],
+                          warn=False) is not None
     assert sel.views == (stitched_views(factor, digits.augment.flip) if factor > 1 else None)
 
 

@@ -292,7 +292,7 @@ print("ready", flush=True)
 i = 0
 while True:
     i += 1
-    cache.store("scores", {"entry": "big"}, {"x": big, "i": i})
+    cache.store("scores", {"entry": "big"}, {"x": big, "i": i}, code=[])
     for j in range(100):
         ledger.add({"config": {"selector": "random", "ipc": j, "note": "x" * 500}, "config_hash": f"h{j:03d}",
                     "status": "FINISHED", "metrics": {"test_acc_mean": i / 1000}, "tags": {}})
@@ -335,7 +335,7 @@ def test_sigkill_during_writes_leaves_no_truncated_trusted_file(tmp_path):
             kill_group(proc.pid)
             proc.wait()
         torn[target] += bool(temporaries(target) - before)
-        value = Cache(root).load("scores", {"entry": "big"})
+        value = Cache(root).load("scores", {"entry": "big"}, code=[])
         if value is not None:  # trusted only if whole
             assert value["x"].numel() == 12_000_000 and float(value["x"][-1]) == 11_999_999.0
         if (out / "results.csv").exists():
@@ -347,7 +347,8 @@ def test_sigkill_during_writes_leaves_no_truncated_trusted_file(tmp_path):
     assert min(torn.values()) >= 1, f"kills that landed during a write in {round_ + 1} rounds: cache entry " \
         f"{torn[root]}, results.csv {torn[out]}; the test proved too little"
     recomputed = []
-    value = Cache(root).get_or_compute("scores", {"entry": "big"}, lambda: recomputed.append(1) or {"x": None})
+    value = Cache(root).get_or_compute("scores", {"entry": "big"}, lambda: recomputed.append(1) or {"x": None},
+                                   code=[])
     assert recomputed or value["x"].numel() == 12_000_000
 
 

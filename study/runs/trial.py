@@ -104,7 +104,8 @@ def get_selection(ctx: SelectionContext, selector, cfg: TrialConfig, repeat: int
     if cfg.is_full_data:
         return selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat))
     return ctx.cache.get_or_compute("selections", selection_key(cfg, selector, repeat),
-                                    lambda: selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat)))
+                                    lambda: selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat)),
+                                    code=[type(selector).__module__])
 
 
 def context_for(cfg: TrialConfig, cache_dir, device: str) -> SelectionContext:

@@ -129,7 +129,7 @@ def cad_proxy(ctx: SelectionContext, ipc: int, proxy_seeds: int = 3, checkpoints
         return {"u_star": torch.stack(accuracy).mean(0), "states": states}
 
     return ctx.cache.get_or_compute("cad-proxy", cad_proxy_key(ctx, ipc, proxy_seeds, checkpoints, late, views),
-                                    compute)
+                                    compute, code=[__name__])
 
 
 def proxy_models(ctx: SelectionContext, states: list[dict]) -> list[nn.Module]:
