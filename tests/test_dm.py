@@ -27,7 +27,7 @@ def test_dm_makes_a_hard_labelled_synthetic_set(ctx):
     assert dm.family == "dd" and sel.is_synthetic
     assert sel.images.dtype == torch.uint8 and sel.images.shape == (20, *ctx.data.image_shape)
     assert sel.labels.tolist() == [c for c in range(10) for _ in range(2)]
-    assert sel.provenance["settings"]["iterations"] == 20 and len(sel.provenance["init_indices"]) == 20
+    assert sel.provenance["params"]["iterations"] == 20 and len(sel.provenance["init_indices"]) == 20
     init = ctx.data.train_x[torch.tensor(sel.provenance["init_indices"])]
     assert not torch.equal(sel.images, init)  # the pixels moved
     again = build_selector("dm", iterations=20, width=16, batch_real=32).select(ctx, 2, seed=5)
@@ -61,7 +61,7 @@ def test_each_class_gets_one_dsa_draw_for_its_real_and_synthetic_images():
 
 def test_bad_parameters_are_one_sentence():
     for params, expected in [({"iterations": -1}, "non-negative"), ({"lr": 0}, "must be positive"),
-                             ({"lrr": 1}, "does not take")]:
+                             ({"lrr": 1}, "has no parameter")]:
         with pytest.raises(StudyError, match=expected):
             build_selector("dm", **params)
 

@@ -126,7 +126,7 @@ def fake_record(cfg, i: int) -> dict:
     (["--gpus-per-trial", "1"], "this machine has no GPUs"),
     (["--workers-per-trial", "3"], "--workers-per-trial 3 must divide the batch size 64"),
     (["--set", "precision=fp8"], "Unknown precision 'fp8'; choose one of: auto, fp32, bf16"),
-    (["--selectors", "random,dm", "--set", "selector_params.dm.iters=5"], "DM does not take the parameter(s) ['iters']"),
+    (["--selectors", "random,dm", "--set", "selector_params.dm.iters=5"], "The selector 'dm' has no parameter(s) ['iters']"),
     (["--selectors", "random", "--set", "selector_params.dm.iterations=5"],
      "Parameters were set for the selector 'dm', which this study does not run"),
 ], ids=["dataset", "model", "preset", "ipc-above-smallest-class", "malformed-override", "data-root-without-dataset",
@@ -317,7 +317,7 @@ print("ready", flush=True)
 i = 0
 while True:
     i += 1
-    cache.store("scores", {"entry": "big"}, {"x": big, "i": i})
+    cache.store("scores", {"entry": "big"}, {"x": big, "i": i}, code=[])
     for j in range(100):
         ledger.add({"config": {"selector": "random", "ipc": j, "note": "x" * 500}, "config_hash": f"h{j:03d}",
                     "status": "FINISHED", "metrics": {"test_acc_mean": i / 1000}, "tags": {}})
@@ -360,7 +360,7 @@ def test_sigkill_during_writes_leaves_no_truncated_trusted_file(tmp_path):
             kill_group(proc.pid)
             proc.wait()
         torn[target] += bool(temporaries(target) - before)
-        value = Cache(root).load("scores", {"entry": "big"})
+        value = Cache(root).load("scores", {"entry": "big"}, code=[])
         if value is not None:  # trusted only if whole
             assert value["x"].numel() == 12_000_000 and float(value["x"][-1]) == 11_999_999.0
         if (out / "results.csv").exists():
@@ -372,7 +372,8 @@ def test_sigkill_during_writes_leaves_no_truncated_trusted_file(tmp_path):
     assert min(torn.values()) >= 1, f"kills that landed during a write in {round_ + 1} rounds: cache entry " \
         f"{torn[root]}, results.csv {torn[out]}; the test proved too little"
     recomputed = []
-    value = Cache(root).get_or_compute("scores", {"entry": "big"}, lambda: recomputed.append(1) or {"x": None})
+    value = Cache(root).get_or_compute("scores", {"entry": "big"}, lambda: recomputed.append(1) or {"x": None},
+                                   code=[])
     assert recomputed or value["x"].numel() == 12_000_000
 
 

@@ -16,8 +16,7 @@ from study.selection.sre2l import no_batchnorm_sentence
 
 def teacher_fits(selector: type, teacher: TeacherSpec) -> bool:
     """Whether a selector can work with the study's teacher: SRe2L needs BatchNorm statistics to recover from."""
-    return not getattr(selector, "needs_batchnorm_teacher", False) or has_batchnorm(teacher.model,
-                                                                                   teacher.model_kwargs)
+    return not selector.needs_batchnorm_teacher or has_batchnorm(teacher.model, teacher.model_kwargs)
 
 
 def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) -> None:

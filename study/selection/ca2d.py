@@ -13,7 +13,7 @@
    under ctx.protocol on a random subset of the target IPC, cached) gets right
    on the view the observer saw. The proxy trains on that kind of view too
    (square crops of its subset, cut at 1/f of the side and padded in the mean
-   colour, ``PatchSelector.scored_views``): a proxy that only ever saw whole
+   colour, ``PatchPipeline.scored_views``): a proxy that only ever saw whole
    images would misjudge padded tiles and so the frontier;
 4. ``ipc * f^2`` patches are drawn stratified inside the CAD window
    (:class:`study.selection.cad.CADParams`: the rule's, or one set by
@@ -38,26 +38,33 @@ import math
 import numpy as np
 import torch
 
-from study.selection.base import Selection, SelectionContext, check_ipc, from_indices, register_selector
+from dataclasses import dataclass
+
+from study.selection.base import Selection, SelectionContext, Selector, check_ipc, from_indices, register_selector
 from study.selection.difficulty import stratified_window_pick
 from study.selection.cad import (AXIS_IDENTITY, CADParams, cad_proxy, proxy_accuracy, proxy_models, reference_axis,
                                  rounded)
-from study.selection.rded import FULL_BOX, PatchSelector, best_crops, patch_size, stitch
+from study.selection.rded import FULL_BOX, PatchParams, PatchPipeline, best_crops, patch_size, stitch
 from study.core.seeding import generator
 
 
-class CADPatchSelector(PatchSelector):
+class CADPatchSelector(Selector):
+    family = "dd"
+    needs_teacher = True
     budget_aware = True
-    identity = f"{PatchSelector.identity}+{AXIS_IDENTITY}"
+    identity = AXIS_IDENTITY
 
-    def __init__(self, m: int = 300, k: int = 5, factor: int | None = None, score_view: str = "pad",
-                 scale: tuple[float, float] = (0.08, 1.0), **cad):
-        self.cad = CADParams.build(**cad)
-        super().__init__(m=m, k=k, factor=factor, score_view=score_view, scale=scale, **self.cad.as_dict())
+    @dataclass(frozen=True)
+    class Params(CADParams, PatchParams):
+        pass
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.cad, self.pipeline = self.p, PatchPipeline(self.p)
 
     def pool_size(self, need: int, ipc: int, class_size: int) -> int:
         """Candidates per class: m, raised so a window of the chosen width can hold ``need`` items."""
-        return min(class_size, max(self.m, math.ceil(need / self.cad.width_for(ipc, class_size))))
+        return min(class_size, max(self.pipeline.m, math.ceil(need / self.cad.width_for(ipc, class_size))))
 
     def proxy(self, ctx: SelectionContext, ipc: int, views=None) -> dict:
         return cad_proxy(ctx, ipc, self.cad.proxy_seeds, self.cad.checkpoints, self.cad.late, views)
@@ -71,19 +78,20 @@ class CADPatchSelector(PatchSelector):
 class CA2D(CADPatchSelector):
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
-        factor = self.factor_for(ctx)
+        pipe = self.pipeline
+        factor = pipe.factor_for(ctx)
         patch_size(ctx.data.image_shape, factor)
         need = ipc * factor * factor
         rng, g = np.random.default_rng(seed), generator(seed)
-        observer = self.observer(ctx)
+        observer = pipe.observer(ctx)
         axis = reference_axis(ctx, self.cad.axis)
-        models = proxy_models(ctx, self.proxy(ctx, ipc, self.scored_views(ctx, factor))["states"])
+        models = proxy_models(ctx, self.proxy(ctx, ipc, pipe.scored_views(ctx, factor))["states"])
         images, chosen, windows, rule, u_stars, slot_u, pools = [], [], [], [], [], [], []
         for c, members in enumerate(ctx.class_members()):
-            cand = torch.as_tensor(self.candidates(members, self.pool_size(need, ipc, len(members)), rng))
+            cand = torch.as_tensor(pipe.candidates(members, self.pool_size(need, ipc, len(members)), rng))
             labels = torch.full((len(cand),), c, dtype=torch.long)
-            patches = best_crops(ctx.data.train_x[cand], labels, cand, observer, fill=ctx.data.mean, k=self.k,
-                                 factor=factor, g=g, scale=self.scale, score_view=self.score_view,
+            patches = best_crops(ctx.data.train_x[cand], labels, cand, observer, fill=ctx.data.mean, k=pipe.k,
+                                 factor=factor, g=g, scale=pipe.scale, score_view=pipe.score_view,
                                  per_image=math.ceil(need / len(cand)), device=ctx.device)
             u = axis[patches.source.numpy()]
             u_star = proxy_accuracy(models, patches.views, c)
@@ -99,10 +107,10 @@ class CA2D(CADPatchSelector):
             slot_u.append(torch.as_tensor(u[pos]))
             pools.append(len(cand))
         u_all = torch.cat(slot_u)
-        return self.assemble(
-            ctx, images, chosen, factor, ipc, seed, budget=ctx.protocol.to_dict(), axis=self.cad.axis, windows=windows,
+        return pipe.assemble(ctx, images, chosen, factor, ipc, self.provenance(
+            ipc, seed, budget=ctx.protocol.to_dict(), axis=self.cad.axis, windows=windows,
             rule_windows=rule, u_star=u_stars, candidates_per_class=pools, mean_difficulty=float(u_all.mean()),
-            patch_difficulty=u_all.view(-1, factor * factor).mul(1e4).round().div(1e4).tolist())
+            patch_difficulty=u_all.view(-1, factor * factor).mul(1e4).round().div(1e4).tolist()))
 
 
 @register_selector("ca2d_coreset")
@@ -111,10 +119,13 @@ class CA2DCoreset(CADPatchSelector):
 
     family = "coreset"
 
-    def __init__(self, m: int = 300, **cad):
-        super().__init__(m=m, k=1, factor=1, **cad)
-        for key in ("k", "factor", "score_view", "scale"):
-            self.params.pop(key)
+    @dataclass(frozen=True)
+    class Params(CADParams):
+        m: int = 300
+
+    def __init__(self, **params):
+        Selector.__init__(self, **params)
+        self.cad, self.pipeline = self.p, PatchPipeline(PatchParams(m=self.p.m, k=1, factor=1))
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
@@ -123,7 +134,7 @@ class CA2DCoreset(CADPatchSelector):
         axis = reference_axis(ctx, self.cad.axis)
         picks, windows, rule, u_stars, diffs, pools = [], [], [], [], [], []
         for c, members in enumerate(ctx.class_members()):
-            cand = self.candidates(members, self.pool_size(ipc, ipc, len(members)), rng)
+            cand = self.pipeline.candidates(members, self.pool_size(ipc, ipc, len(members)), rng)
             u = axis[cand]
             u_star = float(frontier[c])
             (lo, hi), rule_window = self.windows(u_star, ipc, len(members))

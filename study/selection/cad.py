@@ -129,7 +129,7 @@ def cad_proxy(ctx: SelectionContext, ipc: int, proxy_seeds: int = 3, checkpoints
         return {"u_star": torch.stack(accuracy).mean(0), "states": states}
 
     return ctx.cache.get_or_compute("cad-proxy", cad_proxy_key(ctx, ipc, proxy_seeds, checkpoints, late, views),
-                                    compute)
+                                    compute, code=[__name__])
 
 
 def proxy_models(ctx: SelectionContext, states: list[dict]) -> list[nn.Module]:
@@ -169,7 +169,7 @@ AXIS_IDENTITY = "windows-on-teacher-aum-axis"
 
 
 @dataclass(frozen=True)
-class CADParams:
+class CADParams(Selector.Params):
     """The knobs shared by CAD-Prune and CA2D, checked up front; the one place their defaults live.
 
     delta = 0.05 and w = max(4k/N_c, 0.1) (``w=None``) are the design's; the
@@ -266,9 +266,11 @@ class CADPrune(Selector):
     needs_teacher = True  # the reference axis is the teacher's
     identity = AXIS_IDENTITY
 
+    Params = CADParams
+
     def __init__(self, **params):
-        self.cad = CADParams.build(**params)
-        super().__init__(**self.cad.as_dict())
+        super().__init__(**params)
+        self.cad = self.p
 
     def frontier(self, ctx: SelectionContext, ipc: int) -> np.ndarray:
         """u*_c per class: the fraction of class c the budget-matched proxies get right."""

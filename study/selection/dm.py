@@ -42,6 +42,7 @@ random 63%). They are parameters, so part of the selection's cache key.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,35 +53,36 @@ from study.core.models import model_for
 from study.core.seeding import derive_seed, generator
 from study.selection.base import Selection, SelectionContext, Selector, check_ipc, register_selector
 
-DEFAULTS = {"iterations": 500, "lr": 1.0, "momentum": 0.5, "batch_real": 64, "width": 32, "depth": None, "clamp": True}
-
-
-def check_dm_params(p: dict) -> None:
-    if int(p["iterations"]) != p["iterations"] or p["iterations"] < 0:
-        raise StudyError(f"DM needs a non-negative whole number of iterations, not {p['iterations']}.")
-    if p["lr"] <= 0:
-        raise StudyError(f"DM's image learning rate must be positive, not {p['lr']}.")
-    if not 0 <= p["momentum"] < 1:
-        raise StudyError(f"DM's momentum must be in [0, 1), not {p['momentum']}.")
-    if int(p["batch_real"]) != p["batch_real"] or p["batch_real"] < 1:
-        raise StudyError(f"DM's real batch per class must be a positive whole number, not {p['batch_real']}.")
-
-
 @register_selector("dm")
 class DM(Selector):
     family = "dd"
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        self.settings = self.settings_over(DEFAULTS, "DM")
-        check_dm_params(self.settings)
+    @dataclass(frozen=True)
+    class Params(Selector.Params):
+        iterations: int = 500
+        lr: float = 1.0
+        momentum: float = 0.5
+        batch_real: int = 64
+        width: int = 32
+        depth: int | None = None
+        clamp: bool = True
+
+        def check(self) -> None:
+            if int(self.iterations) != self.iterations or self.iterations < 0:
+                raise StudyError(f"DM needs a non-negative whole number of iterations, not {self.iterations}.")
+            if self.lr <= 0:
+                raise StudyError(f"DM's image learning rate must be positive, not {self.lr}.")
+            if not 0 <= self.momentum < 1:
+                raise StudyError(f"DM's momentum must be in [0, 1), not {self.momentum}.")
+            if int(self.batch_real) != self.batch_real or self.batch_real < 1:
+                raise StudyError(f"DM's real batch per class must be a positive whole number, not {self.batch_real}.")
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
         start = time.perf_counter()
-        images, labels, init_idx, losses = distribution_matching(ctx, ipc, seed, **self.settings)
+        images, labels, init_idx, losses = distribution_matching(ctx, ipc, seed, self.p)
         return Selection(images, labels, None, self.provenance(
-            ipc, seed, settings=self.settings, init_indices=init_idx.tolist(), loss_first=losses[:1],
+            ipc, seed, init_indices=init_idx.tolist(), loss_first=losses[:1],
             loss_last=losses[-1:], loss_curve=losses[:: max(1, len(losses) // 50)],
             seconds=time.perf_counter() - start, device=ctx.device))
 
@@ -96,9 +98,9 @@ def siamese(x: torch.Tensor, classes: torch.Tensor, views: list) -> torch.Tensor
     return torch.cat([augment(chunk, d) for chunk, d in zip(x.split(counts), views)])
 
 
-def distribution_matching(ctx: SelectionContext, ipc: int, seed: int, *, iterations: int, lr: float, momentum: float,
-                          batch_real: int, width: int, depth: int | None, clamp: bool):
+def distribution_matching(ctx: SelectionContext, ipc: int, seed: int, p: DM.Params):
     """Return (uint8 images grouped by class, labels, indices of the real images used to initialise, loss curve)."""
+    iterations, batch_real = int(p.iterations), int(p.batch_real)
     data, device = ctx.data, ctx.device
     k = data.num_classes
     rng = np.random.default_rng(seed)
@@ -112,9 +114,9 @@ def distribution_matching(ctx: SelectionContext, ipc: int, seed: int, *, iterati
     real = ((data.train_x.to(device).float() / 255) - mean) / std
     syn = ((data.train_x[torch.as_tensor(init_idx)].to(device).float() / 255) - mean) / std
     syn.requires_grad_(True)
-    optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
+    optimizer = torch.optim.SGD([syn], lr=p.lr, momentum=p.momentum)
 
-    kwargs = {"width": width, **({"depth": depth} if depth else {})}
+    kwargs = {"width": p.width, **({"depth": p.depth} if p.depth else {})}
     rng_devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         net = model_for(data, "convnet", **kwargs).backbone.to(device)  # fed normalised images directly
@@ -141,7 +143,7 @@ def distribution_matching(ctx: SelectionContext, ipc: int, seed: int, *, iterati
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if clamp:
+        if p.clamp:
             with torch.no_grad():
                 syn.copy_(torch.maximum(torch.minimum(syn, hi), lo))
         losses.append(loss.item() / k)

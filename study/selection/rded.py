@@ -67,18 +67,6 @@ def default_factor(image_size: int) -> int:
     return 2 if image_size >= 128 else 1
 
 
-def check_rded_params(factor: int | None, k: int, m: int, score_view: str, scale) -> None:
-    if factor is not None and (int(factor) != factor or factor < 1):
-        raise StudyError(f"The stitching factor f must be a positive integer (1 = whole images), not {factor}.")
-    if k < 1 or m < 1:
-        raise StudyError(f"RDED needs at least one candidate (m) and one crop per candidate (k); got m={m}, k={k}.")
-    if score_view not in SCORE_VIEWS:
-        raise StudyError(f"score_view must be one of {', '.join(SCORE_VIEWS)}, not {score_view!r}.")
-    lo, hi = scale
-    if not 0 < lo <= hi <= 1:
-        raise StudyError(f"The crop scale range must satisfy 0 < min <= max <= 1, not {tuple(scale)}.")
-
-
 def patch_size(shape, factor: int) -> tuple[int, int]:
     h, w = shape[-2:]
     if h % factor or w % factor:
@@ -225,23 +213,40 @@ def patch_provenance(patches: list[Patches], factor: int) -> dict:
     }
 
 
-class PatchSelector(Selector):
-    """Shared plumbing of RDED and CA2D: parameters, candidates, observer and output assembly."""
+@dataclass(frozen=True)
+class PatchParams(Selector.Params):
+    """RDED's crop-and-score settings; a selector that reuses the pipeline has these among its parameters."""
 
-    family = "dd"
-    needs_teacher = True
-    identity = "rded-as-released"  # sets cached before the factor rule, square crops and views changed are stale
+    m: int = 300
+    k: int = 5
+    factor: int | None = None  # None: default_factor of the image size
+    score_view: str = "pad"
+    scale: tuple[float, float] = (0.08, 1.0)
 
-    def __init__(self, m: int = 300, k: int = 5, factor: int | None = None, score_view: str = "pad",
-                 scale: tuple[float, float] = (0.08, 1.0), **extra):
-        scale = tuple(scale)
-        check_rded_params(factor, k, m, score_view, scale)
-        super().__init__(m=m, k=k, factor=factor, score_view=score_view, scale=list(scale), **extra)
-        self.m, self.k, self.score_view, self.scale = m, k, score_view, scale
-        self._factor = factor
+    def check(self) -> None:
+        factor, k, m = self.factor, self.k, self.m
+        if factor is not None and (int(factor) != factor or factor < 1):
+            raise StudyError(f"The stitching factor f must be a positive integer (1 = whole images), not {factor}.")
+        if k < 1 or m < 1:
+            raise StudyError(f"RDED needs at least one candidate (m) and one crop per candidate (k); got m={m}, k={k}.")
+        if self.score_view not in SCORE_VIEWS:
+            raise StudyError(f"score_view must be one of {', '.join(SCORE_VIEWS)}, not {self.score_view!r}.")
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise StudyError(f"The crop scale range must satisfy 0 < min <= max <= 1, not {tuple(self.scale)}.")
+
+
+class PatchPipeline:
+    """RDED's plumbing, shared by every selector that crops, scores and stitches: candidates, observer, views
+    and output assembly. A selector holds one, built from its own (checked) :class:`PatchParams`."""
+
+    def __init__(self, p: PatchParams):
+        self.m, self.k, self.score_view = int(p.m), int(p.k), p.score_view
+        self.scale = tuple(p.scale)
+        self.factor = p.factor
 
     def factor_for(self, ctx: SelectionContext) -> int:
-        return self._factor or default_factor(min(ctx.data.image_shape[1:]))
+        return int(self.factor or default_factor(min(ctx.data.image_shape[1:])))
 
     def candidates(self, members: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
         return np.sort(rng.choice(members, size=min(m, len(members)), replace=False))
@@ -254,13 +259,14 @@ class PatchSelector(Selector):
         pad = factor if self.score_view == "pad" else 1
         return patch_views(pad, self.scale, ctx.data.mean, ctx.data.augment.flip)
 
-    def assemble(self, ctx, images: list[torch.Tensor], patches: list[Patches], factor: int, ipc: int, seed: int,
-                 **extra) -> Selection:
+    def assemble(self, ctx, images: list[torch.Tensor], patches: list[Patches], factor: int, ipc: int,
+                 provenance: dict) -> Selection:
+        """The selection of stitched ``images``; ``provenance`` (the selector's) gains the patches' own."""
         x = to_uint8(torch.cat(images).cpu())
         y = torch.arange(ctx.data.num_classes).repeat_interleave(ipc)
         views = stitched_views(factor, ctx.data.augment.flip) if factor > 1 else None
-        prov = self.provenance(ipc, seed, factor=factor, views=asdict(views) if views else None,
-                               **patch_provenance(patches, factor), **extra)
+        prov = {**provenance, "factor": factor, "views": asdict(views) if views else None,
+                **patch_provenance(patches, factor)}
         return Selection(x, y, None, prov, views)
 
 
@@ -288,7 +294,7 @@ class CropLosses:
 
 
 @register_selector("rded")
-class RDED(PatchSelector):
+class RDED(Selector):
     """Per class: m candidates, k square crops each, observer cross-entropy, the easiest ipc*f^2 crops stitched
     f x f in the released order.
 
@@ -297,35 +303,44 @@ class RDED(PatchSelector):
     the images whose crops are kept are decoded again, to cut them. The candidates and boxes are drawn class by
     class as :func:`rded_patches` draws them, so a seed picks the same crops either way."""
 
+    family = "dd"
+    needs_teacher = True
+    Params = PatchParams
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.pipeline = PatchPipeline(self.p)
+
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
-        factor = self.factor_for(ctx)
+        pipe = self.pipeline
+        factor = pipe.factor_for(ctx)
         patch_size(ctx.data.image_shape, factor)
         need = ipc * factor * factor
         rng, g = np.random.default_rng(seed), generator(seed)
-        cands = [torch.as_tensor(self.candidates(members, self.m, rng)) for members in ctx.class_members()]
-        boxes = [crop_boxes(len(cand) * self.k, g, scale=self.scale, ratio=SQUARE).view(len(cand), self.k, 4)
+        cands = [torch.as_tensor(pipe.candidates(members, pipe.m, rng)) for members in ctx.class_members()]
+        boxes = [crop_boxes(len(cand) * pipe.k, g, scale=pipe.scale, ratio=SQUARE).view(len(cand), pipe.k, 4)
                  for cand in cands]
-        per_image = [crops_per_image(need, len(cand), self.k) for cand in cands]
+        per_image = [crops_per_image(need, len(cand), pipe.k) for cand in cands]
         losses = self.crop_losses(ctx, cands, boxes, factor).split([len(cand) for cand in cands])
         images, patches = [], []
         for cand, box, loss, per in zip(cands, boxes, losses, per_image):
             kept = lowest_crops(loss, per)
             ranked = kept[loss.reshape(-1)[kept].argsort(stable=True)[:need][released_order(ipc, factor)]]
-            source, box = cand[ranked // self.k], box.reshape(-1, 4)[ranked]
+            source, box = cand[ranked // pipe.k], box.reshape(-1, 4)[ranked]
             pixels, views = crop_candidates(ctx.data.train_x[source], box[:, None], factor, ctx.data.mean,
-                                            self.score_view, ctx.device)
+                                            pipe.score_view, ctx.device)
             patches.append(Patches(pixels, views, source, box, loss.reshape(-1)[ranked]))
             images.append(stitch(pixels, factor))
-        return self.assemble(ctx, images, patches, factor, ipc, seed)
+        return pipe.assemble(ctx, images, patches, factor, ipc, self.provenance(ipc, seed))
 
     def crop_losses(self, ctx: SelectionContext, cands: list[torch.Tensor], boxes: list[torch.Tensor],
                     factor: int) -> torch.Tensor:
         """(candidates, k) observer losses of every class's candidates, class after class, from one pass."""
         sources = torch.cat(cands).numpy()
         labels = torch.cat([torch.full((len(cand),), c, dtype=torch.long) for c, cand in enumerate(cands)])
-        work = CropLosses(self.observer(ctx).cpu(), torch.cat(boxes), labels, factor, tuple(ctx.data.mean),
-                          self.score_view)
+        work = CropLosses(self.pipeline.observer(ctx).cpu(), torch.cat(boxes), labels, factor,
+                          tuple(ctx.data.mean), self.pipeline.score_view)
         ctx.cache.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=ctx.cache.root, prefix=".rded-pass-") as tmp:
             run_pass(take(ctx.data.train_x, sources), work, Path(tmp), batch_size=eval_chunk(ctx.device),
