@@ -162,10 +162,12 @@ def print_dry_run(spec: StudySpec, out: Path, executor: str, finished: str) -> N
 
 def summarise_ledger(frame: pd.DataFrame) -> pd.DataFrame:
     """summary.csv and the terminal table: the report's per-cell summary, from the ledger's rows."""
+    from study.analysis.published import with_published
     from study.analysis.summary import summarise
     from study.analysis.trials import tidy, trial_table
 
-    return summarise(tidy(trial_table(frame.to_dict("records"))))
+    trials = trial_table(frame.to_dict("records"))
+    return with_published(summarise(tidy(trials)), trials)
 
 
 def teacher_metric(frame: pd.DataFrame) -> dict:
@@ -177,6 +179,7 @@ def teacher_metric(frame: pd.DataFrame) -> dict:
 def print_summary(summary: pd.DataFrame) -> None:
     from rich.table import Table
 
+    from study.analysis.published import paper_note
     from study.analysis.summary import mean_std
     from study.analysis.terminal import console as study_console
 
@@ -188,7 +191,7 @@ def print_summary(summary: pd.DataFrame) -> None:
         for ipc in ipcs:
             table.add_column("full data" if ipc == 0 else f"IPC {ipc}", justify="right")
         for label, rows in part.groupby("label", sort=False):
-            by_ipc = {r.ipc: mean_std(r.acc_mean, r.acc_std) for r in rows.itertuples()}
+            by_ipc = {r.ipc: mean_std(r.acc_mean, r.acc_std) + paper_note(r.paper_mean) for r in rows.itertuples()}
             table.add_row(label, *[by_ipc.get(i, "") for i in ipcs])
         console.print(table)
 
