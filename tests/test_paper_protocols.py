@@ -110,3 +110,13 @@ def test_tiny_imagenet_loads_its_released_layout(tmp_path):
 def test_a_missing_tiny_imagenet_says_where_to_get_it(tmp_path):
     with pytest.raises(StudyError, match="TinyImageNet was not found under .*tiny-imagenet-200.zip"):
         load_dataset("tinyimagenet", tmp_path)
+
+
+def test_new_settings_at_their_defaults_keep_earlier_trials_hashes():
+    from study.runs.config import TrialConfig
+
+    plain = TrialConfig.from_dict({"selector": "herding", "ipc": 5, "steps": 40})
+    assert "augment" not in plain.identity() and "epochs" not in plain.identity()
+    assert plain.to_dict()["augment"] == "dataset"  # the record still says it
+    assert TrialConfig.from_dict({"selector": "herding", "ipc": 5, "steps": 40, "augment": "dsa"}).hash != plain.hash
+    assert TrialConfig.from_dict({"selector": "herding", "ipc": 5, "steps": 40, "epochs": 300}).hash != plain.hash
