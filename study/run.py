@@ -36,7 +36,7 @@ def parse(argv=None) -> argparse.Namespace:
                         "(default: none, the cell is built from the preset and the flags)")
     p.add_argument("--preset", default=None, help="dataset protocol: model, batch, recipe, teacher (default: the "
                                                   "dataset's own preset)")
-    p.add_argument("--dataset", default=None, help=f"dataset (default: {DEFAULT_CELL['dataset']})")
+    p.add_argument("--dataset", default=None, help=f"dataset (default: the preset's, else {DEFAULT_CELL['dataset']})")
     p.add_argument("--data-root", default=None, help="folder holding torchvision / IDX datasets (default: the "
                                                      "dataset's usual places)")
     p.add_argument("--selector", default=None, help=f"selector (default: {DEFAULT_CELL['selector']}, or --config's)")
@@ -84,8 +84,8 @@ def base_cell(a: argparse.Namespace) -> tuple[dict, dict]:
             raise StudyError("--config already fixes the dataset and its protocol; drop --preset / --dataset "
                              "(--set dataset=NAME trains the same protocol on another dataset).")
         return read_config(a.config), {}
-    dataset = a.dataset or DEFAULT_CELL["dataset"]
-    name = preset_for(dataset, a.preset, DEFAULT_CELL["dataset"])
+    name = preset_for(a.dataset, a.preset, DEFAULT_CELL["dataset"])
+    dataset = a.dataset or PRESETS[name]["dataset"]  # a preset named alone trains on its own dataset
     return {**DEFAULT_CELL, "steps": PRESETS[name]["budgets"][0], **preset_protocol(name, dataset)}, PRESETS[name]
 
 

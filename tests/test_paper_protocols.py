@@ -56,6 +56,7 @@ def test_a_single_trial_takes_its_regimes_settings_and_epoch_budget():
     cfg = config_from_args(parse(["--preset", "fashion-mnist-paper", "--regime", "sl", "--ipc", "50"]))
     p = cfg.protocol
     assert (p.recipe, p.steps, p.batch_size, p.epochs, p.augment) == ("adamw-v1", 600, 256, 300, "dsa")
+    assert cfg.dataset == "fashion-mnist"  # the preset's own dataset, not study.run's default
     pinned = config_from_args(parse(["--preset", "fashion-mnist-paper", "--regime", "sl", "--recipe", "sgd-v1",
                                      "--steps", "40"]))
     assert (pinned.protocol.recipe, pinned.protocol.steps, pinned.protocol.epochs) == ("sgd-v1", 40, None)
