@@ -89,4 +89,5 @@ class TrialConfig:
         ipc = "full" if self.is_full_data else f"ipc={self.ipc}"
         params = "".join(f" {k}={v:.3g}" if isinstance(v, float) else f" {k}={v}"
                          for k, v in sorted(self.selector_params.items()))
-        return f"{self.selector} {ipc} {self.protocol.regime} steps={self.protocol.steps}{params}"
+        epochs = f" ({self.protocol.epochs} epochs)" if self.protocol.epochs is not None else ""
+        return f"{self.selector} {ipc} {self.protocol.regime} steps={self.protocol.steps}{epochs}{params}"
