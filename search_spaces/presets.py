@@ -8,6 +8,11 @@ RDED's and SRe2L's released evaluation with their BatchNorm ConvNet-3, width
 a table by IPC (study.core.protocol.batch_size_for).
 """
 
+# What every command trains on when none is named, and the cell one trial (study.run, study.export) is where
+# the command line names none; its budget is the preset's first.
+DEFAULT_PRESET = "digits"
+DEFAULT_CELL = {"selector": "random", "ipc": 10, "regime": "hl", "seeds": 1}
+
 PRESETS = {
     "digits": {
         "dataset": "digits",

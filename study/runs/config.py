@@ -59,9 +59,15 @@ class TrialConfig:
         return TrialConfig.from_dict(d)
 
     def identity(self) -> dict:
-        """Everything that determines the outcome (the data root is where data lives, not what it is)."""
+        """Everything that determines the outcome (the data root is where data lives, not what it is), and the
+        side an ImageFolder tree is decoded at (HARDTRUTHS_IMAGEFOLDER_SIZE) when it is not the default, so the
+        hashes of trials at the default size stay what they were."""
+        from study.core import data
+
         d = self.to_dict()
         d.pop("data_root")
+        if self.dataset.startswith("imagefolder:") and data.IMAGEFOLDER_SIZE != data.DEFAULT_IMAGEFOLDER_SIZE:
+            d["image_size"] = data.IMAGEFOLDER_SIZE
         return d
 
     @property

@@ -60,6 +60,11 @@ class TrialOutcome:
     teacher_test_acc: float | None = None
     wall_seconds: float = 0.0
     family: str = "coreset"
+    image_shape: tuple[int, ...] = ()  # as decoded: an ImageFolder tree's follows HARDTRUTHS_IMAGEFOLDER_SIZE
+
+    def resolved(self) -> dict:
+        """What the config leaves to the machine and the environment, as this trial resolved it."""
+        return {"precision": self.per_seed[0]["precision"], "image_shape": "x".join(map(str, self.image_shape))}
 
     @property
     def accuracies(self) -> list[float]:
@@ -156,7 +161,7 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
                 for r, res in enumerate(results)]
     teacher_acc = ctx.teacher.test_acc if "teacher" in ctx.__dict__ else None
     return TrialOutcome(cfg, per_seed, selections, teacher_acc, time.perf_counter() - start,
-                        selector.family)
+                        selector.family, tuple(ctx.data.image_shape))
 
 
 def seed_metrics(progress: Callable[[int, dict], None] | None, repeats) -> Callable | None:
