@@ -226,7 +226,8 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
         space=space, kind=s["kind"], preset=preset, protocol=protocol,
         selectors=parse_list(chosen), ipc=parse_list(ipc if ipc is not None else s["ipc"], int),
         regimes=parse_list(regimes if regimes is not None else s["regimes"]),
-        budgets=parse_list(budgets if budgets is not None else s.get("budgets", PRESETS[preset]["budgets"]), int),
+        budgets=parse_list(budgets if budgets is not None else s["budgets"] if "budgets" in s
+                           else PRESETS[preset]["budgets"], int),
         seeds=int(seeds if seeds is not None else s["seeds"]))
     if spec is not None:
         for name, value in params.items():
