@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search_spaces import PRESETS, SPACES
+from search_spaces import SPACES
 from study.cli import add_resolution_args, friendly_errors, parser, print_config, read_config
 from study.core.errors import StudyError
 from study.runs.history import STALE_POLICIES
