@@ -60,8 +60,10 @@ def add_resolution_args(p: argparse.ArgumentParser, what: str, files: str) -> No
                         f"(default: none, built from the preset and the flags)")
     p.add_argument("--print-config", action="store_true",
                    help=f"print the resolved {what} as JSON (what --config takes back) and exit")
-    p.add_argument("--preset", default=None, help="dataset protocol: model, batch, recipe, teacher (default: the "
-                                                  "dataset's own preset)")
+    from search_spaces import PRESETS
+
+    p.add_argument("--preset", default=None, help=f"dataset protocol (model, batch, recipe, teacher): "
+                                                  f"{', '.join(PRESETS)} (default: the dataset's own preset)")
     p.add_argument("--dataset", default=None, help="dataset; brings its own preset when it has one, else needs "
                                                    "--preset (default: the preset's dataset)")
     p.add_argument("--data-root", default=None, help="folder holding torchvision / IDX datasets (default: the "
