@@ -306,6 +306,7 @@ def changed_config(base: dict, selector, ipc, regime, steps, seeds, data_root, o
     name = cell.get("selector", DEFAULT_CELL["selector"])
     check_selector_params(params, [name])
     selector_params = {**cell.get("selector_params", {}), **params.get(name, {})}
+    check_selector_params({name: selector_params}, [name])
     if name == "full":
         cell["ipc"] = FULL_DATA_IPC
     if "batch_size" in protocol:
