@@ -206,9 +206,7 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
     """Merge space, preset and overrides into a StudySpec (no data is touched here). ``base`` is a resolved
     spec (a study's study_spec.json, or --print-config's output) to start from instead of space and preset."""
     if base is not None:
-        if preset or dataset:
-            raise StudyError("--config already fixes the dataset and its protocol; drop --preset / --dataset "
-                             "(--set dataset=NAME trains the same protocol on another dataset).")
+        refuse_preset_with_config(preset, dataset)
         spec = spec_from_dict(base)
         s = {"kind": spec.kind, "selectors": spec.selectors, "ipc": spec.ipc, "regimes": spec.regimes,
              "budgets": spec.budgets, "seeds": spec.seeds}
@@ -242,6 +240,12 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
     for key, value in extra.items():
         setattr(spec, key, parse_list(value) if key == "references" else value)
     return spec
+
+
+def refuse_preset_with_config(preset: str | None, dataset: str | None) -> None:
+    if preset or dataset:
+        raise StudyError("--config already fixes the dataset and its protocol; drop --preset / --dataset "
+                         "(--set dataset=NAME trains the same protocol on another dataset).")
 
 
 def spec_from_dict(d: dict) -> StudySpec:
@@ -278,9 +282,7 @@ def resolve_cell(selector: str | None = None, ipc: int | None = None, regime: st
     trial config (config.json, a record, --print-config's output): the flags and ``overrides`` then change
     single settings of it, and nothing of a preset applies again."""
     if base is not None:
-        if preset or dataset:
-            raise StudyError("--config already fixes the dataset and its protocol; drop --preset / --dataset "
-                             "(--set dataset=NAME trains the same protocol on another dataset).")
+        refuse_preset_with_config(preset, dataset)
         return changed_config(base, selector, ipc, regime, steps, seeds, data_root, overrides)
     chosen = {"selector": selector, "ipc": ipc, "regime": regime, "seeds": seeds}
     cell = {**DEFAULT_CELL, **{k: v for k, v in chosen.items() if v is not None}}
@@ -291,7 +293,7 @@ def resolve_cell(selector: str | None = None, ipc: int | None = None, regime: st
     spec = resolve_spec("quick", preset, dataset, [cell["selector"]], [cell["ipc"]], [cell["regime"]], [budget],
                         cell["seeds"], overrides, data_root)
     check_selector_params(spec.selector_params, [cell["selector"]])
-    return spec.cell(cell["selector"], cell["ipc"], cell["regime"], spec.budgets[0])
+    return spec.cell(cell["selector"], cell["ipc"], cell["regime"], budget)
 
 
 def changed_config(base: dict, selector, ipc, regime, steps, seeds, data_root, overrides) -> TrialConfig:
@@ -304,9 +306,8 @@ def changed_config(base: dict, selector, ipc, regime, steps, seeds, data_root, o
     cell.update({k: v for k, v in chosen.items() if v is not None})
     protocol, params, _ = apply_overrides({k: cell[k] for k in PROTOCOL_FIELDS if k in cell}, overrides)
     name = cell.get("selector", DEFAULT_CELL["selector"])
-    check_selector_params(params, [name])
     selector_params = {**cell.get("selector_params", {}), **params.get(name, {})}
-    check_selector_params({name: selector_params}, [name])
+    check_selector_params({**params, name: selector_params}, [name])
     if name == "full":
         cell["ipc"] = FULL_DATA_IPC
     if "batch_size" in protocol:
