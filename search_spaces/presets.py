@@ -29,6 +29,11 @@ teacher is trained here (the reproduction loads RDED's released BatchNorm
 observer of the same depth).
 """
 
+# What every command trains on when none is named, and the cell one trial (study.run, study.export) is where
+# the command line names none; its budget is the preset's first.
+DEFAULT_PRESET = "digits"
+DEFAULT_CELL = {"selector": "random", "ipc": 10, "regime": "hl", "seeds": 1}
+
 PAPER_HL_SL = {
     "batch_size": 256,
     "recipe": "sgd-step-v1",

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search_spaces import PRESETS, SPACES
-from study.cli import friendly_errors, parser
+from search_spaces import SPACES
+from study.cli import add_resolution_args, friendly_errors, parser, print_config, read_config
 from study.core.errors import StudyError
 from study.runs.history import STALE_POLICIES
 from study.runs.spec import StudySpec, resolve_spec, validate_spec
@@ -32,13 +32,7 @@ def parse(argv=None) -> argparse.Namespace:
     p = parser("python -m study.scaling", __doc__)
     g = p.add_argument_group("what to run")
     g.add_argument("--space", default="quick", help=f"study space: {', '.join(SPACES)}")
-    g.add_argument("--preset", default=None, help=f"dataset protocol: {', '.join(PRESETS)} (default: the "
-                                                  f"--dataset's own preset, else the space's)")
-    g.add_argument("--dataset", default=None, help="dataset, e.g. fashion-mnist or imagefolder:/data/tin; brings its "
-                                                   "own preset when it has one, else needs --preset (default: the "
-                                                   "preset's dataset)")
-    g.add_argument("--data-root", default=None, help="folder holding torchvision / IDX datasets (default: the "
-                                                     "dataset's usual places)")
+    add_resolution_args(g, "study spec", "a study's study_spec.json or --print-config output")
     g.add_argument("--model", default=None, help="student model: convnet, resnet18, timm:<name> (default: the preset's)")
     g.add_argument("--selectors", default=None, help="comma-separated selectors, or 'all' (default: the space's)")
     g.add_argument("--ipc", default=None, help="comma-separated images per class, e.g. 1,10,50 (default: the space's)")
@@ -48,8 +42,6 @@ def parse(argv=None) -> argparse.Namespace:
     g.add_argument("--seeds", type=int, default=None, help="repeats per trial (default: the space's)")
     g.add_argument("--num-samples", type=int, default=None, help="Optuna trials per cell group in optuna spaces "
                                                                  "(default: the space's)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a protocol setting, e.g. --set temperature=2 --set model_kwargs.width=64")
     r = p.add_argument_group("where and how")
     r.add_argument("--out", default=None, help="output folder (default: studies/<space>-<hash>)")
     r.add_argument("--cache-dir", default=None,
@@ -88,7 +80,8 @@ def spec_from_args(a: argparse.Namespace) -> StudySpec:
     if a.num_samples is not None:
         overrides.append(f"num_samples={a.num_samples}")
     return resolve_spec(a.space, a.preset, a.dataset, a.selectors, a.ipc, a.regimes, a.budgets, a.seeds,
-                        overrides, a.data_root, all_selectors=SELECTORS.names())
+                        overrides, a.data_root, all_selectors=SELECTORS.names(),
+                        base=read_config(a.config) if a.config else None)
 
 
 def check_workers(workers: int, batch_size: int) -> None:
@@ -216,6 +209,10 @@ def main(argv=None) -> int:
 
     configure_client()
     spec = spec_from_args(a)
+    if a.print_config:
+        validate_spec(spec, smallest_class(spec))
+        print_config(spec.to_dict())
+        return 0
     out = Path(a.out or Path("studies") / f"{spec.space}-{spec.hash}")
     options = run_options(a, out)
     check_study(spec, options)

@@ -109,16 +109,17 @@ def test_study_run_reproduces_a_study_cell(tmp_path):
     record.write_text(json.dumps({"config": cell.to_dict(), "status": "FINISHED"}))
     assert config_from_args(parse(["--config", str(record)])).hash == cell.hash
     changed = config_from_args(parse(["--config", str(record), "--steps", "50", "--set", "model_kwargs.width=8",
-                                      "--set", "selector_params.herding.metric=cosine"]))
+                                      "--selector", "aum", "--set", "selector_params.aum.keep=easy"]))
     assert changed.protocol.steps == 50 and changed.protocol.model_kwargs == {"width": 8}
-    assert changed.selector_params == {"metric": "cosine"} and changed.protocol.batch_size == 64
+    assert changed.selector_params == {"keep": "easy"} and changed.protocol.batch_size == 64
     preset = config_from_args(parse(["--preset", "fashion-mnist", "--dataset", "mnist"]))
     assert (preset.dataset, preset.protocol.batch_size, preset.protocol.steps) == ("mnist", 128, 500)
 
 
 @pytest.mark.parametrize("args, says", [
     (["--preset", "digits"], "--config already fixes the dataset"),
-    (["--set", "selector_params.dm.iterations=3"], "set for the selector(s) dm, but this trial runs 'random'"),
+    (["--set", "selector_params.dm.iterations=3"], "set for the selector 'dm', which does not run here (selectors "
+                                                   "run: random)"),
 ])
 def test_study_run_refuses_conflicting_settings(args, says, tmp_path, capsys):
     from study.run import main

@@ -128,7 +128,7 @@ def fake_record(cfg, i: int) -> dict:
     (["--set", "precision=fp8"], "Unknown precision 'fp8'; choose one of: auto, fp32, bf16"),
     (["--selectors", "random,dm", "--set", "selector_params.dm.iters=5"], "The selector 'dm' has no parameter(s) ['iters']"),
     (["--selectors", "random", "--set", "selector_params.dm.iterations=5"],
-     "Parameters were set for the selector 'dm', which this study does not run"),
+     "Parameters were set for the selector 'dm', which does not run here"),
 ], ids=["dataset", "model", "preset", "ipc-above-smallest-class", "malformed-override", "data-root-without-dataset",
         "ray-address-not-answering", "gpu-on-local-cpu-ray", "workers-not-dividing-batch", "unknown-precision",
         "unknown-selector-param", "param-for-absent-selector"])

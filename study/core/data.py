@@ -282,7 +282,8 @@ DATASETS.register("mnist")(torchvision_loader("mnist", "MNIST", Augment(crop_pad
 DATASETS.register("cifar10")(torchvision_loader("cifar10", "CIFAR10", Augment(crop_padding=4, flip=True)))
 DATASETS.register("cifar100")(torchvision_loader("cifar100", "CIFAR100", Augment(crop_padding=4, flip=True)))
 
-IMAGEFOLDER_SIZE = int(os.environ.get("HARDTRUTHS_IMAGEFOLDER_SIZE", "64"))
+DEFAULT_IMAGEFOLDER_SIZE = 64
+IMAGEFOLDER_SIZE = int(os.environ.get("HARDTRUTHS_IMAGEFOLDER_SIZE", str(DEFAULT_IMAGEFOLDER_SIZE)))
 BAD_IMAGES = os.environ.get("HARDTRUTHS_BAD_IMAGES", "fail")
 
 

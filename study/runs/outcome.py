@@ -76,7 +76,8 @@ def success_record(outcome: TrialOutcome, tags: dict) -> dict:
         "metrics": outcome.metrics(),
         "curves": {"val_acc": mean_curve(outcome.per_seed, "val_curve"), "train_loss": loss_points(outcome.per_seed)},
         "inputs": training_inputs(outcome),
-        "tags": {"host": platform.node(), "family": outcome.family, "code_version": code_version(), **tags},
+        "tags": {"host": platform.node(), "family": outcome.family, "code_version": code_version(),
+                 **outcome.resolved(), **tags},
     }
 
 
