@@ -9,7 +9,7 @@ every random choice comes from the ``seed`` argument.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from typing import Callable
 
@@ -96,10 +96,23 @@ class Selector:
     family = "coreset"  # "coreset" (returns indices) or "dd" (synthesises images); reports group by it
     stochastic = True
     needs_teacher = False
+    needs_batchnorm_teacher = False
     budget_aware = False
+    Params: type | None = None  # a frozen dataclass of the selector's parameters, with their defaults
 
     def __init__(self, **params):
-        self.params = params
+        if self.Params is None:
+            self.params = params
+            return
+        names = [f.name for f in fields(self.Params)]
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise StudyError(f"{self.name} does not take the parameter(s) {unknown}; its parameters are: "
+                             f"{', '.join(names)}.")
+        self.p = self.Params(**params)
+        if hasattr(self.p, "check"):
+            self.p.check()
+        self.params = asdict(self.p)
 
     def settings_over(self, defaults: dict, method: str) -> dict:
         """The method's settings: its defaults overridden by ``params``; a parameter it does not know is refused."""

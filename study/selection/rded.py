@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.core.augment import crop_boxes, pad_centre, patch_crop, patch_views, resized_crop, stitched_views
+from study.core.augment import crop_boxes, pad_centre, patch_crop, resized_crop, stitched_views
 from study.core.errors import StudyError
 from study.core.evaluate import eval_chunk
 from study.core.images import take
@@ -225,45 +225,6 @@ def patch_provenance(patches: list[Patches], factor: int) -> dict:
     }
 
 
-class PatchSelector(Selector):
-    """Shared plumbing of RDED and CA2D: parameters, candidates, observer and output assembly."""
-
-    family = "dd"
-    needs_teacher = True
-    identity = "rded-as-released"  # sets cached before the factor rule, square crops and views changed are stale
-
-    def __init__(self, m: int = 300, k: int = 5, factor: int | None = None, score_view: str = "pad",
-                 scale: tuple[float, float] = (0.08, 1.0), **extra):
-        scale = tuple(scale)
-        check_rded_params(factor, k, m, score_view, scale)
-        super().__init__(m=m, k=k, factor=factor, score_view=score_view, scale=list(scale), **extra)
-        self.m, self.k, self.score_view, self.scale = m, k, score_view, scale
-        self._factor = factor
-
-    def factor_for(self, ctx: SelectionContext) -> int:
-        return self._factor or default_factor(min(ctx.data.image_shape[1:]))
-
-    def candidates(self, members: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
-        return np.sort(rng.choice(members, size=min(m, len(members)), replace=False))
-
-    def observer(self, ctx: SelectionContext) -> Observer:
-        return ctx.teacher.model.to(ctx.device).eval()
-
-    def scored_views(self, ctx: SelectionContext, factor: int):
-        """The kind of view the observer scores, as training views (for a proxy that should know them)."""
-        pad = factor if self.score_view == "pad" else 1
-        return patch_views(pad, self.scale, ctx.data.mean, ctx.data.augment.flip)
-
-    def assemble(self, ctx, images: list[torch.Tensor], patches: list[Patches], factor: int, ipc: int, seed: int,
-                 **extra) -> Selection:
-        x = to_uint8(torch.cat(images).cpu())
-        y = torch.arange(ctx.data.num_classes).repeat_interleave(ipc)
-        views = stitched_views(factor, ctx.data.augment.flip) if factor > 1 else None
-        prov = self.provenance(ipc, seed, factor=factor, views=asdict(views) if views else None,
-                               **patch_provenance(patches, factor), **extra)
-        return Selection(x, y, None, prov, views)
-
-
 @dataclass(frozen=True)
 class CropLosses:
     """A pass's work: the observer's cross-entropy on each of a candidate's ``k`` crops, row ``r`` of the pass
@@ -287,23 +248,31 @@ class CropLosses:
         return losses
 
 
-@register_selector("rded")
-class RDED(PatchSelector):
-    """Per class: m candidates, k square crops each, observer cross-entropy, the easiest ipc*f^2 crops stitched
-    f x f in the released order.
+@dataclass(frozen=True)
+class PatchPipeline:
+    """RDED's released crop / score / select / stitch, over whatever candidate pools a selector hands it: RDED's
+    random ``m`` images a class, CA2D's ``mipc`` highest-CAD ones. The observer is the teacher.
 
     Every class's candidates are scored in one pass (study.core.passes: Ray Data when the preparation's driver
     runs it, else in this process), which decodes each candidate once and keeps only its crops' losses; only
-    the images whose crops are kept are decoded again, to cut them. The candidates and boxes are drawn class by
-    class as :func:`rded_patches` draws them, so a seed picks the same crops either way."""
+    the images whose crops are kept are decoded again, to cut them. The boxes are drawn class by class from
+    ``g`` as :func:`rded_patches` draws them, so a seed picks the same crops either way."""
 
-    def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
-        check_ipc(ctx, ipc)
-        factor = self.factor_for(ctx)
+    k: int = 5
+    factor: int | None = None
+    score_view: str = "pad"
+    scale: tuple[float, float] = (0.08, 1.0)
+
+    def factor_for(self, data) -> int:
+        return self.factor or default_factor(min(data.image_shape[1:]))
+
+    def synthesise(self, ctx: SelectionContext, cands: list[torch.Tensor], ipc: int, g: torch.Generator,
+                   provenance: dict) -> Selection:
+        """``ipc`` images a class from class c's candidates ``cands[c]`` (dataset indices), with ``provenance``
+        completed by the factor, the training views and every patch's source, box and loss."""
+        factor = self.factor_for(ctx.data)
         patch_size(ctx.data.image_shape, factor)
         need = ipc * factor * factor
-        rng, g = np.random.default_rng(seed), generator(seed)
-        cands = [torch.as_tensor(self.candidates(members, self.m, rng)) for members in ctx.class_members()]
         boxes = [crop_boxes(len(cand) * self.k, g, scale=self.scale, ratio=SQUARE).view(len(cand), self.k, 4)
                  for cand in cands]
         per_image = [crops_per_image(need, len(cand), self.k) for cand in cands]
@@ -317,17 +286,65 @@ class RDED(PatchSelector):
                                             self.score_view, ctx.device)
             patches.append(Patches(pixels, views, source, box, loss.reshape(-1)[ranked]))
             images.append(stitch(pixels, factor))
-        return self.assemble(ctx, images, patches, factor, ipc, seed)
+        x = to_uint8(torch.cat(images).cpu())
+        y = torch.arange(ctx.data.num_classes).repeat_interleave(ipc)
+        views = stitched_views(factor, ctx.data.augment.flip) if factor > 1 else None
+        provenance = {**provenance, "factor": factor, "views": asdict(views) if views else None,
+                      **patch_provenance(patches, factor)}
+        return Selection(x, y, None, provenance, views)
 
     def crop_losses(self, ctx: SelectionContext, cands: list[torch.Tensor], boxes: list[torch.Tensor],
                     factor: int) -> torch.Tensor:
         """(candidates, k) observer losses of every class's candidates, class after class, from one pass."""
         sources = torch.cat(cands).numpy()
         labels = torch.cat([torch.full((len(cand),), c, dtype=torch.long) for c, cand in enumerate(cands)])
-        work = CropLosses(self.observer(ctx).cpu(), torch.cat(boxes), labels, factor, tuple(ctx.data.mean),
+        work = CropLosses(ctx.teacher.model.cpu().eval(), torch.cat(boxes), labels, factor, tuple(ctx.data.mean),
                           self.score_view)
         ctx.cache.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=ctx.cache.root, prefix=".rded-pass-") as tmp:
             run_pass(take(ctx.data.train_x, sources), work, Path(tmp), batch_size=eval_chunk(ctx.device),
                      device=ctx.device)
             return torch.from_numpy(read_pass(Path(tmp), ["loss"])["loss"])
+
+
+@dataclass(frozen=True)
+class PatchParams:
+    """The pipeline's settings as the release sets them: ``k`` crops a candidate (``num_crop``), the stitching
+    ``factor`` (None: the release's rule by image size), the observer's ``score_view``, the crop ``scale``."""
+
+    k: int = 5
+    factor: int | None = None
+    score_view: str = "pad"
+    scale: tuple[float, float] = (0.08, 1.0)
+
+    def check(self) -> None:
+        check_rded_params(self.factor, self.k, 1, self.score_view, tuple(self.scale))
+
+    def pipeline(self) -> PatchPipeline:
+        return PatchPipeline(self.k, self.factor, self.score_view, tuple(self.scale))
+
+
+@dataclass(frozen=True)
+class RDEDParams(PatchParams):
+    m: int = 300  # candidates a class, the release's mipc
+
+    def check(self) -> None:
+        check_rded_params(self.factor, self.k, self.m, self.score_view, tuple(self.scale))
+
+
+@register_selector("rded")
+class RDED(Selector):
+    """Per class: m random candidates, k square crops each, observer cross-entropy, the easiest ipc*f^2 crops
+    stitched f x f in the released order."""
+
+    Params = RDEDParams
+    family = "dd"
+    needs_teacher = True
+    identity = "rded-as-released"  # sets cached before the factor rule, square crops and views changed are stale
+
+    def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
+        check_ipc(ctx, ipc)
+        rng, g = np.random.default_rng(seed), generator(seed)
+        cands = [torch.as_tensor(np.sort(rng.choice(members, size=min(self.p.m, len(members)), replace=False)))
+                 for members in ctx.class_members()]
+        return self.p.pipeline().synthesise(ctx, cands, ipc, g, self.provenance(ipc, seed))
