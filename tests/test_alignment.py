@@ -1,0 +1,43 @@
+"""The compute-alignment spaces: the scoring run's ratio over two decades, on a grid and under TPE."""
+from __future__ import annotations
+
+from study.runs.spec import resolve_spec, validate_spec
+from study.scaling import main
+from study.selection import build_selector
+
+RATIOS = [2.0 ** k for k in range(-4, 5)]
+
+
+def test_alignment_grid_runs_both_methods_at_every_ratio():
+    spec = resolve_spec("alignment_grid")
+    validate_spec(spec)
+    assert spec.preset == "fashion-mnist-paper" and set(spec.ipc) == {10, 50} and set(spec.regimes) == {"hl", "sl"}
+    grid, refs = spec.searched_cells(), spec.reference_cells()
+    per_cell = len(spec.ipc) * len(spec.regimes) * len(spec.budgets)
+    assert len(grid) == 2 * 5 * per_cell and len(refs) == per_cell
+    assert {(c.selector, c.selector_params["ratio"]) for c in grid} == {
+        (s, r) for s in ("cad_prune", "ca2d") for r in (1 / 16, 1 / 4, 1.0, 4.0, 16.0)}
+    assert {c.selector for c in refs} == {"random"}
+    assert spec.trial_count() == len({c.hash for c in spec.cells()})
+
+
+def test_ca2d_alignment_searches_the_ratio_on_validation_accuracy():
+    spec = resolve_spec("ca2d_alignment")
+    validate_spec(spec)
+    assert spec.kind == "optuna" and spec.metric == "val_acc_mean" and spec.mode == "max" and spec.num_samples >= 16
+    assert spec.search == {"selector_params.ratio": {"type": "categorical", "choices": RATIOS}}
+    groups, refs = spec.searched_cells(), spec.reference_cells()
+    # a search group holds the ratio unset, so it never shares a hash with the ratio-1 reference cell
+    assert all(c.selector_params == {"ratio": None} for c in groups)
+    assert not {c.hash for c in groups} & {c.hash for c in refs}
+    assert {c.selector for c in refs} == {"random", "cad_prune", "ca2d"}
+    chosen = groups[0].with_choices({"selector_params.ratio": 0.25})
+    assert build_selector(chosen.selector, **chosen.selector_params).p.ratio == 0.25
+
+
+def test_dry_run_counts_the_alignment_trials(capsys):
+    assert main(["--space", "ca2d_alignment", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    spec = resolve_spec("ca2d_alignment")
+    assert f"total: {spec.trial_count()} trials" in out
+    assert f"each of the {len(spec.searched_cells())} search groups runs 16 Optuna trials" in out
