@@ -14,7 +14,8 @@ from study.selection.score_based import ccs_budgets, equal_width_strata
 from test_scores import TINY_PROXY, digits_ctx, toy_context  # noqa: F401 (digits_ctx is a fixture)
 
 CHEAP = {"el2n": TINY_PROXY, "grand": TINY_PROXY, "dm": {"iterations": 3, "width": 16, "batch_real": 16},
-         "sre2l": {"iterations": 3}}
+         "sre2l": {"iterations": 3}, "cad_prune": {"scoring_batch": 64}, "rcad": {"scoring_batch": 64},
+         "ca2d": {"scoring_batch": 64, "mipc": 20, "k": 3}}
 
 
 @pytest.mark.parametrize("name", [n for n in SELECTORS.names() if n not in ("full", "external")])  # external: PATH
