@@ -24,7 +24,8 @@ then trains it under. docs/rded.md lists each setting against the release.
 Layout (what tests and provenance rely on): an image's tiles are its slots,
 slot ``p`` at grid row ``p // f``, column ``p % f``. RDED fills slot ``p`` of
 image ``i`` of a class with its ``(p * ipc + i)``-th easiest tile, as the
-release does (:func:`released_order`); CA2D fills the slots in a random order.
+release does (:func:`released_order`); CA2D, through the same
+:class:`PatchPipeline`, does too.
 Output images are grouped by class (class 0's ``ipc`` images first).
 
 Provenance, per output image and slot ``p``: ``patch_source`` (dataset index
@@ -217,8 +218,8 @@ def patch_provenance(patches: list[Patches], factor: int) -> dict:
     boxes = torch.cat([p.boxes for p in patches]).view(-1, f2, 4)
     loss = torch.cat([p.loss for p in patches]).view(-1, f2)
     return {
-        "layout": "slot p of an image is grid row p // f, column p % f; images grouped by class; rded puts the "
-                  "class's (p * ipc + i)-th easiest tile in slot p of image i, ca2d places tiles at random",
+        "layout": "slot p of an image is grid row p // f, column p % f; images grouped by class; slot p of image i "
+                  "holds the class's (p * ipc + i)-th easiest tile",
         "patch_source": source.tolist(),
         "patch_box": boxes.float().mul(1e4).round().div(1e4).tolist(),
         "patch_loss": loss.float().mul(1e4).round().div(1e4).tolist(),
@@ -345,6 +346,10 @@ class RDED(Selector):
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
         rng, g = np.random.default_rng(seed), generator(seed)
-        cands = [torch.as_tensor(np.sort(rng.choice(members, size=min(self.p.m, len(members)), replace=False)))
-                 for members in ctx.class_members()]
+        cands = [torch.as_tensor(self.candidates(members, self.p.m, rng)) for members in ctx.class_members()]
         return self.p.pipeline().synthesise(ctx, cands, ipc, g, self.provenance(ipc, seed))
+
+    @staticmethod
+    def candidates(members: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+        """``m`` random members of a class (all of a smaller one), sorted."""
+        return np.sort(rng.choice(members, size=min(m, len(members)), replace=False))
