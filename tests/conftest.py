@@ -69,3 +69,30 @@ def digits_bn_teacher(digits, cache_dir):
 
 TEST_TEACHER = {"model": "convnet", "model_kwargs": {"width": 32}, "epochs": 30}
 TEST_BN_TEACHER = {"model": "convnet_bn", "model_kwargs": {"width": 32}, "epochs": 30}
+
+
+def write_idx(path, array) -> None:
+    """An IDX file as Fashion-MNIST ships it: zero, zero, the uint8 type code, the rank, big-endian sizes, bytes."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_root(tmp_path_factory):
+    """A small Fashion-MNIST in its released format (IDX files, 28 x 28, ten classes of 120 training images),
+    for tests that need the loader, the preset and the class sizes but not the real garments; pass it as
+    ``--data-root``, which the loader searches before Debian's package."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("fashion-mnist-idx")
+    rng = np.random.default_rng(0)
+    for prefix, per_class in (("train", 120), ("t10k", 20)):
+        labels = np.repeat(np.arange(10), per_class)
+        rng.shuffle(labels)
+        images = rng.integers(0, 256, size=(len(labels), 28, 28))
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels)
+    return str(root)

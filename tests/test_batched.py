@@ -10,16 +10,18 @@ from study.core.protocol import Protocol
 from study.core.train import train_student
 
 
-@pytest.mark.parametrize("regime, cutmix_prob, views", [("hl", 0.0, None), ("sl_kd", 0.5, None), ("sl", 0.5, None),
-                                                        ("sl_kd", 0.5, stitched_views(2, flip=True))])
-def test_batched_seeds_match_one_by_one(digits, digits_teacher, regime, cutmix_prob, views):
+@pytest.mark.parametrize("regime, cutmix_prob, views, augment", [
+    ("hl", 0.0, None, "dataset"), ("sl_kd", 0.5, None, "dataset"), ("sl", 0.5, None, "dataset"),
+    ("sl_kd", 0.5, stitched_views(2, flip=True), "dataset"), ("sl", 0.5, None, "dsa")])
+def test_batched_seeds_match_one_by_one(digits, digits_teacher, regime, cutmix_prob, views, augment):
     g = torch.Generator().manual_seed(0)
     sets = []
     for _ in range(3):
         idx = torch.randperm(len(digits.train_y), generator=g)[:40]
         sets.append((digits.train_x[idx], digits.train_y[idx]))
     seeds = [3, 4, 5]
-    protocol = Protocol(steps=60, batch_size=32, model_kwargs={"width": 16}, regime=regime, cutmix_prob=cutmix_prob)
+    protocol = Protocol(steps=60, batch_size=32, model_kwargs={"width": 16}, regime=regime, cutmix_prob=cutmix_prob,
+                        augment=augment)
     kw = dict(teacher=digits_teacher.model, device="cpu", eval_points=3, views=views)
     alone = [train_student(x, y, digits, protocol, seed=s, **kw) for (x, y), s in zip(sets, seeds)]
     together = train_students(sets, seeds, digits, protocol, **kw)

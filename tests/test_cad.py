@@ -14,9 +14,8 @@ from study.core.errors import StudyError
 from study.core.protocol import Protocol
 from study.selection import SelectionContext, build_selector
 from study.selection.ca2d import candidate_pools
-from study.selection.cad import (
-    cad_from_scores, checkpoint_floor, compute_cad, scoring_plan, scoring_protocol, CADParams,
-)
+from study.selection.cad import CADParams, cad_from_scores, checkpoint_floor, compute_cad
+from study.selection.scoring_run import scoring_plan, scoring_protocol
 from study.selection.difficulty import reference_axis
 from study.selection.facility import facility_order, facility_value
 
@@ -160,10 +159,10 @@ def test_facility_location_greedy_finds_the_optimum_of_a_hand_made_class():
     ("cad_prune", {"ratio": 0}, "ratio"),
     ("cad_prune", {"J": 1}, "J >= 2"),
     ("cad_prune", {"order": "middle"}, "order must be one of"),
-    ("cad_prune", {"delta": 0.1}, "does not take the parameter"),
+    ("cad_prune", {"delta": 0.1}, "has no parameter"),
     ("ca2d", {"mipc": 0}, "mipc"),
-    ("ca2d", {"k": 0}, "at least one"),
-    ("rcad", {"order": "lowest"}, "does not take the parameter"),
+    ("ca2d", {"k": 0}, "at least one crop"),
+    ("rcad", {"order": "lowest"}, "has no parameter"),
     ("difficulty_window", {"width": 0}, "0 < width <= 1"),
     ("difficulty_window", {"axis": "nope"}, "not a score"),
 ])

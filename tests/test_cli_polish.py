@@ -83,12 +83,12 @@ def test_a_dataset_without_a_preset_needs_one_named(dataset, says, capsys):
     assert says in capsys.readouterr().err
 
 
-def test_dry_run_prints_the_protocol_in_use(capsys, tmp_path):
+def test_dry_run_prints_the_protocol_in_use(capsys, tmp_path, fashion_mnist_root):
     from study.scaling import main
 
     out = tmp_path / "never"
-    assert main(["--dataset", "fashion-mnist", "--selectors", "random", "--ipc", "1", "--regimes", "hl",
-                 "--dry-run", "--out", str(out)]) == 0
+    assert main(["--dataset", "fashion-mnist", "--data-root", fashion_mnist_root, "--selectors", "random",
+                 "--ipc", "1", "--regimes", "hl", "--dry-run", "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert "protocol (preset fashion-mnist) on fashion-mnist: " in said and "batch_size=128" in said
     assert '"epochs": 8' in said

@@ -13,6 +13,9 @@ from study.selection.geometry import d2_order, herding_order, kcenter_order
 from study.selection.score_based import ccs_budgets, equal_width_strata
 from test_scores import TINY_PROXY, digits_ctx, toy_context  # noqa: F401 (digits_ctx is a fixture)
 
+# Selectors with no random step at their defaults (a greedy rule, or an end of the difficulty range)
+DETERMINISTIC = {"herding", "kcenter", "d2", "forgetting", "el2n", "grand", "aum", "entropy", "margin",
+                 "least_confidence", "dyn_unc", "moderate", "cad_prune", "rcad", "facility_location"}
 CHEAP = {"el2n": TINY_PROXY, "grand": TINY_PROXY, "dm": {"iterations": 3, "width": 16, "batch_real": 16},
          "sre2l": {"iterations": 3}, "cad_prune": {"scoring_batch": 64}, "rcad": {"scoring_batch": 64},
          "ca2d": {"scoring_batch": 64, "mipc": 20, "k": 3}}
@@ -21,7 +24,7 @@ CHEAP = {"el2n": TINY_PROXY, "grand": TINY_PROXY, "dm": {"iterations": 3, "width
 @pytest.mark.parametrize("name", [n for n in SELECTORS.names() if n not in ("full", "external")])  # external: PATH
 def test_every_selector_keeps_the_contract(name, digits_ctx, request):
     ctx = digits_ctx
-    if getattr(SELECTORS.get(name), "needs_batchnorm_teacher", False):
+    if SELECTORS.get(name).needs_batchnorm_teacher:
         bn_teacher = request.getfixturevalue("digits_bn_teacher")
         ctx = SelectionContext(ctx.data, ctx.cache, ctx.device, ctx.protocol, lambda: bn_teacher)
     selector = build_selector(name, **CHEAP.get(name, {}))
@@ -37,7 +40,7 @@ def test_every_selector_keeps_the_contract(name, digits_ctx, request):
 
     again = selector.select(ctx, ipc, seed=0)
     assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
-    if selector.stochastic:
+    if name not in DETERMINISTIC:
         assert not torch.equal(selector.select(ctx, ipc, seed=1).images, first.images)
 
     smallest = int(ctx.data.class_counts().min())
@@ -99,7 +102,6 @@ def test_keep_selects_the_easy_end_the_hard_end_or_a_window(tmp_path):
     assert picks(keep="window", window=[0.1, 0.4]) == [6, 7, 8]  # percentiles 0.15, 0.25, 0.35
     assert picks(keep="window", window=(0.5, 0.5)) == [4, 5, 6]  # grown to the 3 nearest
     wide = build_selector("aum", keep="window", window=(0.0, 1.0))
-    assert wide.stochastic and not build_selector("aum").stochastic
     strata = wide.select(ctx, 2, seed=0).indices.tolist()
     assert sorted(s >= 5 for s in strata) == [False, True]  # one pick from each half of the range
     provenance = wide.select(ctx, 2, seed=0).provenance
@@ -121,7 +123,10 @@ def test_d2_spreads_over_dense_hard_regions():
     ("el2n", {"keep": "medium"}, "keep must be"),
     ("el2n", {"keep": "hard", "window": (0.1, 0.2)}, "only with keep='window'"),
     ("entropy", {"keep": "window", "window": (0.8, 0.2)}, "0 <= lo <= hi <= 1"),
-    ("forgetting", {"epochs": 3}, "no option"),
+    ("forgetting", {"epochs": 3}, r"The selector 'forgetting' has no parameter\(s\) \['epochs'\]; its parameters are: keep, window\."),
+    ("el2n", {"epoch": 3}, "its parameters are: keep, window, fraction, seeds"),
+    ("dm", {"x": 1}, "The selector 'dm' has no parameter"),
+    ("ccs", {"score_params": {"span": 0, "x": 1}}, "no option"),
     ("ccs", {"score": "vibes"}, "Unknown score"),
     ("ccs", {"beta": 1.0}, "beta"),
     ("d2", {"k": 0}, "k >= 1"),

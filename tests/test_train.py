@@ -111,7 +111,24 @@ def test_recipes_are_explicit_and_cosine_ends_at_zero():
     assert get_recipe("sgd-v1", lr=0.1).lr == 0.1 and get_recipe("sgd-v1").lr == 0.01
 
 
+def test_the_papers_hl_recipe_drops_lr_tenfold_after_epoch_151_of_300():
+    """sgd-step-v1 under a 300-epoch budget of 4 steps an epoch steps like the reproduction's per-epoch
+    MultiStepLR(milestones=[151], gamma=0.1): 151 epochs at 0.01, 149 at 0.001."""
+    params = [("weight", torch.nn.Parameter(torch.zeros(3)))]
+    opt, schedule = get_recipe("sgd-step-v1").build(params, steps=300 * 4)
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 5e-4
+    lrs = []
+    for _ in range(300 * 4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert lrs[:151 * 4] == [pytest.approx(0.01)] * (151 * 4)
+    assert lrs[151 * 4:] == [pytest.approx(0.001)] * (149 * 4)
+
+
 @pytest.mark.parametrize("name, reference", [
+    ("sgd-step-v1", lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=False)),
     ("sgd-v1", lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=False)),
     ("adamw-v1", lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01, foreach=False))])
 def test_fused_recipe_steps_like_the_plain_optimiser(name, reference):

@@ -284,6 +284,7 @@ class ScanWork:
 
 
 SCAN_COLUMNS = ["ok", "sum", "sumsq"]
+SCAN_CODE = [__name__, "study.core.tree_pass"]  # what makes a scan: this loader's pass, or the study's one pass
 
 
 def scan_key(listing: Listing, size: int) -> dict:
@@ -296,7 +297,8 @@ def scan_images(listing: Listing, size: int) -> dict[str, np.ndarray]:
     unreadable files; the images themselves are not kept. A study's preparation makes this entry in the
     teacher's pass instead (study.core.tree_pass), so the tree is decoded once."""
     images = FileImages(listing.paths, size, bad_images="skip")
-    folder = Cache().folder("scans", scan_key(listing, size), lambda out: run_pass(images, ScanWork(), out))
+    folder = Cache().folder("scans", scan_key(listing, size), lambda out: run_pass(images, ScanWork(), out),
+                            code=SCAN_CODE)
     return read_pass(folder)
 
 

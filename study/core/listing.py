@@ -27,6 +27,7 @@ from study.core.seeding import content_hash
 
 ENV = "HARDTRUTHS_TREE_LISTINGS"
 KIND = "listings"
+CODE = [__name__]  # the code that lists a folder (study.core.cache)
 
 # folder -> the cache key of its stored listing: the driver's, inherited through the environment by its workers
 PUBLISHED: dict[str, dict] = json.loads(os.environ.get(ENV) or "{}")
@@ -65,7 +66,7 @@ def folder_listing(path: Path) -> Listing:
     """The driver's stored listing of ``path`` when this process belongs to a study that published one, else a
     fresh one."""
     key = PUBLISHED.get(str(path))
-    stored = Cache().load(KIND, key) if key else None
+    stored = Cache().load(KIND, key, code=CODE) if key else None
     if stored is None:
         return list_folder(path)
     return Listing(np.array(stored["paths"], dtype=object), stored["labels"], stored["mapping"], stored["files"])
@@ -81,7 +82,7 @@ def published_listings(folders: list[Path]):
             listing = list_folder(folder)
             key = {"kind": "listing", "folder": str(folder), "files": listing.files}
             Cache().get_or_compute(KIND, key, lambda: {"paths": listing.paths.tolist(), "labels": listing.labels,
-                                                       "mapping": listing.mapping, "files": listing.files})
+                                                       "mapping": listing.mapping, "files": listing.files}, code=CODE)
             PUBLISHED[str(folder)] = key
         yield
     finally:

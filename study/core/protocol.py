@@ -5,15 +5,18 @@ selector's proxy trains under the trial's own, and a teacher's run is one too
 (:meth:`TeacherSpec.protocol`). Two runs with equal protocols, data and seed
 train the same student, so the protocol is also what cache keys and
 provenance record. ``regime`` and ``steps`` are the study's axes; the rest
-comes from the dataset preset. Augmentation (the views a student sees) is not
-part of it: it is the dataset's own :class:`~study.core.data.Augment`, unless
-the training set brings its own (a stitched set's, ``Selection.views``).
+comes from the dataset preset. ``augment`` names the views a student sees:
+``"dataset"``, the dataset's own :class:`~study.core.data.Augment`, or
+``"dsa"``, DSA as released (:mod:`study.core.dsa`, the paper's Tab. 4
+protocols). Either way a training set that brings its own views (a stitched
+set's, ``Selection.views``) trains under those.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
 AXES = ("regime", "steps")
+AUGMENTS = ("dataset", "dsa")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Protocol:
     t2_scale: bool = True
     cutmix_prob: float = 0.0
     precision: str = "auto"
+    augment: str = "dataset"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -30,6 +30,10 @@ from study.core.protocol import TeacherSpec
 from study.core.seeding import content_hash
 from study.core.train import default_device, train_student
 
+# The code a teacher's cache entries (its weights, its pretrained accuracy, its outputs pass) are versioned by:
+# this module and what it imports, and the study's one pass over an image tree, which makes the same entries.
+CODE = [__name__, "study.core.tree_pass"]
+
 log = logging.getLogger(__name__)
 
 DYNAMICS = ("correct", "p_true", "margin", "logit_margin", "loss", "el2n")
@@ -112,7 +116,7 @@ def load_pretrained(data: Dataset, spec: TeacherSpec, device: str, cache: Cache 
     def evaluate() -> dict:
         return {"test_acc": accuracy(model, data.test_x, data.test_y, device)}
 
-    entry = (cache or Cache()).get_or_compute("teachers", accuracy_key(data, spec), evaluate) \
+    entry = (cache or Cache()).get_or_compute("teachers", accuracy_key(data, spec), evaluate, code=CODE) \
         if isinstance(data.test_x, FileImages) else evaluate()
     return Teacher(model, {}, entry["test_acc"], spec)
 
@@ -133,7 +137,7 @@ def get_teacher(data: Dataset, spec: TeacherSpec, cache: Cache | None = None, de
         teacher = train_teacher(data, spec, device)
         return {"state_dict": teacher.model.state_dict(), "dynamics": teacher.dynamics, "test_acc": teacher.test_acc}
 
-    entry = cache.get_or_compute("teachers", key, compute)
+    entry = cache.get_or_compute("teachers", key, compute, code=CODE)
     model.load_state_dict(entry["state_dict"])
     return Teacher(model.eval(), entry["dynamics"], entry["test_acc"], spec)
 
@@ -166,5 +170,5 @@ def teacher_outputs(data: Dataset, teacher: Teacher, cache: Cache, device: str) 
     only when asked for (the features of ImageNet are gigabytes, which a logits-only score never needs)."""
     folder = cache.folder("passes", outputs_key(data, teacher.spec),
                           lambda out: run_pass(data.train_x, ModelOutputs(teacher.model.cpu()), out,
-                                               batch_size=eval_chunk(device), device=device))
+                                               batch_size=eval_chunk(device), device=device), code=CODE)
     return PassColumns(folder)

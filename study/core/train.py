@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from study.core.augment import augment_batch, cutmix
 from study.core.data import Augment, Dataset
+from study.core.dsa import DSA
 from study.core.evaluate import accuracy
 from study.core.models import model_for
 from study.core.data_parallel import DataParallel, is_data_parallel
@@ -62,11 +63,18 @@ def batch_indices(n: int, batch_size: int, g: torch.Generator):
         pending = pending[batch_size:]
 
 
-def draw_views(x: torch.Tensor, batches, spec, g: torch.Generator, cutmix_prob: float):
+def training_views(protocol: Protocol, data: Dataset, own: Augment | None) -> Augment | DSA:
+    """What a student's batches go through: the training set's own views, else DSA or the dataset's."""
+    if own is not None:
+        return own
+    return DSA(data.mean, data.std) if protocol.augment == "dsa" else data.augment
+
+
+def draw_views(x: torch.Tensor, batches, spec: Augment | DSA, g: torch.Generator, cutmix_prob: float):
     """One step's batch: indices, augmented views and the CutMix pairing, all drawn from ``g`` in a fixed order
     (so a seed's students see the same views whether trained alone or batched with other seeds)."""
     index = next(batches).to(x.device)
-    views = augment_batch(x[index], spec, g)
+    views = spec.views(x[index], g) if isinstance(spec, DSA) else augment_batch(x[index], spec, g)
     mix = None
     if cutmix_prob > 0 and float(torch.rand(1, generator=g)) < cutmix_prob:
         views, mix = cutmix(views, g)
@@ -144,7 +152,7 @@ def fit(students, sets: list[tuple[torch.Tensor, torch.Tensor]], gens: list[torc
                                                                         lead_dims=students.lead_dims)
     run = stop_at or protocol.steps
     eval_every = max(1, protocol.steps // max(1, eval_points))
-    spec = views or data.augment
+    spec = training_views(protocol, data, views)
     flops = step_flops(students.probe, flop_probe(xs[0], protocol.batch_size), kd_teacher)
 
     step_losses, val_curves = [], [[] for _ in gens]

@@ -19,14 +19,14 @@ import torch
 
 from study.core import data as data_mod
 from study.core.cache import Cache
-from study.core.data import SCAN_COLUMNS, ScanWork, listed_rows, scan_key, split_dirs, tree_path
+from study.core.data import SCAN_CODE, SCAN_COLUMNS, ScanWork, listed_rows, scan_key, split_dirs, tree_path
 from study.core.evaluate import eval_chunk
 from study.core.images import FileImages
 from study.core.listing import folder_listing
 from study.core.models import create_model
 from study.core.passes import Together, copy_rows, read_pass, run_pass
 from study.core.protocol import TeacherSpec
-from study.core.teacher import ModelOutputs, accuracy_key, load_weights, outputs_key
+from study.core.teacher import CODE, ModelOutputs, accuracy_key, load_weights, outputs_key
 
 
 def pretrained(spec: TeacherSpec, classes: int, size: int):
@@ -43,7 +43,7 @@ def prepare_tree(arg: str, spec: TeacherSpec | None, cache: Cache, device: str =
     listings = [folder_listing(folder) for folder in split_dirs(tree_path(arg))]
     keys = [scan_key(listing, size) for listing in listings]
     model = pretrained(spec, len(listings[0].mapping), size) if spec is not None and spec.path else None
-    if all(scans.has_folder("scans", key) for key in keys) and (model is None or teacher_ready(arg, spec, cache)):
+    if all(scans.has_folder("scans", key, code=SCAN_CODE) for key in keys) and (model is None or teacher_ready(arg, spec, cache)):
         return
     every = np.concatenate([listing.paths for listing in listings])
     work = ScanWork() if model is None else Together((ScanWork(), ModelOutputs(model)))
@@ -53,19 +53,20 @@ def prepare_tree(arg: str, spec: TeacherSpec | None, cache: Cache, device: str =
                  device=device)
         bounds = np.cumsum([0, *(len(listing.paths) for listing in listings)])
         for key, lo, hi in zip(keys, bounds, bounds[1:]):
-            scans.folder("scans", key, lambda out: copy_rows(Path(tmp), out, np.arange(lo, hi), SCAN_COLUMNS))
+            scans.folder("scans", key, lambda out: copy_rows(Path(tmp), out, np.arange(lo, hi), SCAN_COLUMNS),
+                         code=SCAN_CODE)
         if model is None:
             return
         data = data_mod.load_dataset(f"imagefolder:{arg}")  # reads the scans: refuses or leaves out bad files
         cache.folder("passes", outputs_key(data, spec),
                      lambda out: copy_rows(Path(tmp), out, listed_rows(every, data.train_x.paths),
-                                           ["logits", "features"]))
+                                           ["logits", "features"]), code=CODE)
         logits = read_pass(Path(tmp), ["logits"], listed_rows(every, data.test_x.paths))["logits"]
         accuracy = (torch.from_numpy(logits).argmax(1) == data.test_y).float().mean().item()
-        cache.store("teachers", accuracy_key(data, spec), {"test_acc": accuracy})
+        cache.store("teachers", accuracy_key(data, spec), {"test_acc": accuracy}, code=CODE)
 
 
 def teacher_ready(arg: str, spec: TeacherSpec, cache: Cache) -> bool:
     data = data_mod.load_dataset(f"imagefolder:{arg}")
-    return cache.has_folder("passes", outputs_key(data, spec)) and cache.load("teachers", accuracy_key(data, spec),
-                                                                              warn=False) is not None
+    return cache.has_folder("passes", outputs_key(data, spec), code=CODE) and \
+        cache.load("teachers", accuracy_key(data, spec), code=CODE, warn=False) is not None

@@ -1,38 +1,28 @@
-"""Which code produced a trial: a version of the sources that compute its numbers, recorded on every trial.
+"""Which code produced a trial: the version of the code that computes its numbers, recorded on every trial.
 
 A rerun skips finished trials by config hash; the config says nothing of the
-code that trained them. The code version is a hash of the sources a trial's
-numbers depend on (the training core, the selectors, one trial start to
-finish, the config), so a fix anywhere there marks older trials as stale,
-while a change to reports, tracking or the command line does not.
+code that trained them. The code version (study.core.sources) covers one
+trial start to finish and every project module it imports: the training core,
+the selectors, the config. A change to what runs there marks older trials as
+stale; a comment or docstring, or a change to reports, tracking or the command
+line, does not. Trials recorded before this version was an AST digest (when it
+hashed raw bytes) read as stale once.
 """
 from __future__ import annotations
 
-import hashlib
 import subprocess
-from functools import lru_cache
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[2]
-RESULT_SOURCES = ("study/core", "study/selection", "study/runs/trial.py", "study/runs/config.py")
+from study.core import sources
+
+PROJECT = sources.PROJECT
+TRIAL_CODE = ["study.runs.trial"]
 UNKNOWN = "unknown"  # trials recorded before code versions were
 
 
-def source_files() -> list[Path]:
-    files = []
-    for name in RESULT_SOURCES:
-        path = PROJECT / name
-        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
-    return files
-
-
-@lru_cache(maxsize=1)
 def code_version() -> str:
-    """16 hex digits over the path and bytes of every file in :data:`RESULT_SOURCES`."""
-    digest = hashlib.sha256()
-    for path in source_files():
-        digest.update(path.relative_to(PROJECT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    """16 hex digits over the code of :data:`TRIAL_CODE` and everything it imports."""
+    return sources.code_version(TRIAL_CODE)
 
 
 def git_dirty(tree: Path = PROJECT) -> bool | None:

@@ -88,16 +88,15 @@ class TrialOutcome:
 
 
 def selection_key(cfg: TrialConfig, selector, repeat: int) -> dict:
-    """What a selection depends on: the data and selector always, the teacher and budget only if it reads them
-    (a budget-aware selector's proxy trains under the regime, and so reads the teacher under soft labels)."""
-    key = {"dataset": cfg.dataset, "selector": cfg.selector, "params": cfg.selector_params, "ipc": cfg.ipc,
+    """What a selection depends on: the data and the selector's resolved parameters always (an external set's
+    include its content hash), the teacher and budget only if it reads them (a budget-aware selector's proxy
+    trains under the regime, and so reads the teacher under soft labels)."""
+    key = {"dataset": cfg.dataset, "selector": cfg.selector, "params": selector.params, "ipc": cfg.ipc,
            "seed": cfg.selection_seed(repeat)}
     if selector.needs_teacher or selector.budget_aware:
         key["teacher"] = cfg.teacher.to_dict()
     if selector.budget_aware:
         key["budget"] = cfg.protocol.to_dict()
-    if getattr(selector, "identity", None):  # what a name cannot say, e.g. an external file's content hash
-        key["identity"] = selector.identity
     return key
 
 
@@ -105,7 +104,8 @@ def get_selection(ctx: SelectionContext, selector, cfg: TrialConfig, repeat: int
     if cfg.is_full_data:
         return selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat))
     return ctx.cache.get_or_compute("selections", selection_key(cfg, selector, repeat),
-                                    lambda: selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat)))
+                                    lambda: selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat)),
+                                    code=[type(selector).__module__])
 
 
 def context_for(cfg: TrialConfig, cache_dir, device: str) -> SelectionContext:

@@ -7,7 +7,7 @@ from study.runs.config import TrialConfig
 from study.core.errors import StudyError
 from study.core.models import MODELS, has_batchnorm
 from study.core.precision import check_precision
-from study.core.protocol import TeacherSpec
+from study.core.protocol import AUGMENTS, TeacherSpec
 from study.core.recipes import RECIPES
 from study.core.regimes import REGIMES
 from study.selection import SELECTORS
@@ -16,8 +16,7 @@ from study.selection.sre2l import no_batchnorm_sentence
 
 def teacher_fits(selector: type, teacher: TeacherSpec) -> bool:
     """Whether a selector can work with the study's teacher: SRe2L needs BatchNorm statistics to recover from."""
-    return not getattr(selector, "needs_batchnorm_teacher", False) or has_batchnorm(teacher.model,
-                                                                                   teacher.model_kwargs)
+    return not selector.needs_batchnorm_teacher or has_batchnorm(teacher.model, teacher.model_kwargs)
 
 
 def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) -> None:
@@ -40,6 +39,9 @@ def validate_trial(cfg: TrialConfig, class_sizes: dict[str, int] | None = None) 
     if cfg.seeds < 1:
         raise StudyError(f"A trial needs at least one seed, not {cfg.seeds}.")
     check_precision(protocol.precision)
+    if protocol.augment not in AUGMENTS:
+        raise StudyError(f"augment must be 'dataset' (the dataset's own views) or 'dsa' (DSA as released), "
+                         f"not {protocol.augment!r}.")
     if protocol.temperature <= 0:
         raise StudyError(f"The soft-label temperature must be positive, not {protocol.temperature}.")
     if not cfg.is_full_data:

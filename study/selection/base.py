@@ -4,14 +4,16 @@ A selector turns the full training split into a small training set. Coreset
 methods return indices; DD methods return new images with provenance. Both
 come back as a :class:`Selection` holding uint8 images and labels, so training
 never needs to know which kind produced them. Following DeepCore, selectors
-are classes with their parameters as constructor arguments; unlike DeepCore,
-every random choice comes from the ``seed`` argument.
+are classes; their parameters are a frozen dataclass (``Params``) checked once
+when the selector is built, and every random choice comes from the ``seed``
+argument of ``select``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from study.core.data import Augment, Dataset
 from study.core.errors import StudyError
 from study.core.protocol import Protocol
 from study.core.registry import Registry
+from study.core.seeding import canonical_json
 from study.core.teacher import teacher_outputs
 
 
@@ -89,38 +92,48 @@ def from_indices(ctx: SelectionContext, indices, provenance: dict) -> Selection:
     return Selection(ctx.data.train_x[idx], ctx.data.train_y[idx], idx, provenance)
 
 
-class Selector:
-    """Base class: subclasses implement ``choose`` per class, or override ``select`` entirely."""
+@dataclass(frozen=True)
+class Params:
+    """A selector's parameters: fields with their defaults. A subclass may override :meth:`check`."""
 
-    name = "selector"
-    family = "coreset"  # "coreset" (returns indices) or "dd" (synthesises images); reports group by it
-    stochastic = True
-    needs_teacher = False
-    needs_batchnorm_teacher = False
-    budget_aware = False
-    Params: type | None = None  # a frozen dataclass of the selector's parameters, with their defaults
+    def check(self) -> None:
+        """Raise StudyError for a value the method cannot run with (called once, when the selector is built)."""
+
+
+def build_params(selector: str, cls: type[Params], given: dict) -> Params:
+    """``cls`` from the parameters a user gave; the one place a selector's parameters are refused."""
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise StudyError(f"The selector {selector!r} has no parameter(s) {unknown}; its parameters are: "
+                         f"{', '.join(names) or 'none'}.")
+    params = cls(**given)
+    params.check()
+    return params
+
+
+class Selector:
+    """A selection method. Subclasses declare ``Params`` and implement ``choose`` per class, or ``select``.
+
+    The class attributes below are the whole contract the harness reads: what
+    goes into a selection's cache key, which teacher a study must train, how
+    reports group the method.
+    """
+
+    name: ClassVar[str] = "selector"
+    family: ClassVar[str] = "coreset"
+    """"coreset" returns indices of real images; "dd" synthesises new ones. Reports group by it."""
+    needs_teacher: ClassVar[bool] = False
+    """The selection reads the teacher (features, scores, an observer), so the teacher is in its cache key."""
+    needs_batchnorm_teacher: ClassVar[bool] = False
+    """Only a teacher with BatchNorm layers will do (SRe2L recovers from their statistics); checked up front."""
+    budget_aware: ClassVar[bool] = False
+    """The selection reads the student's protocol (``ctx.protocol``), so the budget is in its cache key."""
+    Params: ClassVar[type[Params]] = Params
 
     def __init__(self, **params):
-        if self.Params is None:
-            self.params = params
-            return
-        names = [f.name for f in fields(self.Params)]
-        unknown = sorted(set(params) - set(names))
-        if unknown:
-            raise StudyError(f"{self.name} does not take the parameter(s) {unknown}; its parameters are: "
-                             f"{', '.join(names)}.")
-        self.p = self.Params(**params)
-        if hasattr(self.p, "check"):
-            self.p.check()
-        self.params = asdict(self.p)
-
-    def settings_over(self, defaults: dict, method: str) -> dict:
-        """The method's settings: its defaults overridden by ``params``; a parameter it does not know is refused."""
-        unknown = sorted(set(self.params) - set(defaults))
-        if unknown:
-            raise StudyError(f"{method} does not take the parameter(s) {unknown}; its parameters are: "
-                             f"{', '.join(defaults)}.")
-        return {**defaults, **self.params}
+        self.p = build_params(self.name, self.Params, params)
+        self.params: dict = json.loads(canonical_json(asdict(self.p)))  # resolved, as JSON keeps it
 
     def provenance(self, ipc: int, seed: int, **extra) -> dict:
         return {"selector": self.name, "params": self.params, "ipc": ipc, "seed": seed, **extra}

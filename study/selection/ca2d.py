@@ -27,7 +27,7 @@ from study.core.seeding import generator
 from study.selection.base import Selection, SelectionContext, Selector, check_ipc, register_selector
 from study.selection.cad import CADParams, compute_cad, ranked
 from study.selection.difficulty import difficulty_record
-from study.selection.rded import PatchParams
+from study.selection.rded import PatchParams, PatchPipeline
 
 
 def candidate_pools(cad: np.ndarray, members: list[np.ndarray], mipc: int, order: str) -> list[np.ndarray]:
@@ -38,7 +38,7 @@ def candidate_pools(cad: np.ndarray, members: list[np.ndarray], mipc: int, order
 
 @dataclass(frozen=True)
 class CA2DParams(CADParams, PatchParams):
-    mipc: int = 300  # the pool a class, RDED's released mipc
+    mipc: int = 300  # the pool a class, RDED's released mipc (its ``m``)
 
     def check(self) -> None:
         CADParams.check(self)
@@ -54,11 +54,15 @@ class CA2D(Selector):
     budget_aware = True
     needs_teacher = True  # the observer
 
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.pipeline = PatchPipeline(self.p)
+
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
         cad, info = compute_cad(ctx, self.p)
         pools = candidate_pools(cad, ctx.class_members(), self.p.mipc, self.p.order)
-        selection = self.p.pipeline().synthesise(ctx, [torch.as_tensor(p) for p in pools], ipc, generator(seed),
+        selection = self.pipeline.synthesise(ctx, [torch.as_tensor(p) for p in pools], ipc, generator(seed),
                                                  self.provenance(ipc, seed, **info))
         sources = np.asarray(selection.provenance["patch_source"]).reshape(-1)
         selection.provenance.update(difficulty_record(ctx, sources),

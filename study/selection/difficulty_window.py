@@ -21,7 +21,7 @@ from study.selection.scores import SCORERS
 
 
 @dataclass(frozen=True)
-class WindowParams:
+class WindowParams(Selector.Params):
     axis: str = REFERENCE_AXIS
     position: float = 0.5
     width: float = 0.2

@@ -8,13 +8,14 @@ class:
 
     loss = sum_c || mean_i f(A(x_real_c,i)) - mean_j f(A(x_syn_c,j)) ||^2
 
-``A`` is a differentiable random augmentation applied identically to the real
-and the synthetic images of a class (DSA's Siamese augmentation, in its batch
-mode): at every iteration one view per class is drawn from a generator seeded
-by (seed, iteration): a random translation of up to the dataset's crop padding
-(at least 1 px), a random scale in [1/s, s] (DSA's ``scale``, s = 1.2) and,
-where the dataset flips (study.core.data.Augment), a horizontal flip. Translation and
-scale are one ``study.core.augment.resized_crop`` (grid_sample, reflection padding),
+``A`` is DSA (study.core.dsa) in its Siamese form, as the release runs it
+(VICO-UoE/DatasetCondensation ``main_DM.py:155-158``: one ``DiffAugment`` seed per
+class, shared by that class's real and synthetic batch): at every iteration each
+class draws one op of colour / crop / cutout / flip / scale / rotate and one
+parameter set, applied to all of its real and synthetic images. The release
+seeds each draw from the clock; here every draw comes from a generator seeded by
+(seed, iteration), after that iteration's real batches. DSA works in the
+normalised space DM optimises in, as the release's does, and is differentiable,
 so gradients reach the synthetic pixels. Labels are hard: the class of each
 image. With ``iterations=0`` the set is exactly the random selector's for the
 same seed (the same real images start it), so any gain over random is DM's.
@@ -27,80 +28,61 @@ Fashion-MNIST). Because the harness stores every set as uint8, pixels are
 projected back into [0, 1] after every step (``clamp=True``, our addition; the
 paper leaves them free) and rounded to uint8 at the end.
 
-Defaults scaled to this machine. The paper runs 20,000 iterations with 256
-real images per class and a width-128 ConvNet, the students' own. Here
-``iterations=500``, ``batch_real=64`` and ``width=32``, the width of the
+Defaults scaled to this machine. The release runs 20,000 iterations with 256
+real images per class and a width-128 ConvNet, the students' own
+(``main_DM.py:22-25``); on a GPU, pass ``iterations=20000, batch_real=256,
+width=128`` to run it as released. Here ``iterations=500``, ``batch_real=64``
+and ``width=32``, the width of the
 digits and Fashion-MNIST students (the ConvNet's depth follows the image size
-as everywhere in the harness): about 13 s of CPU time on ``digits`` at IPC 1
-(0.026 s per iteration on one core), half of what width 64 costs, at the same
-accuracy (digits IPC 1, hard labels, 500 steps, 2 seeds: 85.7% with width 32,
-86.2% with width 64, random 63%). On a GPU raise ``iterations`` (and
-``batch_real``, ``width``); they are parameters, so part of the selection's
-cache key.
+as everywhere in the harness). The width was chosen under the earlier
+translation / scale / flip augmentation: 0.026 s per iteration on one core at
+digits IPC 1, half of width 64's, at the same accuracy (85.7% vs 86.2%,
+random 63%). They are parameters, so part of the selection's cache key.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from study.core.augment import resized_crop
+from study.core.dsa import augment, draw
 from study.core.errors import StudyError
 from study.core.models import model_for
 from study.core.seeding import derive_seed, generator
 from study.selection.base import Selection, SelectionContext, Selector, check_ipc, register_selector
 
-DEFAULTS = {"iterations": 500, "lr": 1.0, "momentum": 0.5, "batch_real": 64, "width": 32, "depth": None,
-            "scale": 1.2, "clamp": True}
-
-
-def draw_views(n: int, padding: int, flip: bool, scale: float, g: torch.Generator):
-    """``n`` random (translation, scale, flip) augmentations: boxes (cx, cy, w, h as fractions) and flip flags."""
-    s = torch.empty(n).uniform_(1 / scale, scale, generator=g) if scale > 1 else torch.ones(n)
-    shift = torch.randint(-padding, padding + 1, (n, 2), generator=g).float() if padding else torch.zeros(n, 2)
-    mirror = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
-    return torch.stack([0.5 + shift[:, 0], 0.5 + shift[:, 1], s, s], dim=1), mirror
-
-
-def apply_views(x: torch.Tensor, which: torch.Tensor, boxes: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
-    """Augment image i with view ``which[i]``: one grid_sample (study.core.augment.resized_crop), differentiable in x."""
-    h, w = x.shape[-2:]
-    b = boxes[which].clone()
-    b[:, 0] = 0.5 + (b[:, 0] - 0.5) / w  # shifts were drawn in pixels
-    b[:, 1] = 0.5 + (b[:, 1] - 0.5) / h
-    out = resized_crop(x, b)
-    return torch.where(mirror[which].to(x.device).view(-1, 1, 1, 1), out.flip(3), out)
-
-
-def check_dm_params(p: dict) -> None:
-    if int(p["iterations"]) != p["iterations"] or p["iterations"] < 0:
-        raise StudyError(f"DM needs a non-negative whole number of iterations, not {p['iterations']}.")
-    if p["lr"] <= 0:
-        raise StudyError(f"DM's image learning rate must be positive, not {p['lr']}.")
-    if not 0 <= p["momentum"] < 1:
-        raise StudyError(f"DM's momentum must be in [0, 1), not {p['momentum']}.")
-    if int(p["batch_real"]) != p["batch_real"] or p["batch_real"] < 1:
-        raise StudyError(f"DM's real batch per class must be a positive whole number, not {p['batch_real']}.")
-    if p["scale"] < 1:
-        raise StudyError(f"DM's augmentation scale s draws from [1/s, s], so it must be at least 1, not {p['scale']}.")
-
-
 @register_selector("dm")
 class DM(Selector):
     family = "dd"
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        self.settings = self.settings_over(DEFAULTS, "DM")
-        check_dm_params(self.settings)
+    @dataclass(frozen=True)
+    class Params(Selector.Params):
+        iterations: int = 500
+        lr: float = 1.0
+        momentum: float = 0.5
+        batch_real: int = 64
+        width: int = 32
+        depth: int | None = None
+        clamp: bool = True
+
+        def check(self) -> None:
+            if int(self.iterations) != self.iterations or self.iterations < 0:
+                raise StudyError(f"DM needs a non-negative whole number of iterations, not {self.iterations}.")
+            if self.lr <= 0:
+                raise StudyError(f"DM's image learning rate must be positive, not {self.lr}.")
+            if not 0 <= self.momentum < 1:
+                raise StudyError(f"DM's momentum must be in [0, 1), not {self.momentum}.")
+            if int(self.batch_real) != self.batch_real or self.batch_real < 1:
+                raise StudyError(f"DM's real batch per class must be a positive whole number, not {self.batch_real}.")
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
         start = time.perf_counter()
-        images, labels, init_idx, losses = distribution_matching(ctx, ipc, seed, **self.settings)
+        images, labels, init_idx, losses = distribution_matching(ctx, ipc, seed, self.p)
         return Selection(images, labels, None, self.provenance(
-            ipc, seed, settings=self.settings, init_indices=init_idx.tolist(), loss_first=losses[:1],
+            ipc, seed, init_indices=init_idx.tolist(), loss_first=losses[:1],
             loss_last=losses[-1:], loss_curve=losses[:: max(1, len(losses) // 50)],
             seconds=time.perf_counter() - start, device=ctx.device))
 
@@ -110,9 +92,15 @@ def class_means(features: torch.Tensor, classes: torch.Tensor, k: int) -> torch.
     return sums / torch.bincount(classes, minlength=k).clamp_min(1).unsqueeze(1).to(features.dtype)
 
 
-def distribution_matching(ctx: SelectionContext, ipc: int, seed: int, *, iterations: int, lr: float, momentum: float,
-                          batch_real: int, width: int, depth: int | None, scale: float, clamp: bool):
+def siamese(x: torch.Tensor, classes: torch.Tensor, views: list) -> torch.Tensor:
+    """Each class's images (grouped by class, in class order) under that class's DSA draw."""
+    counts = torch.bincount(classes, minlength=len(views)).tolist()
+    return torch.cat([augment(chunk, d) for chunk, d in zip(x.split(counts), views)])
+
+
+def distribution_matching(ctx: SelectionContext, ipc: int, seed: int, p: DM.Params):
     """Return (uint8 images grouped by class, labels, indices of the real images used to initialise, loss curve)."""
+    iterations, batch_real = int(p.iterations), int(p.batch_real)
     data, device = ctx.data, ctx.device
     k = data.num_classes
     rng = np.random.default_rng(seed)
@@ -126,17 +114,16 @@ def distribution_matching(ctx: SelectionContext, ipc: int, seed: int, *, iterati
     real = ((data.train_x.to(device).float() / 255) - mean) / std
     syn = ((data.train_x[torch.as_tensor(init_idx)].to(device).float() / 255) - mean) / std
     syn.requires_grad_(True)
-    optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
+    optimizer = torch.optim.SGD([syn], lr=p.lr, momentum=p.momentum)
 
-    kwargs = {"width": width, **({"depth": depth} if depth else {})}
+    kwargs = {"width": p.width, **({"depth": p.depth} if p.depth else {})}
     rng_devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         net = model_for(data, "convnet", **kwargs).backbone.to(device)  # fed normalised images directly
     for p in net.parameters():
         p.requires_grad_(False)
     layers = [m for m in net.modules() if hasattr(m, "reset_parameters") and m is not net]
-    syn_class = labels
-    padding = max(1, data.augment.crop_padding)
+    size = tuple(data.image_shape[1:])
     losses = []
     for it in range(iterations):
         it_seed = derive_seed("dm", seed, it)
@@ -147,16 +134,16 @@ def distribution_matching(ctx: SelectionContext, ipc: int, seed: int, *, iterati
         g = generator(it_seed)
         picks = [m[torch.randperm(len(m), generator=g)[:batch_real].numpy()] for m in members]
         real_class = torch.cat([torch.full((len(p),), c) for c, p in enumerate(picks)])
-        boxes, mirror = draw_views(k, padding, data.augment.flip, scale, g)  # one view per class, both sides
+        views = [draw(1, size, g) for _ in range(k)]  # Siamese: one draw per class, for both of its sides
         with torch.no_grad():
-            real_v = apply_views(real[torch.as_tensor(np.concatenate(picks), device=device)], real_class, boxes, mirror)
+            real_v = siamese(real[torch.as_tensor(np.concatenate(picks), device=device)], real_class, views)
             target = class_means(net.features(real_v), real_class.to(device), k)
-        syn_mean = class_means(net.features(apply_views(syn, syn_class, boxes, mirror)), syn_class.to(device), k)
+        syn_mean = class_means(net.features(siamese(syn, labels, views)), labels.to(device), k)
         loss = (target - syn_mean).pow(2).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if clamp:
+        if p.clamp:
             with torch.no_grad():
                 syn.copy_(torch.maximum(torch.minimum(syn, hi), lo))
         losses.append(loss.item() / k)

@@ -3,17 +3,18 @@
 PATH is a ``.pt`` file, a ``.npz`` file or an ImageFolder tree (one sub-folder
 per class), read and checked by :mod:`study.selection.external_formats` when
 the selection is made, before any student trains. The set is the same for
-every seed of a trial (``stochastic = False``).
+every seed of a trial.
 
 Traceability: the content hash of the set is computed when the selector is
-built. It is part of the selection's cache key (``identity``), of its
-provenance (``content_hash``), and :func:`study.runs.outcome.success_record` copies
+built. It is part of the selector's resolved parameters and so of the
+selection's cache key, of its provenance (``content_hash``), and :func:`study.runs.outcome.success_record` copies
 it into the trial's recorded ``selector_params.content_hash`` (an MLflow
 param). Passing ``content_hash=`` pins it: the selector then refuses a file
 whose bytes differ, so a recorded config reruns on the same set or not at all.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from study.core.errors import StudyError
@@ -27,40 +28,43 @@ from study.selection.external_formats import (
 class ExternalSelector(Selector):
     """``external:PATH`` with optional ``resize``, ``value_range``, ``layout`` and ``content_hash`` parameters."""
 
-    family = "dd"
-    stochastic = False
+    family = "dd"  # or the family its card records
 
-    def __init__(self, arg: str = "", resize: bool = False, value_range: str = "auto", layout: str = "auto",
-                 content_hash: str | None = None):
-        if not arg:
-            raise StudyError("The external selector needs a path: external:PATH to a .pt / .npz file or an "
-                             "ImageFolder tree.")
-        if value_range not in VALUE_RANGES:
-            raise StudyError(f"value_range must be one of {', '.join(VALUE_RANGES)}, not {value_range!r}.")
-        if layout not in LAYOUTS:
-            raise StudyError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}.")
-        given = {"resize": resize or None, "value_range": None if value_range == "auto" else value_range,
-                 "layout": None if layout == "auto" else layout, "content_hash": content_hash}
-        super().__init__(arg=arg, **{k: v for k, v in given.items() if v is not None})
-        self.path = Path(arg).expanduser()
-        self.resize, self.value_range, self.layout = bool(resize), value_range, layout
+    @dataclass(frozen=True)
+    class Params(Selector.Params):
+        arg: str = ""  # the PATH of external:PATH
+        resize: bool = False
+        value_range: str = "auto"
+        layout: str = "auto"
+        content_hash: str | None = None  # pinned: a file whose bytes differ is refused
+
+        def check(self) -> None:
+            if not self.arg:
+                raise StudyError("The external selector needs a path: external:PATH to a .pt / .npz file or an "
+                                 "ImageFolder tree.")
+            if self.value_range not in VALUE_RANGES:
+                raise StudyError(f"value_range must be one of {', '.join(VALUE_RANGES)}, not {self.value_range!r}.")
+            if self.layout not in LAYOUTS:
+                raise StudyError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}.")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.path = Path(self.p.arg).expanduser()
         if not self.path.exists():
-            raise StudyError(f"external:{arg} does not exist; give a .pt or .npz file or an ImageFolder tree.")
+            raise StudyError(f"external:{self.p.arg} does not exist; give a .pt or .npz file or an ImageFolder tree.")
         self.content_hash = compute_content_hash(self.path)
-        if content_hash is not None and content_hash != self.content_hash:
+        pinned = self.p.content_hash
+        if pinned is not None and pinned != self.content_hash:
             raise StudyError(f"{self.path} has changed since its hash was pinned: its content hash is "
-                             f"{self.content_hash[:16]}..., not {str(content_hash)[:16]}...")
+                             f"{self.content_hash[:16]}..., not {str(pinned)[:16]}...")
+        self.params["content_hash"] = self.content_hash  # resolved: the bytes are what the selection depends on
         self.card = read_card(self.path)
         card_family = (self.card or {}).get("family")
         self.family = card_family if card_family in ("coreset", "dd") else type(self).family
 
-    @property
-    def identity(self) -> dict:
-        """What the selection depends on beyond the name and parameters: the bytes of the set."""
-        return {"content_hash": self.content_hash}
-
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
-        images, labels, found = load_external(self.path, ctx.data, ipc, self.resize, self.value_range, self.layout)
+        p = self.p
+        images, labels, found = load_external(self.path, ctx.data, ipc, p.resize, p.value_range, p.layout)
         source = {k: self.card[k] for k in ("dataset", "selector", "params", "ipc", "seed") if k in (self.card or {})}
         return Selection(images, labels, None, self.provenance(
             ipc, seed, path=str(self.path.resolve()), content_hash=self.content_hash,

@@ -58,7 +58,6 @@ class FacilityLocation(Selector):
     """Per class: the IPC images that best cover the class in the teacher's feature space (w_i = 1)."""
 
     needs_teacher = True
-    stochastic = False
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
@@ -73,7 +72,6 @@ class RCAD(Selector):
     Params = ScoringParams
     budget_aware = True
     needs_teacher = True
-    stochastic = False
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)

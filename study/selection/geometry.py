@@ -6,13 +6,15 @@ the class mean instead of a random one), so a seed changes nothing.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from study.core.errors import StudyError
 from study.selection.base import Selector, register_selector
-from study.selection.score_based import ScoreSelector, check_beta, without_hardest
+from study.selection.score_based import ScoreSelector, ScoredParams, check_beta, without_hardest
 
 
 def herding_order(features: torch.Tensor, count: int) -> np.ndarray:
@@ -51,7 +53,6 @@ def kcenter_order(features: torch.Tensor, count: int) -> np.ndarray:
 
 class FeatureSelector(Selector):
     needs_teacher = True
-    stochastic = False
 
     def order(self, features: torch.Tensor, count: int) -> np.ndarray:
         raise NotImplementedError
@@ -111,16 +112,22 @@ class D2Pruning(ScoreSelector):
     so it takes ``beta`` instead of keep/window.
     """
 
-    def __init__(self, score: str = "aum", beta: float = 0.1, k: int = 5, gamma_f: float = 1.0,
-                 gamma_r: float = 0.1, **score_params):
-        check_beta(beta)
-        if int(k) != k or k < 1 or gamma_f < 0 or gamma_r < 0:
-            raise StudyError(f"D2 needs k >= 1 neighbours and non-negative kernel widths; got k={k}, "
-                             f"gamma_f={gamma_f}, gamma_r={gamma_r}.")
-        self.score_name, self.beta, self.k, self.gamma_f, self.gamma_r = score, beta, int(k), gamma_f, gamma_r
-        super().__init__(score_params, score=score, beta=beta, k=self.k, gamma_f=gamma_f, gamma_r=gamma_r)
+    @dataclass(frozen=True)
+    class Params(ScoredParams):
+        beta: float = 0.1
+        k: int = 5
+        gamma_f: float = 1.0
+        gamma_r: float = 0.1
+
+        def check(self) -> None:
+            super().check()
+            check_beta(self.beta)
+            if int(self.k) != self.k or self.k < 1 or self.gamma_f < 0 or self.gamma_r < 0:
+                raise StudyError(f"D2 needs k >= 1 neighbours and non-negative kernel widths; got k={self.k}, "
+                                 f"gamma_f={self.gamma_f}, gamma_r={self.gamma_r}.")
 
     def pick(self, ctx, members, scores, ipc, rng):
-        kept = without_hardest(scores, self.beta, ipc)
-        return kept[d2_order(ctx.features[members[kept]], torch.from_numpy(scores[kept]), ipc, self.k,
-                             self.gamma_f, self.gamma_r)]
+        p = self.p
+        kept = without_hardest(scores, p.beta, ipc)
+        return kept[d2_order(ctx.features[members[kept]], torch.from_numpy(scores[kept]), ipc, int(p.k),
+                             p.gamma_f, p.gamma_r)]

@@ -16,7 +16,5 @@ class RandomSelector(Selector):
 class FullData(Selector):
     """The reference cell: the whole training split, whatever the IPC."""
 
-    stochastic = False
-
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         return from_indices(ctx, np.arange(len(ctx.data.train_y)), self.provenance(ipc, seed))

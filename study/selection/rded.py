@@ -68,18 +68,6 @@ def default_factor(image_size: int) -> int:
     return 2 if image_size >= 128 else 1
 
 
-def check_rded_params(factor: int | None, k: int, m: int, score_view: str, scale) -> None:
-    if factor is not None and (int(factor) != factor or factor < 1):
-        raise StudyError(f"The stitching factor f must be a positive integer (1 = whole images), not {factor}.")
-    if k < 1 or m < 1:
-        raise StudyError(f"RDED needs at least one candidate (m) and one crop per candidate (k); got m={m}, k={k}.")
-    if score_view not in SCORE_VIEWS:
-        raise StudyError(f"score_view must be one of {', '.join(SCORE_VIEWS)}, not {score_view!r}.")
-    lo, hi = scale
-    if not 0 < lo <= hi <= 1:
-        raise StudyError(f"The crop scale range must satisfy 0 < min <= max <= 1, not {tuple(scale)}.")
-
-
 def patch_size(shape, factor: int) -> tuple[int, int]:
     h, w = shape[-2:]
     if h % factor or w % factor:
@@ -227,6 +215,28 @@ def patch_provenance(patches: list[Patches], factor: int) -> dict:
 
 
 @dataclass(frozen=True)
+class PatchParams(Selector.Params):
+    """RDED's crop-and-score settings; a selector that runs the pipeline has these among its parameters."""
+
+    k: int = 5
+    factor: int | None = None  # None: default_factor of the image size
+    score_view: str = "pad"
+    scale: tuple[float, float] = (0.08, 1.0)
+
+    def check(self) -> None:
+        factor = self.factor
+        if factor is not None and (int(factor) != factor or factor < 1):
+            raise StudyError(f"The stitching factor f must be a positive integer (1 = whole images), not {factor}.")
+        if self.k < 1:
+            raise StudyError(f"RDED needs at least one crop per candidate (k), not k={self.k}.")
+        if self.score_view not in SCORE_VIEWS:
+            raise StudyError(f"score_view must be one of {', '.join(SCORE_VIEWS)}, not {self.score_view!r}.")
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise StudyError(f"The crop scale range must satisfy 0 < min <= max <= 1, not {tuple(self.scale)}.")
+
+
+@dataclass(frozen=True)
 class CropLosses:
     """A pass's work: the observer's cross-entropy on each of a candidate's ``k`` crops, row ``r`` of the pass
     cut at ``boxes[r]`` and scored against ``labels[r]``."""
@@ -249,29 +259,32 @@ class CropLosses:
         return losses
 
 
-@dataclass(frozen=True)
 class PatchPipeline:
-    """RDED's released crop / score / select / stitch, over whatever candidate pools a selector hands it: RDED's
-    random ``m`` images a class, CA2D's ``mipc`` highest-CAD ones. The observer is the teacher.
+    """RDED's released crop / score / select / stitch over whatever candidate pools a selector hands it (RDED's
+    random ``m`` a class, CA2D's highest-CAD ``mipc``). A selector holds one, built from its own (checked)
+    :class:`PatchParams`.
 
     Every class's candidates are scored in one pass (study.core.passes: Ray Data when the preparation's driver
     runs it, else in this process), which decodes each candidate once and keeps only its crops' losses; only
     the images whose crops are kept are decoded again, to cut them. The boxes are drawn class by class from
     ``g`` as :func:`rded_patches` draws them, so a seed picks the same crops either way."""
 
-    k: int = 5
-    factor: int | None = None
-    score_view: str = "pad"
-    scale: tuple[float, float] = (0.08, 1.0)
+    def __init__(self, p: PatchParams):
+        self.k, self.score_view = int(p.k), p.score_view
+        self.scale = tuple(p.scale)
+        self.factor = p.factor
 
-    def factor_for(self, data) -> int:
-        return self.factor or default_factor(min(data.image_shape[1:]))
+    def factor_for(self, ctx: SelectionContext) -> int:
+        return int(self.factor or default_factor(min(ctx.data.image_shape[1:])))
+
+    def observer(self, ctx: SelectionContext) -> Observer:
+        return ctx.teacher.model.to(ctx.device).eval()
 
     def synthesise(self, ctx: SelectionContext, cands: list[torch.Tensor], ipc: int, g: torch.Generator,
                    provenance: dict) -> Selection:
-        """``ipc`` images a class from class c's candidates ``cands[c]`` (dataset indices), with ``provenance``
-        completed by the factor, the training views and every patch's source, box and loss."""
-        factor = self.factor_for(ctx.data)
+        """``ipc`` stitched images a class from class c's candidates ``cands[c]`` (dataset indices), with
+        ``provenance`` (the selector's) completed by the factor, the training views and the patches' own."""
+        factor = self.factor_for(ctx)
         patch_size(ctx.data.image_shape, factor)
         need = ipc * factor * factor
         boxes = [crop_boxes(len(cand) * self.k, g, scale=self.scale, ratio=SQUARE).view(len(cand), self.k, 4)
@@ -290,16 +303,16 @@ class PatchPipeline:
         x = to_uint8(torch.cat(images).cpu())
         y = torch.arange(ctx.data.num_classes).repeat_interleave(ipc)
         views = stitched_views(factor, ctx.data.augment.flip) if factor > 1 else None
-        provenance = {**provenance, "factor": factor, "views": asdict(views) if views else None,
-                      **patch_provenance(patches, factor)}
-        return Selection(x, y, None, provenance, views)
+        prov = {**provenance, "factor": factor, "views": asdict(views) if views else None,
+                **patch_provenance(patches, factor)}
+        return Selection(x, y, None, prov, views)
 
     def crop_losses(self, ctx: SelectionContext, cands: list[torch.Tensor], boxes: list[torch.Tensor],
                     factor: int) -> torch.Tensor:
         """(candidates, k) observer losses of every class's candidates, class after class, from one pass."""
         sources = torch.cat(cands).numpy()
         labels = torch.cat([torch.full((len(cand),), c, dtype=torch.long) for c, cand in enumerate(cands)])
-        work = CropLosses(ctx.teacher.model.cpu().eval(), torch.cat(boxes), labels, factor, tuple(ctx.data.mean),
+        work = CropLosses(self.observer(ctx).cpu(), torch.cat(boxes), labels, factor, tuple(ctx.data.mean),
                           self.score_view)
         ctx.cache.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=ctx.cache.root, prefix=".rded-pass-") as tmp:
@@ -308,46 +321,32 @@ class PatchPipeline:
             return torch.from_numpy(read_pass(Path(tmp), ["loss"])["loss"])
 
 
-@dataclass(frozen=True)
-class PatchParams:
-    """The pipeline's settings as the release sets them: ``k`` crops a candidate (``num_crop``), the stitching
-    ``factor`` (None: the release's rule by image size), the observer's ``score_view``, the crop ``scale``."""
-
-    k: int = 5
-    factor: int | None = None
-    score_view: str = "pad"
-    scale: tuple[float, float] = (0.08, 1.0)
-
-    def check(self) -> None:
-        check_rded_params(self.factor, self.k, 1, self.score_view, tuple(self.scale))
-
-    def pipeline(self) -> PatchPipeline:
-        return PatchPipeline(self.k, self.factor, self.score_view, tuple(self.scale))
-
-
-@dataclass(frozen=True)
-class RDEDParams(PatchParams):
-    m: int = 300  # candidates a class, the release's mipc
-
-    def check(self) -> None:
-        check_rded_params(self.factor, self.k, self.m, self.score_view, tuple(self.scale))
-
-
 @register_selector("rded")
 class RDED(Selector):
     """Per class: m random candidates, k square crops each, observer cross-entropy, the easiest ipc*f^2 crops
     stitched f x f in the released order."""
 
-    Params = RDEDParams
     family = "dd"
     needs_teacher = True
-    identity = "rded-as-released"  # sets cached before the factor rule, square crops and views changed are stale
+
+    @dataclass(frozen=True)
+    class Params(PatchParams):
+        m: int = 300  # candidates a class, the release's mipc
+
+        def check(self) -> None:
+            super().check()
+            if self.m < 1:
+                raise StudyError(f"RDED needs at least one candidate a class (m), not m={self.m}.")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.pipeline = PatchPipeline(self.p)
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
         rng, g = np.random.default_rng(seed), generator(seed)
         cands = [torch.as_tensor(self.candidates(members, self.p.m, rng)) for members in ctx.class_members()]
-        return self.p.pipeline().synthesise(ctx, cands, ipc, g, self.provenance(ipc, seed))
+        return self.pipeline.synthesise(ctx, cands, ipc, g, self.provenance(ipc, seed))
 
     @staticmethod
     def candidates(members: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:

@@ -15,6 +15,9 @@ class that is known to lose to random, and showing it is part of the study.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field, make_dataclass
+from typing import Any, ClassVar
+
 import numpy as np
 
 from study.core.errors import StudyError
@@ -58,27 +61,63 @@ def check_beta(beta: float) -> None:
         raise StudyError(f"beta (the hardest fraction dropped) must be in [0, 1), not {beta}.")
 
 
+@dataclass(frozen=True)
+class KeepParams(Selector.Params):
+    """What part of each class's difficulty range a selector keeps (see the module's docstring)."""
+
+    keep: str = "hard"
+    window: tuple[float, float] | None = None  # only with keep="window"; None: default_window
+    default_window: ClassVar[tuple[float, float]] = (0.0, 1.0)
+
+    def check(self) -> None:
+        self.bounds()
+
+    def bounds(self) -> tuple[float, float]:
+        return keep_window(self.keep, self.window, self.default_window)
+
+
+@dataclass(frozen=True)
+class ScoredParams(Selector.Params):
+    """A selector that ranks by a score of its choice: the score's name and that score's own parameters."""
+
+    score: str = "aum"
+    score_params: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        self.scored()
+
+    def scored(self) -> tuple[str, dict]:
+        """The score ranked by and its parameters, resolved."""
+        return self.score, resolve_score_params(self.score, self.score_params)
+
+
+def with_score(base: type, score: str) -> type:
+    """``base`` with the parameters of the score ``score`` (study.selection.scores) as further fields, so a
+    selector built on one score takes that score's parameters beside its own."""
+    options = score_options(score)
+
+    def scored(self) -> tuple[str, dict]:
+        return score, resolve_score_params(score, {k: v for k, v in asdict(self).items() if k in options})
+
+    extra = [(name, Any, field(default=default)) for name, default in options.items()]
+    return make_dataclass(f"{base.__name__}With_{score}", extra, bases=(base,), frozen=True,
+                          namespace={"scored": scored})
+
+
 class ScoreSelector(Selector):
-    """Reads the selector's score once per selection; subclasses pick positions within each class."""
+    """Reads one cached score per selection (its Params's ``scored()``); subclasses pick positions within each
+    class."""
 
     needs_teacher = True
-    stochastic = False
-    score_name = ""
-
-    def __init__(self, score_params: dict, **params):
-        unknown = sorted(set(score_params) - set(score_options(self.score_name)))
-        if unknown:
-            valid = ", ".join([*params, *score_options(self.score_name)])
-            raise StudyError(f"Selector {self.name!r} has no option(s) {unknown}; its options are: {valid}.")
-        self.score_params = resolve_score_params(self.score_name, score_params)
-        super().__init__(**params, **score_params)
 
     def provenance(self, ipc: int, seed: int, **extra) -> dict:
-        return super().provenance(ipc, seed, score=self.score_name, score_params=self.score_params, **extra)
+        name, params = self.p.scored()
+        return super().provenance(ipc, seed, score=name, score_params=params, **extra)
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
-        scores = compute_scores(ctx, self.score_name, **self.score_params).double().numpy()
+        name, params = self.p.scored()
+        scores = compute_scores(ctx, name, **params).double().numpy()
         rng = np.random.default_rng(seed)
         picks = [members[self.pick(ctx, members, scores[members], ipc, rng)] for members in ctx.class_members()]
         return from_indices(ctx, np.concatenate(picks), self.provenance(ipc, seed))
@@ -90,71 +129,64 @@ class ScoreSelector(Selector):
 
 
 class DifficultySelector(ScoreSelector):
-    """Keeps the easy end, the hard end or a stratified window of one class's difficulty percentiles."""
-
-    default_keep = "hard"
-    default_window = (0.0, 1.0)
-
-    def __init__(self, keep: str | None = None, window=None, **score_params):
-        keep = keep or self.default_keep
-        self.window = keep_window(keep, window, self.default_window)
-        self.stochastic = self.window[0] < self.window[1]
-        super().__init__(score_params, keep=keep, window=list(self.window))
+    """Keeps the easy end, the hard end or a stratified window of one class's difficulty percentiles of one
+    score; its parameters are ``keep``, ``window`` and that score's own (``Params = with_score(KeepParams,
+    SCORE)``)."""
 
     def pick(self, ctx, members, scores, ipc, rng):
-        return stratified_window_pick(percentiles(scores), *self.window, ipc, rng)
+        return stratified_window_pick(percentiles(scores), *self.p.bounds(), ipc, rng)
 
 
 @register_selector("forgetting")
 class Forgetting(DifficultySelector):
     """Toneva et al.: keep the most forgotten samples, never-learned ones first."""
 
-    score_name = "forgetting"
+    Params = with_score(KeepParams, "forgetting")
 
 
 @register_selector("el2n")
 class EL2N(DifficultySelector):
     """Paul et al.: keep the highest early-training error norms."""
 
-    score_name = "el2n"
+    Params = with_score(KeepParams, "el2n")
 
 
 @register_selector("grand")
 class GraNd(DifficultySelector):
     """Paul et al.: keep the largest (last-layer) gradient norms."""
 
-    score_name = "grand"
+    Params = with_score(KeepParams, "grand")
 
 
 @register_selector("aum")
 class AUM(DifficultySelector):
     """Pleiss et al.'s margin as a coreset score (as CCS's baselines use it): keep the lowest AUM."""
 
-    score_name = "aum"
+    Params = with_score(KeepParams, "aum")
 
 
 @register_selector("entropy")
 class Entropy(DifficultySelector):
     """Coleman et al.: keep the samples the trained model is least sure about."""
 
-    score_name = "entropy"
+    Params = with_score(KeepParams, "entropy")
 
 
 @register_selector("margin")
 class Margin(DifficultySelector):
-    score_name = "margin"
+    Params = with_score(KeepParams, "margin")
 
 
 @register_selector("least_confidence")
 class LeastConfidence(DifficultySelector):
-    score_name = "least_confidence"
+    Params = with_score(KeepParams, "least_confidence")
 
 
 @register_selector("dyn_unc")
 class DynUnc(DifficultySelector):
     """He et al.: keep the samples whose true-class probability fluctuates most during training."""
 
-    score_name = "dyn_unc"
+    Params = with_score(KeepParams, "dyn_unc")
 
 
 @register_selector("moderate")
@@ -166,9 +198,12 @@ class Moderate(DifficultySelector):
     the IPC samples around the 50th percentile.
     """
 
-    score_name = "centre_distance"
-    default_keep = "window"
-    default_window = (0.5, 0.5)
+    @dataclass(frozen=True)
+    class MedianBand(KeepParams):
+        keep: str = "window"
+        default_window: ClassVar[tuple[float, float]] = (0.5, 0.5)
+
+    Params = with_score(MedianBand, "centre_distance")
 
 
 def equal_width_strata(scores: np.ndarray, strata: int) -> np.ndarray:
@@ -202,21 +237,25 @@ class CCS(ScoreSelector):
     50 strata, the paper's; beta 0.1: the paper tunes beta per pruning rate
     (larger when pruning harder), 0.1 is a moderate cut for a few images per
     class, not a tuned value. CCS defines its own coverage of the difficulty
-    range, so it takes ``beta`` instead of keep/window.
+    range, so it takes ``beta`` instead of keep/window, and its score is a parameter (``score`` and
+    ``score_params``).
     """
 
-    stochastic = True
+    @dataclass(frozen=True)
+    class Params(ScoredParams):
+        beta: float = 0.1
+        strata: int = 50
 
-    def __init__(self, score: str = "aum", beta: float = 0.1, strata: int = 50, **score_params):
-        check_beta(beta)
-        if int(strata) != strata or strata < 1:
-            raise StudyError(f"CCS needs a positive whole number of strata, not {strata}.")
-        self.score_name, self.beta, self.strata = score, beta, int(strata)
-        super().__init__(score_params, score=score, beta=beta, strata=self.strata)
+        def check(self) -> None:
+            super().check()
+            check_beta(self.beta)
+            if int(self.strata) != self.strata or self.strata < 1:
+                raise StudyError(f"CCS needs a positive whole number of strata, not {self.strata}.")
 
     def pick(self, ctx, members, scores, ipc, rng):
-        kept = without_hardest(scores, self.beta, ipc)
-        stratum = equal_width_strata(scores[kept], self.strata)
-        budgets = ccs_budgets(np.bincount(stratum, minlength=self.strata), ipc)
+        strata = int(self.p.strata)
+        kept = without_hardest(scores, self.p.beta, ipc)
+        stratum = equal_width_strata(scores[kept], strata)
+        budgets = ccs_budgets(np.bincount(stratum, minlength=strata), ipc)
         return np.concatenate([rng.choice(kept[stratum == s], size=b, replace=False)
                                for s, b in enumerate(budgets) if b])

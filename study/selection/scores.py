@@ -56,7 +56,8 @@ def compute_scores(ctx, name: str, **params) -> torch.Tensor:
     resolved = resolve_score_params(name, params)
     key = {"kind": "scores", "split": ctx.data.summary(), "teacher": ctx.teacher.spec.to_dict(),
            "score": name, "params": resolved}
-    return ctx.cache.get_or_compute("scores", key, lambda: SCORERS.get(name)(ctx, **resolved).float())
+    return ctx.cache.get_or_compute("scores", key, lambda: SCORERS.get(name)(ctx, **resolved).float(),
+                                    code=[__name__])
 
 
 # ---------------------------------------------------------------- training dynamics
@@ -194,7 +195,7 @@ def proxy_scores(ctx, fraction: float, seed: int) -> dict[str, torch.Tensor]:
                               stop_at=max(1, round(fraction * protocol.steps))).model
         return checkpoint_scores(proxy, data.train_x, data.train_y, ctx.device)
 
-    return ctx.cache.get_or_compute("proxy-scores", key, compute)
+    return ctx.cache.get_or_compute("proxy-scores", key, compute, code=[__name__])
 
 
 def proxy_average(ctx, score: str, fraction: float, seeds: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,23 +40,9 @@ from study.core.models import batchnorm_layers
 from study.core.seeding import generator
 from study.selection.base import Selection, SelectionContext, Selector, check_ipc, register_selector
 
-DEFAULTS = {"iterations": 1000, "lr": 0.25, "r_bn": 0.01, "first_bn_multiplier": 10.0, "jitter": None,
-            "flip": None}
-
-
 def no_batchnorm_sentence(model_name: str) -> str:
     return (f"SRe2L recovers images from a BatchNorm teacher's running statistics, but the teacher {model_name!r} "
             f"has no BatchNorm layer; set teacher.model=convnet_bn (or another model with BatchNorm).")
-
-
-def check_sre2l_params(p: dict) -> None:
-    if int(p["iterations"]) != p["iterations"] or p["iterations"] < 0:
-        raise StudyError(f"SRe2L needs a non-negative whole number of iterations, not {p['iterations']}.")
-    if p["lr"] <= 0 or p["r_bn"] < 0 or p["first_bn_multiplier"] < 0:
-        raise StudyError(f"SRe2L's lr must be positive and r_bn, first_bn_multiplier non-negative; got lr={p['lr']}, "
-                         f"r_bn={p['r_bn']}, first_bn_multiplier={p['first_bn_multiplier']}.")
-    if p["jitter"] is not None and (int(p["jitter"]) != p["jitter"] or p["jitter"] < 0):
-        raise StudyError(f"SRe2L's jitter is a non-negative number of pixels, not {p['jitter']}.")
 
 
 class BatchStatistics:
@@ -162,14 +149,28 @@ class SRe2L(Selector):
     needs_teacher = True
     needs_batchnorm_teacher = True
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        self.settings = self.settings_over(DEFAULTS, "SRe2L")
-        check_sre2l_params(self.settings)
+    @dataclass(frozen=True)
+    class Params(Selector.Params):
+        iterations: int = 1000
+        lr: float = 0.25
+        r_bn: float = 0.01
+        first_bn_multiplier: float = 10.0
+        jitter: int | None = None  # None: size // 8 of the dataset's images
+        flip: bool | None = None  # None: as the dataset flips
+
+        def check(self) -> None:
+            if int(self.iterations) != self.iterations or self.iterations < 0:
+                raise StudyError(f"SRe2L needs a non-negative whole number of iterations, not {self.iterations}.")
+            if self.lr <= 0 or self.r_bn < 0 or self.first_bn_multiplier < 0:
+                raise StudyError(f"SRe2L's lr must be positive and r_bn, first_bn_multiplier non-negative; got "
+                                 f"lr={self.lr}, r_bn={self.r_bn}, first_bn_multiplier={self.first_bn_multiplier}.")
+            if self.jitter is not None and (int(self.jitter) != self.jitter or self.jitter < 0):
+                raise StudyError(f"SRe2L's jitter is a non-negative number of pixels, not {self.jitter}.")
 
     def resolved(self, ctx: SelectionContext) -> dict:
         """The settings with the image-dependent defaults filled in: jitter size // 8, flip as the dataset."""
-        s = dict(self.settings)
+        s = asdict(self.p)
+        s["iterations"] = int(s["iterations"])
         if s["jitter"] is None:
             s["jitter"] = max(1, min(ctx.data.image_shape[1:]) // 8)
         if s["flip"] is None:
