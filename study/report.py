@@ -8,7 +8,9 @@ The report is written to ``<out>/report/`` and logged as artifacts (folder
 ``report/``) of the study's parent run:
 
 - ``tidy.parquet`` / ``tidy.csv``: one row per finished trial and seed;
-- ``summary.*``: mean, std, count per (selector, IPC, regime, budget);
+- ``summary.*``: mean, std, count per (selector, IPC, regime, budget), and
+  ``paper_mean`` / ``paper_std`` where the cell reproduces a published one
+  (search_spaces/published.py);
 - ``derived.*``: gain over random, seed spread, fraction of full-data
   accuracy, HLR / IOR / LRS (formulas in :mod:`study.analysis.summary`);
 - ``protocol.csv``: the full-data soft- vs hard-label check;
@@ -35,6 +37,7 @@ import pandas as pd
 
 from study.analysis import summary as S
 from study.analysis.prose import headline
+from study.analysis.published import with_published
 from study.analysis.trials import regime_sort_key, run_rows, tidy, trial_table
 from study.cli import friendly_errors, parser
 from study.core.errors import StudyError
@@ -104,7 +107,7 @@ def analyse(trials: pd.DataFrame, examples: list | None = None, folder: Path = P
             parent_run_id: str = "") -> Report:
     """Every table and the headline from the trial table (no I/O)."""
     per_seed = tidy(trials)
-    summary = S.summarise(per_seed)
+    summary = with_published(S.summarise(per_seed), trials)
     derived = S.derive(summary)
     protocol = S.protocol_check(summary)
     best = S.best_per_regime(derived)
@@ -208,9 +211,28 @@ def print_report(report: Report, console=None) -> None:
                             for name, acc, gain in ((r.best_coreset, r.coreset_acc, r.coreset_gain),
                                                     (r.best_dd, r.dd_acc, r.dd_gain))))
         console.print(table)
+    print_published(report, console)
     for line in report.headline:
         console.print(f"[bold red]{line}[/bold red]" if line.startswith("PROTOCOL") else line, highlight=False)
     console.print(f"report: {report.folder}", highlight=False)
+
+
+def print_published(report: Report, console) -> None:
+    """The cells that reproduce a published one, beside the paper's number (search_spaces/published.py)."""
+    from rich.table import Table
+
+    from study.analysis.summary import mean_std
+
+    matched = report.summary[report.summary["paper_mean"].notna()] if not report.summary.empty else report.summary
+    if matched.empty:
+        return
+    table = Table(title="Against the paper: test accuracy % (mean +- std over seeds)")
+    for col in ("selector", "regime", "IPC", "steps", "this study", "paper", "difference (points)"):
+        table.add_column(col, justify="left" if col in ("selector", "regime") else "right")
+    for r in matched.itertuples():
+        table.add_row(r.label, r.regime, str(r.ipc), str(r.steps), mean_std(r.acc_mean, r.acc_std),
+                      f"paper: {mean_std(r.paper_mean, r.paper_std)}", pct(r.acc_mean - r.paper_mean, signed=True))
+    console.print(table)
 
 
 # ---------------------------------------------------------------- command line

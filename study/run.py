@@ -36,7 +36,7 @@ def parse(argv=None) -> argparse.Namespace:
                         "(default: none, the cell is built from the preset and the flags)")
     p.add_argument("--preset", default=None, help="dataset protocol: model, batch, recipe, teacher (default: the "
                                                   "dataset's own preset)")
-    p.add_argument("--dataset", default=None, help=f"dataset (default: {DEFAULT_CELL['dataset']})")
+    p.add_argument("--dataset", default=None, help=f"dataset (default: the preset's, else {DEFAULT_CELL['dataset']})")
     p.add_argument("--data-root", default=None, help="folder holding torchvision / IDX datasets (default: the "
                                                      "dataset's usual places)")
     p.add_argument("--selector", default=None, help=f"selector (default: {DEFAULT_CELL['selector']}, or --config's)")
@@ -73,8 +73,9 @@ def read_config(path: str) -> dict:
     return found
 
 
-def base_cell(a: argparse.Namespace) -> dict:
-    """The cell before the flags and --set: --config's, or the preset's."""
+def base_cell(a: argparse.Namespace) -> tuple[dict, dict]:
+    """The cell before the flags and --set, and the preset it comes from: --config's (no preset), or the
+    preset's."""
     from search_spaces import PRESETS
     from study.runs.spec import preset_for, preset_protocol
 
@@ -82,18 +83,35 @@ def base_cell(a: argparse.Namespace) -> dict:
         if a.preset or a.dataset:
             raise StudyError("--config already fixes the dataset and its protocol; drop --preset / --dataset "
                              "(--set dataset=NAME trains the same protocol on another dataset).")
-        return read_config(a.config)
-    dataset = a.dataset or DEFAULT_CELL["dataset"]
-    preset = preset_for(dataset, a.preset, DEFAULT_CELL["dataset"])
-    return {**DEFAULT_CELL, "steps": PRESETS[preset]["budgets"][0], **preset_protocol(preset, dataset)}
+        return read_config(a.config), {}
+    name = preset_for(a.dataset, a.preset, DEFAULT_CELL["dataset"])
+    dataset = a.dataset or PRESETS[name]["dataset"]  # a preset named alone trains on its own dataset
+    return {**DEFAULT_CELL, "steps": PRESETS[name]["budgets"][0], **preset_protocol(name, dataset)}, PRESETS[name]
+
+
+def preset_budget(cell: dict, protocol: dict, preset: dict, a: argparse.Namespace) -> dict:
+    """Steps, batch and epochs of a single cell, as a study of its preset would run it: the regime's own settings
+    (``per_regime``) where no flag or --set names them, and under an epoch preset its first budget in epochs (unless
+    --steps says otherwise) over IPC x classes images; a full-data cell matches --ipc's subset cell."""
+    from study.core.protocol import batch_size_for, steps_for
+    from study.runs.config import FULL_DATA_IPC
+    from study.runs.spec import class_count, overridden, regime_protocol, without_overridden
+
+    explicit = overridden(a.overrides) | {s for f, s in CELL_FLAGS.items() if getattr(a, f) is not None}
+    protocol = regime_protocol(protocol, without_overridden(preset.get("per_regime", {}), explicit), cell["regime"])
+    if preset.get("budget_unit") == "epochs" and a.steps is None:
+        steps, batch, budget = steps_for(preset["budgets"][0], "epochs", cell["ipc"],
+                                         class_count(protocol["dataset"], cell.get("data_root")),
+                                         batch_size_for(protocol["batch_size"], cell["ipc"]))
+        return {**protocol, "steps": steps, "batch_size": batch, "epochs": budget}
+    ipc = FULL_DATA_IPC if cell["selector"] == "full" else cell["ipc"]
+    return {**protocol, "batch_size": batch_size_for(protocol["batch_size"], ipc)}
 
 
 def config_from_args(a: argparse.Namespace) -> TrialConfig:
-    from study.core.protocol import batch_size_for
-    from study.runs.config import FULL_DATA_IPC
     from study.runs.spec import PROTOCOL_FIELDS, apply_overrides
 
-    cell = base_cell(a)
+    cell, preset = base_cell(a)
     cell.update({setting: getattr(a, flag) for flag, setting in CELL_FLAGS.items() if getattr(a, flag) is not None})
     if a.data_root is not None:
         cell["data_root"] = a.data_root
@@ -103,8 +121,7 @@ def config_from_args(a: argparse.Namespace) -> TrialConfig:
         raise StudyError(f"Parameters were set for the selector(s) {', '.join(others)}, but this trial runs "
                          f"{cell['selector']!r}.")
     selector_params = {**cell.get("selector_params", {}), **params.get(cell["selector"], {})}
-    ipc = FULL_DATA_IPC if cell["selector"] == "full" else cell["ipc"]
-    protocol["batch_size"] = batch_size_for(protocol["batch_size"], ipc)
+    protocol = preset_budget(cell, protocol, preset, a)
     return TrialConfig.from_dict({**cell, **protocol, "selector_params": selector_params})
 
 

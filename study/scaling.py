@@ -43,7 +43,7 @@ def parse(argv=None) -> argparse.Namespace:
     g.add_argument("--selectors", default=None, help="comma-separated selectors, or 'all' (default: the space's)")
     g.add_argument("--ipc", default=None, help="comma-separated images per class, e.g. 1,10,50 (default: the space's)")
     g.add_argument("--regimes", default=None, help="comma-separated label regimes: hl, sl, sl_kd (default: the space's)")
-    g.add_argument("--budgets", default=None, help="comma-separated student step budgets (default: the space's, "
+    g.add_argument("--budgets", default=None, help="comma-separated student budgets, in steps or, where the preset says so, epochs (default: the space's, "
                                                    "else the preset's)")
     g.add_argument("--seeds", type=int, default=None, help="repeats per trial (default: the space's)")
     g.add_argument("--num-samples", type=int, default=None, help="Optuna trials per cell group in optuna spaces "
@@ -137,7 +137,12 @@ def finished_before(spec: StudySpec, out: Path, tracking_uri: str, experiment: s
 
 def protocol_line(spec: StudySpec) -> str:
     settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in spec.protocol.items() if k not in ("dataset", "data_root"))
-    return f"protocol (preset {spec.preset}) on {spec.protocol['dataset']}: {settings}"
+    line = f"protocol (preset {spec.preset}) on {spec.protocol['dataset']}: {settings}"
+    if spec.budget_unit == "epochs":
+        line += f"; budgets {spec.budgets} in epochs over each cell's training set"
+    for regime, changes in spec.per_regime.items():
+        line += f"; under {regime}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in changes.items())
+    return line
 
 
 def print_dry_run(spec: StudySpec, out: Path, executor: str, finished: str) -> None:
@@ -157,10 +162,12 @@ def print_dry_run(spec: StudySpec, out: Path, executor: str, finished: str) -> N
 
 def summarise_ledger(frame: pd.DataFrame) -> pd.DataFrame:
     """summary.csv and the terminal table: the report's per-cell summary, from the ledger's rows."""
+    from study.analysis.published import with_published
     from study.analysis.summary import summarise
     from study.analysis.trials import tidy, trial_table
 
-    return summarise(tidy(trial_table(frame.to_dict("records"))))
+    trials = trial_table(frame.to_dict("records"))
+    return with_published(summarise(tidy(trials)), trials)
 
 
 def teacher_metric(frame: pd.DataFrame) -> dict:
@@ -172,6 +179,7 @@ def teacher_metric(frame: pd.DataFrame) -> dict:
 def print_summary(summary: pd.DataFrame) -> None:
     from rich.table import Table
 
+    from study.analysis.published import paper_note
     from study.analysis.summary import mean_std
     from study.analysis.terminal import console as study_console
 
@@ -183,7 +191,7 @@ def print_summary(summary: pd.DataFrame) -> None:
         for ipc in ipcs:
             table.add_column("full data" if ipc == 0 else f"IPC {ipc}", justify="right")
         for label, rows in part.groupby("label", sort=False):
-            by_ipc = {r.ipc: mean_std(r.acc_mean, r.acc_std) for r in rows.itertuples()}
+            by_ipc = {r.ipc: mean_std(r.acc_mean, r.acc_std) + paper_note(r.paper_mean) for r in rows.itertuples()}
             table.add_row(label, *[by_ipc.get(i, "") for i in ipcs])
         console.print(table)
 

@@ -246,6 +246,38 @@ def torchvision_loader(name: str, cls_name: str, augment: Augment) -> LoaderFn:
     return load
 
 
+def tiny_imagenet_folder(root: Path | None) -> Path:
+    """The ``tiny-imagenet-200`` folder under ``root`` (or ``root`` itself): the one holding ``wnids.txt``."""
+    for folder in ([root / "tiny-imagenet-200", root] if root is not None else []):
+        if (folder / "wnids.txt").is_file():
+            return folder
+    raise StudyError(f"TinyImageNet was not found under {root}; pass --data-root to the folder holding "
+                     "tiny-imagenet-200/ as released (train/<wnid>/images/*.JPEG, val/images, val/val_annotations.txt, "
+                     "wnids.txt), unzipped from http://cs231n.stanford.edu/tiny-imagenet-200.zip.")
+
+
+def decode_rgb(paths: list[Path]) -> torch.Tensor:
+    from PIL import Image
+
+    return as_nchw_uint8(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]))
+
+
+@DATASETS.register("tinyimagenet")
+def load_tiny_imagenet(arg: str = "", root: Path | None = None, download: bool = False) -> Dataset:
+    """TinyImageNet in its released layout: 200 classes (``wnids.txt`` order) of 500 training images at 64 px;
+    the released validation split (50 a class, labelled in ``val_annotations.txt``) is the test set, as in the
+    DD literature (the test split's labels were never released), and validation is carved from train."""
+    base = tiny_imagenet_folder(root)
+    wnids = (base / "wnids.txt").read_text().split()
+    label = {w: i for i, w in enumerate(wnids)}
+    train = [(p, label[w]) for w in wnids for p in sorted((base / "train" / w / "images").glob("*.JPEG"))]
+    rows = [line.split("\t") for line in (base / "val" / "val_annotations.txt").read_text().splitlines() if line]
+    test = [(base / "val" / "images" / r[0], label[r[1]]) for r in rows]
+    parts = [(decode_rgb([p for p, _ in split]), torch.tensor([y for _, y in split], dtype=torch.int64))
+             for split in (train, test)]
+    return assemble("tinyimagenet", wnids, parts[0], parts[1], Augment(crop_padding=8, flip=True))
+
+
 DATASETS.register("mnist")(torchvision_loader("mnist", "MNIST", Augment(crop_padding=2)))
 DATASETS.register("cifar10")(torchvision_loader("cifar10", "CIFAR10", Augment(crop_padding=4, flip=True)))
 DATASETS.register("cifar100")(torchvision_loader("cifar100", "CIFAR100", Augment(crop_padding=4, flip=True)))
@@ -348,6 +380,15 @@ def smallest_class(name: str, data_root: str | None = None) -> int:
     if len(dirs) == 1:  # the loader splits a test fifth off, as stratified_test_split does
         n -= int(round(0.2 * n))
     return n - max(1, min(100, n // 10))  # and the validation tenth, as carve_val does
+
+
+def class_count(name: str, data_root: str | None = None) -> int:
+    """The dataset's number of classes (an epoch budget's subset holds IPC x classes images): an ImageFolder
+    tree's class folders are listed, any other dataset is loaded."""
+    path = image_folder_path(name)
+    if path is None:
+        return load_dataset(name, data_root).num_classes
+    return len(index_image_folder(split_dirs(path)[0])[2])
 
 
 def tree_path(arg: str) -> Path:

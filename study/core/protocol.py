@@ -4,8 +4,9 @@ A trial's :class:`~study.runs.config.TrialConfig` holds one, a compute-aware
 selector's proxy trains under the trial's own, and a teacher's run is one too
 (:meth:`TeacherSpec.protocol`). Two runs with equal protocols, data and seed
 train the same student, so the protocol is also what cache keys and
-provenance record. ``regime`` and ``steps`` are the study's axes; the rest
-comes from the dataset preset. ``augment`` names the views a student sees:
+provenance record. ``regime`` and the budget (``steps``; ``epochs`` too where
+a preset counts budgets in epochs, :func:`steps_for`) are the study's axes; the
+rest comes from the dataset preset. ``augment`` names the views a student sees:
 ``"dataset"``, the dataset's own :class:`~study.core.data.Augment`, or
 ``"dsa"``, DSA as released (:mod:`study.core.dsa`, the paper's Tab. 4
 protocols). Either way a training set that brings its own views (a stitched
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-AXES = ("regime", "steps")
+AXES = ("regime", "steps", "epochs")
 AUGMENTS = ("dataset", "dsa")
+BUDGET_UNITS = ("steps", "epochs")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Protocol:
     cutmix_prob: float = 0.0
     precision: str = "auto"
     augment: str = "dataset"
+    epochs: int | None = None  # the budget as an epoch preset states it (steps are derived); None: steps
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +61,19 @@ def batch_size_for(batch_size: int | dict, ipc: int) -> int:
         return int(batch_size.get("full", by_ipc[-1][1]))
     fitting = [v for k, v in by_ipc if k <= ipc]
     return fitting[-1] if fitting else by_ipc[0][1]
+
+
+def steps_for(budget: int, unit: str, ipc: int, classes: int, batch_size: int) -> tuple[int, int, int | None]:
+    """(steps, batch, epochs) of a cell whose budget a preset states in ``unit``. In ``"steps"`` the budget is
+    the steps, at the preset's batch, whatever the set's size. In ``"epochs"`` (the paper's unit: 300 epochs
+    over the subset, Tab. 4) it is passes over a training set of ``ipc * classes`` images: the batch is
+    ``min(batch_size, ipc * classes)``, so a batch never exceeds the set and an epoch is one pass of
+    ``ceil(ipc * classes / batch)`` steps, and compute grows with IPC as in the paper."""
+    if unit == "steps":
+        return budget, batch_size, None
+    size = ipc * classes
+    batch = min(batch_size, size)
+    return budget * -(-size // batch), batch, budget
 
 
 @dataclass(frozen=True)

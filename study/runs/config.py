@@ -18,6 +18,7 @@ from study.core.protocol import Protocol, TeacherSpec
 from study.core.seeding import content_hash, derive_seed
 
 FULL_DATA_IPC = 0
+LATER_DEFAULTS = {"augment": "dataset", "epochs": None}  # protocol settings newer than the first studies
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,13 @@ class TrialConfig:
         return TrialConfig.from_dict(d)
 
     def identity(self) -> dict:
-        """Everything that determines the outcome (the data root is where data lives, not what it is)."""
+        """Everything that determines the outcome (the data root is where data lives, not what it is). Settings
+        added later are left out at their defaults, so trials from before they existed keep their hashes."""
         d = self.to_dict()
         d.pop("data_root")
+        for key, default in LATER_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]
         return d
 
     @property
@@ -84,4 +89,5 @@ class TrialConfig:
         ipc = "full" if self.is_full_data else f"ipc={self.ipc}"
         params = "".join(f" {k}={v:.3g}" if isinstance(v, float) else f" {k}={v}"
                          for k, v in sorted(self.selector_params.items()))
-        return f"{self.selector} {ipc} {self.protocol.regime} steps={self.protocol.steps}{params}"
+        epochs = f" ({self.protocol.epochs} epochs)" if self.protocol.epochs is not None else ""
+        return f"{self.selector} {ipc} {self.protocol.regime} steps={self.protocol.steps}{epochs}{params}"

@@ -6,6 +6,7 @@ starts.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import asdict, dataclass, field
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from search_spaces import PRESETS, SPACES
 from study.runs.config import FULL_DATA_IPC, TrialConfig
 from study.core.errors import StudyError
-from study.core.protocol import AXES as PROTOCOL_AXES, Protocol, TeacherSpec, batch_size_for
+from study.core.protocol import AXES as PROTOCOL_AXES, BUDGET_UNITS, Protocol, TeacherSpec, batch_size_for, steps_for
 from study.core.seeding import content_hash
 from study.runs.validate import teacher_fits, validate_trial
 
@@ -41,6 +42,9 @@ class StudySpec:
     selector_params: dict = field(default_factory=dict)  # selector name -> its parameters, for every cell
     references: list[str] = field(default_factory=list)  # run once per (IPC, regime, budget), never varied
     selector_grid: dict = field(default_factory=dict)  # selector parameter -> its values, a cell for each combination
+    budget_unit: str = "steps"  # or "epochs" over each cell's training set (study.core.protocol.steps_for)
+    classes: int | None = None  # the dataset's classes, read from the data where budgets are in epochs
+    per_regime: dict = field(default_factory=dict)  # regime -> protocol settings for its cells (regime_protocol)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,18 +53,28 @@ class StudySpec:
     def hash(self) -> str:
         d = self.to_dict()
         d["protocol"] = {k: v for k, v in d["protocol"].items() if k != "data_root"}
-        for key in ("selector_params", "references", "selector_grid"):
+        if d["budget_unit"] == "steps":
+            del d["budget_unit"], d["classes"]
+        for key in ("selector_params", "references", "selector_grid", "per_regime"):
             if not d[key]:
                 del d[key]  # studies from before the setting existed keep their names
         return content_hash(d)
 
-    def cell(self, selector: str, ipc: int, regime: str, steps: int, varied: dict | None = None) -> TrialConfig:
+    def cell(self, selector: str, ipc: int, regime: str, budget: int, varied: dict | None = None,
+             matched_ipc: int | None = None) -> TrialConfig:
         """One cell; ``varied`` (a point of the selector grid, or the searched keys left unset) on top of the
-        selector's parameters."""
+        selector's parameters. A full-data cell under epoch budgets trains for the compute of the subset cell at
+        ``matched_ipc``."""
         params = {**self.selector_params.get(selector, {}), **(varied or {})}
-        protocol = {**self.protocol, "batch_size": batch_size_for(self.protocol["batch_size"], ipc)}
+        protocol = regime_protocol(self.protocol, self.per_regime, regime)
+        sized = ipc if matched_ipc is None else matched_ipc
+        if self.budget_unit == "epochs" and self.classes is None:
+            raise StudyError("A study with budgets in epochs needs the dataset's number of classes (StudySpec.classes).")
+        steps, batch, epochs = steps_for(budget, self.budget_unit, sized, self.classes or 0,
+                                         batch_size_for(protocol["batch_size"], sized))
         return TrialConfig.from_dict({"selector": selector, "selector_params": params, "ipc": ipc, "regime": regime,
-                                      "steps": steps, "seeds": self.seeds, **protocol})
+                                      "seeds": self.seeds, **protocol, "steps": steps, "batch_size": batch,
+                                      "epochs": epochs})
 
     def variants(self) -> list[dict | None]:
         """What varies per selector cell: a point of the selector grid each, the searched parameters (unset until
@@ -82,11 +96,16 @@ class StudySpec:
 
     def reference_cells(self) -> list[TrialConfig]:
         """The references, run once each: per (IPC, regime, budget) at their defaults, then the full-data
-        reference per (regime, budget), which ignores IPC and so runs once (also when ``full`` is listed)."""
+        reference (also when ``full`` is listed): per (regime, budget) under step budgets, where it ignores IPC;
+        under epoch budgets per (IPC, regime, budget) at that IPC's subset cells' steps and batch, i.e. the same
+        images seen (docs/report.md says why)."""
         out = [self.cell(s, i, r, b) for s, i, r, b in
                itertools.product(self.references, self.ipc, self.regimes, self.budgets)]
         if self.full_data_reference or "full" in self.selectors:
-            out += [self.cell("full", FULL_DATA_IPC, r, b) for r, b in itertools.product(self.regimes, self.budgets)]
+            matched = self.ipc if self.budget_unit == "epochs" else [None]
+            full = [self.cell("full", FULL_DATA_IPC, r, b, matched_ipc=k)
+                    for k, r, b in itertools.product(matched, self.regimes, self.budgets)]
+            out += list({c.hash: c for c in full}.values())  # two IPCs at the same steps and batch run once
         return out
 
     def cells(self) -> list[TrialConfig]:
@@ -95,6 +114,25 @@ class StudySpec:
     def trial_count(self) -> int:
         searched = len(self.searched_cells()) * (self.num_samples if self.kind == "optuna" else 1)
         return searched + len(self.reference_cells())
+
+
+def regime_protocol(protocol: dict, per_regime: dict, regime: str) -> dict:
+    """The protocol of a regime's cells: the preset's, with its ``per_regime`` settings for that regime on top
+    (the paper trains HL and SL students under different recipes, Tab. 4)."""
+    return {**protocol, **per_regime.get(regime, {})}
+
+
+def check_per_regime(per_regime: dict) -> None:
+    """A preset's ``per_regime`` names label regimes, each with protocol settings a cell may vary."""
+    from study.core.regimes import REGIMES
+
+    allowed = [n for n in Protocol.names() if n not in PROTOCOL_AXES]
+    for regime, settings in per_regime.items():
+        REGIMES.get(regime)
+        wrong = sorted(set(settings) - set(allowed))
+        if wrong:
+            raise StudyError(f"per_regime.{regime} sets {', '.join(wrong)}, which a regime cannot vary; it may "
+                             f"set: {', '.join(allowed)}.")
 
 
 def parse_list(value, cast=str) -> list:
@@ -188,6 +226,24 @@ def every_selector(names: list[str], teacher: dict) -> list[str]:
     return [n for n in names if n not in ("full", "external") and teacher_fits(SELECTORS.get(n), spec)]
 
 
+def overridden(overrides: list[str] | None) -> set[str]:
+    """The settings ``key=value`` overrides name (``model_kwargs`` for ``model_kwargs.width=64``)."""
+    return {parse_override(o)[0].partition(".")[0] for o in overrides or []}
+
+
+def without_overridden(per_regime: dict, named: set[str]) -> dict:
+    """``per_regime`` less every setting the user set explicitly: an explicit setting holds in every regime."""
+    return {regime: {k: v for k, v in settings.items() if k not in named} for regime, settings in per_regime.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def class_count(dataset: str, data_root: str | None) -> int:
+    """The dataset's classes, read once per process (a dry run and the study it checks load it once)."""
+    from study.core.data import class_count as count
+
+    return count(dataset, data_root)
+
+
 STUDY_SETTINGS = ("num_samples", "metric", "mode", "full_data_reference", "references")
 
 
@@ -195,12 +251,18 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
                  selectors=None, ipc=None, regimes=None, budgets=None, seeds: int | None = None,
                  overrides: list[str] | None = None, data_root: str | None = None,
                  all_selectors: list[str] | None = None) -> StudySpec:
-    """Merge space, preset and overrides into a StudySpec (no data is touched here)."""
+    """Merge space, preset and overrides into a StudySpec (no data is touched here, but for the number of classes
+    where the preset counts budgets in epochs)."""
     s = dict(lookup(SPACES, space, "space"))
     preset = preset_for(dataset, preset, s["preset"])
     p = PRESETS[preset]
     protocol, params, extra = apply_overrides(preset_protocol(preset, dataset, data_root), overrides,
                                               STUDY_SETTINGS)
+    unit = p.get("budget_unit", "steps")
+    if unit not in BUDGET_UNITS:
+        raise StudyError(f"The preset {preset!r} counts budgets in {unit!r}; a budget is in steps or epochs.")
+    per_regime = without_overridden(p.get("per_regime", {}), overridden(overrides))
+    check_per_regime(per_regime)
     chosen = selectors if selectors is not None else s["selectors"]
     if chosen == "all" or chosen == ["all"]:
         chosen = every_selector(all_selectors or ["random"], protocol.get("teacher", {}))
@@ -213,7 +275,8 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
         full_data_reference=s.get("full_data_reference", True), search=s.get("search", {}),
         num_samples=s.get("num_samples", 1), metric=s.get("metric", "val_acc_mean"), mode=s.get("mode", "max"),
         selector_params=params, references=parse_list(s.get("references", [])),
-        selector_grid=s.get("selector_grid", {}),
+        selector_grid=s.get("selector_grid", {}), budget_unit=unit, per_regime=per_regime,
+        classes=class_count(protocol["dataset"], data_root) if unit == "epochs" else None,
     )
     for key, value in extra.items():
         setattr(spec, key, parse_list(value) if key == "references" else value)
