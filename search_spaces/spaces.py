@@ -11,13 +11,14 @@ time, so a new selector joins the default study by registering.
 
 # Compute alignment (docs/cad.md): is the paper's compute match, a scoring run that sees as many images as the
 # student (ratio 1), where CAD-Prune and CA2D do best? Both spaces vary the scoring run's ratio over two decades
-# on a log grid, so scoring runs are cached and shared, at IPC 10 and 50 under the paper's HL and SL protocols;
-# the budgets are the preset's.
+# on a log grid, so scoring runs are cached and shared, at IPC 10 and 50 under the paper's HL and SL protocols.
+# Budgets in epochs over the subset, 1.5 decades up to the paper's 300 (the preset counts budgets in epochs).
 ALIGNMENT_CELLS = {
     "preset": "fashion-mnist-paper",
     "selectors": ["cad_prune", "ca2d"],
     "ipc": [10, 50],
     "regimes": ["hl", "sl"],
+    "budgets": [9, 30, 100, 300],
     "seeds": 2,
     "full_data_reference": False,
 }
