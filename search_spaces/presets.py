@@ -49,7 +49,10 @@ PRESETS = {
         "model_kwargs": {"width": 32},
         "batch_size": 64,
         "recipe": "adamw-v1",
-        "temperature": 4.0,
+        # T = 1: at the quick study's 400 steps the full-data student under fixed soft labels reaches 95.5% and
+        # under KD 96.4%, against 96.0% under hard labels (2 seeds), so the protocol check passes; at T = 2 fixed
+        # soft labels lag by 1.4 points, at T = 4 by 1.7 (and still 1.8 at 600 steps, where hard labels gain too).
+        "temperature": 1.0,
         "teacher": {"model": "convnet", "model_kwargs": {"width": 32}, "epochs": 50, "batch_size": 64},
         "budgets": [500],
     },
