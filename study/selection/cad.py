@@ -5,7 +5,7 @@ it (``ca2d.py``; docs/cad.md lists every setting and where it comes from):
 
 - **Scoring run.** The student's model is trained on the *full* training set
   under the paper's hard-label recipe (``sgd-step-v1``: SGD lr 0.01, momentum
-  0.9, weight decay 5e-4, lr x0.1 at half the run; DSA augmentation; batch
+  0.9, weight decay 5e-4, lr x0.1 at 151/300 of the run; DSA augmentation; batch
   256), compressed to a length of ``ratio`` x the images the trial's student
   will see (``ctx.protocol.steps * ctx.protocol.batch_size``), whatever the
   student's label regime (the reproduction's ASSUME 1). ``ratio = 1`` is the
