@@ -9,18 +9,20 @@ through Optuna's TPE (trainables.tune_study). ``"selectors": "all"`` means every
 time, so a new selector joins the default study by registering.
 """
 
-# The cells both alignment spaces vary windows over (see the comment at ``difficulty_sweep``).
+# Compute alignment (docs/cad.md): is the paper's compute match, a scoring run that sees as many images as the
+# student (ratio 1), where CAD-Prune and CA2D do best? Both spaces vary the scoring run's ratio over two decades
+# on a log grid, so scoring runs are cached and shared, at IPC 10 and 50 under the paper's HL and SL protocols.
+# Budgets in epochs over the subset, 1.5 decades up to the paper's 300 (the preset counts budgets in epochs).
 ALIGNMENT_CELLS = {
-    "preset": "fashion-mnist",
+    "preset": "fashion-mnist-paper",
     "selectors": ["cad_prune", "ca2d"],
-    "window_params": {"beta": 0.0},
-    "references": ["random", "cad_prune", "ca2d"],
     "ipc": [10, 50],
-    "regimes": ["hl", "sl_kd"],
-    "budgets": [30, 300, 1000],
+    "regimes": ["hl", "sl"],
+    "budgets": [9, 30, 100, 300],
     "seeds": 2,
     "full_data_reference": False,
 }
+RATIOS = [2.0 ** k for k in range(-4, 5)]  # 1/16 .. 16, 9 points
 
 SPACES = {
     "quick": {
@@ -52,24 +54,19 @@ SPACES = {
         "seeds": 3,
         "full_data_reference": True,
     },
-    # CA2D alignment (docs/alignment.md): does the best difficulty window move with the compute budget, and does
-    # CAD-Prune's rule predict it? Windows live on one axis per (dataset, teacher). The budgets run from starved
-    # (tens of steps on a 100-image subset) to saturated, 1.5 decades. The references per (IPC, regime, budget):
-    # random, and CAD-Prune / CA2D at their defaults, whose windows are the rule's prediction. The varied cells
-    # take beta 0 so the windows map the whole axis, the tail CAD's rule drops included.
-    "difficulty_sweep": {
+    "alignment_grid": {
         "kind": "grid",
         **ALIGNMENT_CELLS,
-        "windows": {"widths": [0.1, 0.2], "step": 0.1},
+        "references": ["random"],
+        "selector_grid": {"ratio": [1 / 16, 1 / 4, 1.0, 4.0, 16.0]},
     },
+    # TPE over the ratio grid, 16 trials a (method, IPC, regime, budget) on validation accuracy; the references
+    # add random and both methods at ratio 1 to every cell.
     "ca2d_alignment": {
         "kind": "optuna",
         **ALIGNMENT_CELLS,
-        "search": {
-            # lo = position * (1 - beta - width): every sampled window lies on the axis, none is clipped
-            "selector_params.position": {"type": "uniform", "low": 0.0, "high": 1.0},
-            "selector_params.width": {"type": "uniform", "low": 0.1, "high": 0.4},
-        },
+        "references": ["random", "cad_prune", "ca2d"],
+        "search": {"selector_params.ratio": {"type": "categorical", "choices": RATIOS}},
         "num_samples": 16,
         "metric": "val_acc_mean",
         "mode": "max",

@@ -16,11 +16,9 @@ The report is written to ``<out>/report/`` and logged as artifacts (folder
 - ``protocol.csv``: the full-data soft- vs hard-label check;
 - ``families.csv``: random vs the best coreset vs the best DD method per
   (regime, budget, IPC);
-- ``best.csv``, ``alignment.csv`` (best vs predicted window vs random per
-  CAD cell), ``correlation.csv`` (budget vs best centre, Spearman with a
-  bootstrap interval), ``searched.csv``, ``headline.md``;
+- ``best.csv``, ``headline.md``;
 - figures: ``accuracy_vs_ipc.png``, ``accuracy_vs_budget.png``,
-  ``gain_vs_ipc.png``, ``ca2d_alignment.png``, ``examples.png``.
+  ``gain_vs_ipc.png``, ``examples.png``.
 
 Tables depend only on what MLflow holds, so regenerating the report of a past
 study gives the same tables.
@@ -38,7 +36,6 @@ from pathlib import Path
 import pandas as pd
 
 from study.analysis import summary as S
-from study.analysis.alignment import CAD_SELECTORS, CONFIDENCE, alignment, correlations, set_window
 from study.analysis.prose import headline
 from study.analysis.published import with_published
 from study.analysis.trials import regime_sort_key, run_rows, tidy, trial_table
@@ -47,8 +44,7 @@ from study.core.errors import StudyError
 from study.runs.tracking import Tracker, configure_client, find_parent, tracker_for_run
 
 EXAMPLE_ARTIFACT = "selection_seed0.png"
-PROVENANCE_ARTIFACT = "selection_seed0.pt"
-FIGURES = ("accuracy_vs_ipc", "accuracy_vs_budget", "gain_vs_ipc", "ca2d_alignment", "examples")
+FIGURES = ("accuracy_vs_ipc", "accuracy_vs_budget", "gain_vs_ipc", "examples")
 TABLES = ("tidy", "summary", "derived")
 
 
@@ -62,9 +58,6 @@ class Report:
     derived: pd.DataFrame
     protocol: pd.DataFrame
     best: pd.DataFrame
-    searched: pd.DataFrame
-    alignment: pd.DataFrame
-    correlation: pd.DataFrame
     families: pd.DataFrame
     examples: list = field(default_factory=list)
     headline: list[str] = field(default_factory=list)
@@ -81,43 +74,10 @@ class Report:
         return {"accuracy_vs_ipc": F.accuracy_vs_ipc(self.summary),
                 "accuracy_vs_budget": F.accuracy_vs_budget(self.summary),
                 "gain_vs_ipc": F.gain_vs_ipc(self.derived),
-                "ca2d_alignment": F.alignment_map(self.searched, self.alignment),
                 "examples": F.example_grid(self.examples)}
 
 
 # ---------------------------------------------------------------- reading artifacts
-
-def provenance_runs(trials: pd.DataFrame) -> list[str]:
-    """The CAD trials whose provenance holds the rule's window: each rule trial, and one varied trial of every
-    (selector, regime, IPC, budget) that ran no rule trial (every selection records the rule's window)."""
-    if trials.empty:
-        return []
-    cad = trials[trials["selector"].isin(CAD_SELECTORS) & (trials["status"] == "FINISHED")]
-    if cad.empty:
-        return []
-    cad = cad.assign(_rule=[set_window(p) is None for p in cad["_params"]])
-    chosen = cad.sort_values(["_rule", "run_id"], ascending=[False, True], kind="stable")
-    return sorted(set(chosen[chosen["_rule"]]["run_id"])
-                  | set(chosen.drop_duplicates(["selector", "regime", "ipc", "steps"])["run_id"]))
-
-
-def read_provenance(tracker: Tracker, trials: pd.DataFrame, tmp: Path) -> dict[str, dict]:
-    """Selection provenance (u*, the rule's windows) of the CAD trials :func:`provenance_runs` names."""
-    out = {}
-    import torch
-
-    for run_id in provenance_runs(trials):
-        path = tracker.download_artifact(run_id, PROVENANCE_ARTIFACT, tmp / run_id)
-        if path is None:
-            continue
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # an unreadable or foreign file: the alignment map says the prediction is missing
-            continue
-        if isinstance(payload, dict) and isinstance(payload.get("provenance"), dict):
-            out[run_id] = payload["provenance"]
-    return out
-
 
 def example_trial(rows: pd.DataFrame) -> dict:
     """The trial whose picture stands for a selector: IPC nearest 10, then hard labels, the smallest budget."""
@@ -143,20 +103,18 @@ def read_examples(tracker: Tracker, trials: pd.DataFrame, tmp: Path) -> list[tup
 
 # ---------------------------------------------------------------- building and writing
 
-def analyse(trials: pd.DataFrame, provenance: dict | None = None, examples: list | None = None,
-            folder: Path = Path("report"), parent_run_id: str = "") -> Report:
+def analyse(trials: pd.DataFrame, examples: list | None = None, folder: Path = Path("report"),
+            parent_run_id: str = "") -> Report:
     """Every table and the headline from the trial table (no I/O)."""
     per_seed = tidy(trials)
     summary = with_published(S.summarise(per_seed), trials)
     derived = S.derive(summary)
     protocol = S.protocol_check(summary)
     best = S.best_per_regime(derived)
-    searched, windows = alignment(trials, provenance or {})
-    correlation = correlations(windows)
     families = S.family_table(derived, trials)
     failed = int((trials["status"] == "FAILED").sum()) if not trials.empty else 0
-    return Report(Path(folder), parent_run_id, trials, per_seed, summary, derived, protocol, best, searched, windows,
-                  correlation, families, examples or [], headline(best, protocol, failed, families))
+    return Report(Path(folder), parent_run_id, trials, per_seed, summary, derived, protocol, best, families,
+                  examples or [], headline(best, protocol, failed, families))
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str, parquet: bool = True) -> list[Path]:
@@ -177,7 +135,7 @@ def write(report: Report, figures: bool = True) -> dict[str, Path]:
     for name in TABLES:
         for path in write_table(getattr(report, name), folder, name):
             files[path.name] = path
-    for name in ("protocol", "best", "searched", "alignment", "correlation", "families"):
+    for name in ("protocol", "best", "families"):
         files[f"{name}.csv"] = write_table(getattr(report, name), folder, name, parquet=False)[0]
     headline = folder / "headline.md"
     headline.write_text("# Study headline\n\n" + "".join(f"- {line}\n" for line in report.headline))
@@ -202,9 +160,8 @@ def build_report(tracker_or_uri: Tracker | str, parent_run_id: str, out_dir: str
                                                                                         parent_run_id)
     trials = trial_table(run_rows(tracker.trials_frame(parent_run_id)))
     with tempfile.TemporaryDirectory(prefix="hardtruths-report-") as tmp:
-        provenance = read_provenance(tracker, trials, Path(tmp))
         examples = read_examples(tracker, trials, Path(tmp))
-    report = analyse(trials, provenance, examples, Path(out_dir) / "report", parent_run_id)
+    report = analyse(trials, examples, Path(out_dir) / "report", parent_run_id)
     write(report, figures)
     if log:
         tracker.log_artifacts(parent_run_id, report.folder, "report")
@@ -255,7 +212,6 @@ def print_report(report: Report, console=None) -> None:
                                                     (r.best_dd, r.dd_acc, r.dd_gain))))
         console.print(table)
     print_published(report, console)
-    print_alignment(report, console)
     for line in report.headline:
         console.print(f"[bold red]{line}[/bold red]" if line.startswith("PROTOCOL") else line, highlight=False)
     console.print(f"report: {report.folder}", highlight=False)
@@ -276,38 +232,6 @@ def print_published(report: Report, console) -> None:
     for r in matched.itertuples():
         table.add_row(r.label, r.regime, str(r.ipc), str(r.steps), mean_std(r.acc_mean, r.acc_std),
                       f"paper: {mean_std(r.paper_mean, r.paper_std)}", pct(r.acc_mean - r.paper_mean, signed=True))
-    console.print(table)
-
-
-def share(value) -> str:
-    return "-" if value is None or pd.isna(value) else f"{value:.2f}"
-
-
-def print_alignment(report: Report, console) -> None:
-    """The alignment table (windows as percentiles of the one axis, accuracies in %) and the correlations."""
-    from rich.table import Table
-
-    rows = report.alignment
-    if rows.empty:
-        return
-    table = Table(title="CA2D alignment: best window (on validation) vs CAD's prediction vs random, test accuracy %")
-    for col in ("selector", "regime", "IPC", "steps", "windows", "best centre", "seed centres (mean+-std)",
-                "predicted centre", "u*", "acc best", "acc predicted", "acc random"):
-        table.add_column(col, justify="left" if col in ("selector", "regime") else "right")
-    for r in rows.itertuples():
-        spread = f"{share(r.seed_center_mean)}+-{share(r.seed_center_std)}" if isinstance(r.seed_centers, list) else "-"
-        table.add_row(r.selector, r.regime, str(r.ipc), str(r.steps), str(r.searched), share(r.best_center), spread,
-                      share(r.pred_center), share(r.u_star_mean), pct(r.best_test_acc), pct(r.pred_test_acc),
-                      pct(r.random_test_acc))
-    console.print(table)
-    if report.correlation.empty:
-        return
-    table = Table(title=f"Budget vs best window centre: Spearman rho with a {CONFIDENCE:.0%} bootstrap interval")
-    for col in ("selector", "regime", "IPC", "budgets", "points", "rho", "interval", "p"):
-        table.add_column(col, justify="left" if col in ("selector", "regime") else "right")
-    for r in report.correlation.itertuples():
-        table.add_row(r.selector, r.regime, str(r.ipc), str(r.budgets), str(r.points), share(r.spearman),
-                      f"[{share(r.ci_low)}, {share(r.ci_high)}]", share(r.p_value))
     console.print(table)
 
 

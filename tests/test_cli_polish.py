@@ -135,8 +135,8 @@ def test_study_run_refuses_conflicting_settings(args, says, tmp_path, capsys):
 
 def test_searched_runs_are_named_with_their_values():
     cell = TrialConfig(selector="cad_prune", ipc=10)
-    chosen = cell.with_choices({"selector_params.position": 0.42137, "selector_params.width": 0.1})
-    assert chosen.label() == "cad_prune ipc=10 hl steps=1000 position=0.421 width=0.1"
+    chosen = cell.with_choices({"selector_params.ratio": 0.0625, "selector_params.W": 3})
+    assert chosen.label() == "cad_prune ipc=10 hl steps=1000 W=3 ratio=0.0625"
     assert cell.label() == "cad_prune ipc=10 hl steps=1000"
 
 

@@ -27,10 +27,11 @@ MODEL_CASES = [TIMM_EXAMPLE if name == "timm" else name for name in MODELS.names
 
 # Small iteration counts through the selectors' own parameters, so one selection takes a second or two.
 CHEAP = {"el2n": TINY_PROXY, "grand": TINY_PROXY, "dm": {"iterations": 3, "width": 16, "batch_real": 16},
-         "sre2l": {"iterations": 3}, "rded": {"m": 20}}
+         "sre2l": {"iterations": 3}, "rded": {"m": 20}, "cad_prune": {"scoring_batch": 64},
+         "rcad": {"scoring_batch": 64}, "ca2d": {"scoring_batch": 64, "mipc": 20, "k": 3}}
 # Selectors with no random step at their defaults (a greedy rule, an end of the difficulty range, a fixed set).
 DETERMINISTIC = {"full", "external", "herding", "kcenter", "d2", "forgetting", "el2n", "grand", "aum", "entropy",
-                 "margin", "least_confidence", "dyn_unc", "moderate"}
+                 "margin", "least_confidence", "dyn_unc", "moderate", "cad_prune", "rcad", "facility_location"}
 
 ENTRIES = {"models": (MODELS, MODEL_CASES), "recipes": (RECIPES, RECIPES.names()),
            "regimes": (REGIMES, REGIMES.names()), "selectors": (SELECTORS, SELECTORS.names())}

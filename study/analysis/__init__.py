@@ -2,6 +2,5 @@
 
 ``trials`` reads trial tables (MLflow child runs or the ledger), ``summary``
 summarises cells and derives metrics, ``prose`` words the headline,
-``alignment`` compares CA2D windows, ``figures`` draws; :mod:`study.report`
-writes them. Nothing here trains or talks to MLflow.
+``figures`` draws; :mod:`study.report` writes them. Nothing here trains or talks to MLflow.
 """

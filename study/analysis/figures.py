@@ -167,62 +167,6 @@ def gain_vs_ipc(derived: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-ALIGNMENT_EMPTY = ("No CAD-Prune or CA2D trials in this study, so there is no window to compare. Run the "
-                   "ca2d_alignment or difficulty_sweep space (python -m study.scaling --space ca2d_alignment).")
-
-
-def alignment_map(searched: pd.DataFrame, table: pd.DataFrame) -> plt.Figure:
-    """Best window centre vs budget, CAD's predicted window overlaid: a panel per (IPC, regime), a colour per
-    selector, all on the one difficulty axis.
-
-    Solid line, circles: the best window's centre (on mean validation
-    accuracy), with a bar over the per-seed best centres (mean +- std). Dashed
-    line, diamonds: the centre of CAD's rule window, its band spanning the
-    window; crosses: the frontier u*. Grey dots: every varied window.
-    """
-    if table.empty:
-        return empty_figure("CA2D alignment: best vs predicted window", ALIGNMENT_EMPTY)
-    regimes = ordered_regimes(table["regime"])
-    ipcs = sorted(table["ipc"].unique())
-    selectors = sorted(table["selector"].unique())
-    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(selectors)}
-    fig, axes = grid(len(ipcs), len(regimes), min_width=8.0, sharey=True)
-    for i, ipc in enumerate(ipcs):
-        for j, regime in enumerate(regimes):
-            ax = axes[i, j]
-            dots = searched[(searched["regime"] == regime) & (searched["ipc"] == ipc)]
-            ax.scatter(dots["steps"], dots["center"], color="0.6", s=10, alpha=0.5, zorder=1)
-            for name in selectors:
-                rows = table[(table["regime"] == regime) & (table["ipc"] == ipc) & (table["selector"] == name)]
-                alignment_lines(ax, rows.sort_values("steps"), name, colors[name])
-            log_axis(ax, table["steps"], "budget (student steps)")
-            ax.set_ylim(0, 1)
-            ax.set_ylabel("difficulty percentile (0 easy, 1 hard)")
-            ax.set_title(f"{regime}, IPC {ipc}")
-            ax.grid(alpha=0.3)
-            if not ax.lines:
-                ax.text(0.5, 0.5, "no best or predicted window", ha="center", va="center", transform=ax.transAxes)
-    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    fig.suptitle("CA2D alignment: best window centre vs budget, CAD's prediction dashed")
-    return fig
-
-
-def alignment_lines(ax, rows: pd.DataFrame, name: str, color) -> None:
-    best = rows[rows["best_center"].notna()]
-    if not best.empty:
-        ax.plot(best["steps"], best["best_center"], color=color, marker="o", label=f"{name}: best window")
-        ax.errorbar(best["steps"], best["seed_center_mean"], yerr=np.nan_to_num(best["seed_center_std"].to_numpy(float)),
-                    color=color, fmt="none", capsize=3, alpha=0.7)
-    pred = rows[rows["pred_center"].notna()]
-    if not pred.empty:
-        ax.plot(pred["steps"], pred["pred_center"], color=color, marker="D", linestyle="--",
-                label=f"{name}: CAD's predicted window")
-        ax.fill_between(pred["steps"].to_numpy(float), pred["pred_lo"].to_numpy(float),
-                        pred["pred_hi"].to_numpy(float), color=color, alpha=0.12, linewidth=0)
-        ax.plot(pred["steps"], pred["u_star_mean"], color=color, marker="x", linestyle="none",
-                label=f"{name}: frontier u*")
-
-
 def example_grid(examples: list[tuple[str, str, np.ndarray | None]]) -> plt.Figure:
     """One panel per selector: its logged picture of selected (or distilled) images, one row per class."""
     if not examples:

@@ -41,8 +41,7 @@ class StudySpec:
     mode: str = "max"
     selector_params: dict = field(default_factory=dict)  # selector name -> its parameters, for every cell
     references: list[str] = field(default_factory=list)  # run once per (IPC, regime, budget), never varied
-    windows: dict = field(default_factory=dict)  # a grid of difficulty windows for the selectors (see window_grid)
-    window_params: dict = field(default_factory=dict)  # fixed parameters of the cells whose window is varied
+    selector_grid: dict = field(default_factory=dict)  # selector parameter -> its values, a cell for each combination
     budget_unit: str = "steps"  # or "epochs" over each cell's training set (study.core.protocol.steps_for)
     classes: int | None = None  # the dataset's classes, read from the data where budgets are in epochs
     per_regime: dict = field(default_factory=dict)  # regime -> protocol settings for its cells (regime_protocol)
@@ -56,18 +55,17 @@ class StudySpec:
         d["protocol"] = {k: v for k, v in d["protocol"].items() if k != "data_root"}
         if d["budget_unit"] == "steps":
             del d["budget_unit"], d["classes"]
-        for key in ("selector_params", "references", "windows", "window_params", "per_regime"):
+        for key in ("selector_params", "references", "selector_grid", "per_regime"):
             if not d[key]:
                 del d[key]  # studies from before the setting existed keep their names
         return content_hash(d)
 
     def cell(self, selector: str, ipc: int, regime: str, budget: int, varied: dict | None = None,
              matched_ipc: int | None = None) -> TrialConfig:
-        """One cell; ``varied`` (a window, or the searched keys left unset) adds the window_params too. A
-        full-data cell under epoch budgets trains for the compute of the subset cell at ``matched_ipc``."""
-        params = dict(self.selector_params.get(selector, {}))
-        if varied is not None:
-            params.update({**self.window_params, **varied})
+        """One cell; ``varied`` (a point of the selector grid, or the searched keys left unset) on top of the
+        selector's parameters. A full-data cell under epoch budgets trains for the compute of the subset cell at
+        ``matched_ipc``."""
+        params = {**self.selector_params.get(selector, {}), **(varied or {})}
         protocol = regime_protocol(self.protocol, self.per_regime, regime)
         sized = ipc if matched_ipc is None else matched_ipc
         if self.budget_unit == "epochs" and self.classes is None:
@@ -79,17 +77,19 @@ class StudySpec:
                                       "epochs": epochs})
 
     def variants(self) -> list[dict | None]:
-        """What varies per selector cell: a window of the sweep each, the searched parameters (unset until the
-        search sets them, which also keeps a search group apart from the same selector run at its defaults), or
-        nothing."""
-        if self.windows:
-            return window_grid(**self.windows)
+        """What varies per selector cell: a point of the selector grid each, the searched parameters (unset until
+        the search sets them, which also keeps a search group apart from the same selector run at its defaults),
+        or nothing."""
+        if self.selector_grid:
+            names = list(self.selector_grid)
+            return [dict(zip(names, values)) for values in itertools.product(*self.selector_grid.values())]
         if self.kind == "optuna":
             return [{k.partition(".")[2]: None for k in self.search if k.startswith("selector_params.")}]
         return [None]
 
     def searched_cells(self) -> list[TrialConfig]:
-        """The cells of ``selectors``: one per sweep window, or one search group each in an optuna space."""
+        """The cells of ``selectors``: one per point of the selector grid, or one search group each in an optuna
+        space."""
         subsets = [s for s in self.selectors if s != "full"]
         return [self.cell(s, i, r, b, v) for s, v, i, r, b in
                 itertools.product(subsets, self.variants(), self.ipc, self.regimes, self.budgets)]
@@ -133,14 +133,6 @@ def check_per_regime(per_regime: dict) -> None:
         if wrong:
             raise StudyError(f"per_regime.{regime} sets {', '.join(wrong)}, which a regime cannot vary; it may "
                              f"set: {', '.join(allowed)}.")
-
-
-def window_grid(widths: list[float], step: float) -> list[dict]:
-    """Every window (lo, width) with lo a multiple of ``step`` and lo + width <= 1: deciles at step 0.1."""
-    if step <= 0 or not widths or not all(0 < w <= 1 for w in widths):
-        raise StudyError(f"A window sweep needs widths in (0, 1] and a positive step; got widths={widths}, "
-                         f"step={step}.")
-    return [{"lo": round(i * step, 6), "width": w} for w in widths for i in range(int((1 - w) / step + 1e-9) + 1)]
 
 
 def parse_list(value, cast=str) -> list:
@@ -299,8 +291,8 @@ def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str |
         spec = StudySpec(
             **axes, full_data_reference=s.get("full_data_reference", True), search=s.get("search", {}),
             num_samples=s.get("num_samples", 1), metric=s.get("metric", "val_acc_mean"), mode=s.get("mode", "max"),
-            selector_params=params, references=parse_list(s.get("references", [])), windows=s.get("windows", {}),
-            window_params=s.get("window_params", {}), budget_unit=unit, per_regime=per_regime,
+            selector_params=params, references=parse_list(s.get("references", [])),
+            selector_grid=s.get("selector_grid", {}), budget_unit=unit, per_regime=per_regime,
             classes=class_count(protocol["dataset"], data_root) if unit == "epochs" else None)
     for key, value in extra.items():
         setattr(spec, key, parse_list(value) if key == "references" else value)

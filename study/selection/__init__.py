@@ -4,6 +4,8 @@ from study.selection import geometry, score_based  # noqa: F401
 from study.selection import rded  # noqa: F401
 from study.selection import cad  # noqa: F401
 from study.selection import ca2d  # noqa: F401
+from study.selection import facility  # noqa: F401
+from study.selection import difficulty_window  # noqa: F401
 from study.selection import dm  # noqa: F401
 from study.selection import sre2l  # noqa: F401
 from study.selection import external  # noqa: F401

@@ -24,7 +24,8 @@ then trains it under. docs/rded.md lists each setting against the release.
 Layout (what tests and provenance rely on): an image's tiles are its slots,
 slot ``p`` at grid row ``p // f``, column ``p % f``. RDED fills slot ``p`` of
 image ``i`` of a class with its ``(p * ipc + i)``-th easiest tile, as the
-release does (:func:`released_order`); CA2D fills the slots in a random order.
+release does (:func:`released_order`); CA2D, through the same
+:class:`PatchPipeline`, does too.
 Output images are grouped by class (class 0's ``ipc`` images first).
 
 Provenance, per output image and slot ``p``: ``patch_source`` (dataset index
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.core.augment import crop_boxes, pad_centre, patch_crop, patch_views, resized_crop, stitched_views
+from study.core.augment import crop_boxes, pad_centre, patch_crop, resized_crop, stitched_views
 from study.core.errors import StudyError
 from study.core.evaluate import eval_chunk
 from study.core.images import take
@@ -205,8 +206,8 @@ def patch_provenance(patches: list[Patches], factor: int) -> dict:
     boxes = torch.cat([p.boxes for p in patches]).view(-1, f2, 4)
     loss = torch.cat([p.loss for p in patches]).view(-1, f2)
     return {
-        "layout": "slot p of an image is grid row p // f, column p % f; images grouped by class; rded puts the "
-                  "class's (p * ipc + i)-th easiest tile in slot p of image i, ca2d places tiles at random",
+        "layout": "slot p of an image is grid row p // f, column p % f; images grouped by class; slot p of image i "
+                  "holds the class's (p * ipc + i)-th easiest tile",
         "patch_source": source.tolist(),
         "patch_box": boxes.float().mul(1e4).round().div(1e4).tolist(),
         "patch_loss": loss.float().mul(1e4).round().div(1e4).tolist(),
@@ -215,59 +216,24 @@ def patch_provenance(patches: list[Patches], factor: int) -> dict:
 
 @dataclass(frozen=True)
 class PatchParams(Selector.Params):
-    """RDED's crop-and-score settings; a selector that reuses the pipeline has these among its parameters."""
+    """RDED's crop-and-score settings; a selector that runs the pipeline has these among its parameters."""
 
-    m: int = 300
     k: int = 5
     factor: int | None = None  # None: default_factor of the image size
     score_view: str = "pad"
     scale: tuple[float, float] = (0.08, 1.0)
 
     def check(self) -> None:
-        factor, k, m = self.factor, self.k, self.m
+        factor = self.factor
         if factor is not None and (int(factor) != factor or factor < 1):
             raise StudyError(f"The stitching factor f must be a positive integer (1 = whole images), not {factor}.")
-        if k < 1 or m < 1:
-            raise StudyError(f"RDED needs at least one candidate (m) and one crop per candidate (k); got m={m}, k={k}.")
+        if self.k < 1:
+            raise StudyError(f"RDED needs at least one crop per candidate (k), not k={self.k}.")
         if self.score_view not in SCORE_VIEWS:
             raise StudyError(f"score_view must be one of {', '.join(SCORE_VIEWS)}, not {self.score_view!r}.")
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
             raise StudyError(f"The crop scale range must satisfy 0 < min <= max <= 1, not {tuple(self.scale)}.")
-
-
-class PatchPipeline:
-    """RDED's plumbing, shared by every selector that crops, scores and stitches: candidates, observer, views
-    and output assembly. A selector holds one, built from its own (checked) :class:`PatchParams`."""
-
-    def __init__(self, p: PatchParams):
-        self.m, self.k, self.score_view = int(p.m), int(p.k), p.score_view
-        self.scale = tuple(p.scale)
-        self.factor = p.factor
-
-    def factor_for(self, ctx: SelectionContext) -> int:
-        return int(self.factor or default_factor(min(ctx.data.image_shape[1:])))
-
-    def candidates(self, members: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
-        return np.sort(rng.choice(members, size=min(m, len(members)), replace=False))
-
-    def observer(self, ctx: SelectionContext) -> Observer:
-        return ctx.teacher.model.to(ctx.device).eval()
-
-    def scored_views(self, ctx: SelectionContext, factor: int):
-        """The kind of view the observer scores, as training views (for a proxy that should know them)."""
-        pad = factor if self.score_view == "pad" else 1
-        return patch_views(pad, self.scale, ctx.data.mean, ctx.data.augment.flip)
-
-    def assemble(self, ctx, images: list[torch.Tensor], patches: list[Patches], factor: int, ipc: int,
-                 provenance: dict) -> Selection:
-        """The selection of stitched ``images``; ``provenance`` (the selector's) gains the patches' own."""
-        x = to_uint8(torch.cat(images).cpu())
-        y = torch.arange(ctx.data.num_classes).repeat_interleave(ipc)
-        views = stitched_views(factor, ctx.data.augment.flip) if factor > 1 else None
-        prov = {**provenance, "factor": factor, "views": asdict(views) if views else None,
-                **patch_provenance(patches, factor)}
-        return Selection(x, y, None, prov, views)
 
 
 @dataclass(frozen=True)
@@ -293,19 +259,84 @@ class CropLosses:
         return losses
 
 
-@register_selector("rded")
-class RDED(Selector):
-    """Per class: m candidates, k square crops each, observer cross-entropy, the easiest ipc*f^2 crops stitched
-    f x f in the released order.
+class PatchPipeline:
+    """RDED's released crop / score / select / stitch over whatever candidate pools a selector hands it (RDED's
+    random ``m`` a class, CA2D's highest-CAD ``mipc``). A selector holds one, built from its own (checked)
+    :class:`PatchParams`.
 
     Every class's candidates are scored in one pass (study.core.passes: Ray Data when the preparation's driver
     runs it, else in this process), which decodes each candidate once and keeps only its crops' losses; only
-    the images whose crops are kept are decoded again, to cut them. The candidates and boxes are drawn class by
-    class as :func:`rded_patches` draws them, so a seed picks the same crops either way."""
+    the images whose crops are kept are decoded again, to cut them. The boxes are drawn class by class from
+    ``g`` as :func:`rded_patches` draws them, so a seed picks the same crops either way."""
+
+    def __init__(self, p: PatchParams):
+        self.k, self.score_view = int(p.k), p.score_view
+        self.scale = tuple(p.scale)
+        self.factor = p.factor
+
+    def factor_for(self, ctx: SelectionContext) -> int:
+        return int(self.factor or default_factor(min(ctx.data.image_shape[1:])))
+
+    def observer(self, ctx: SelectionContext) -> Observer:
+        return ctx.teacher.model.to(ctx.device).eval()
+
+    def synthesise(self, ctx: SelectionContext, cands: list[torch.Tensor], ipc: int, g: torch.Generator,
+                   provenance: dict) -> Selection:
+        """``ipc`` stitched images a class from class c's candidates ``cands[c]`` (dataset indices), with
+        ``provenance`` (the selector's) completed by the factor, the training views and the patches' own."""
+        factor = self.factor_for(ctx)
+        patch_size(ctx.data.image_shape, factor)
+        need = ipc * factor * factor
+        boxes = [crop_boxes(len(cand) * self.k, g, scale=self.scale, ratio=SQUARE).view(len(cand), self.k, 4)
+                 for cand in cands]
+        per_image = [crops_per_image(need, len(cand), self.k) for cand in cands]
+        losses = self.crop_losses(ctx, cands, boxes, factor).split([len(cand) for cand in cands])
+        images, patches = [], []
+        for cand, box, loss, per in zip(cands, boxes, losses, per_image):
+            kept = lowest_crops(loss, per)
+            ranked = kept[loss.reshape(-1)[kept].argsort(stable=True)[:need][released_order(ipc, factor)]]
+            source, box = cand[ranked // self.k], box.reshape(-1, 4)[ranked]
+            pixels, views = crop_candidates(ctx.data.train_x[source], box[:, None], factor, ctx.data.mean,
+                                            self.score_view, ctx.device)
+            patches.append(Patches(pixels, views, source, box, loss.reshape(-1)[ranked]))
+            images.append(stitch(pixels, factor))
+        x = to_uint8(torch.cat(images).cpu())
+        y = torch.arange(ctx.data.num_classes).repeat_interleave(ipc)
+        views = stitched_views(factor, ctx.data.augment.flip) if factor > 1 else None
+        prov = {**provenance, "factor": factor, "views": asdict(views) if views else None,
+                **patch_provenance(patches, factor)}
+        return Selection(x, y, None, prov, views)
+
+    def crop_losses(self, ctx: SelectionContext, cands: list[torch.Tensor], boxes: list[torch.Tensor],
+                    factor: int) -> torch.Tensor:
+        """(candidates, k) observer losses of every class's candidates, class after class, from one pass."""
+        sources = torch.cat(cands).numpy()
+        labels = torch.cat([torch.full((len(cand),), c, dtype=torch.long) for c, cand in enumerate(cands)])
+        work = CropLosses(self.observer(ctx).cpu(), torch.cat(boxes), labels, factor, tuple(ctx.data.mean),
+                          self.score_view)
+        ctx.cache.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=ctx.cache.root, prefix=".rded-pass-") as tmp:
+            run_pass(take(ctx.data.train_x, sources), work, Path(tmp), batch_size=eval_chunk(ctx.device),
+                     device=ctx.device)
+            return torch.from_numpy(read_pass(Path(tmp), ["loss"])["loss"])
+
+
+@register_selector("rded")
+class RDED(Selector):
+    """Per class: m random candidates, k square crops each, observer cross-entropy, the easiest ipc*f^2 crops
+    stitched f x f in the released order."""
 
     family = "dd"
     needs_teacher = True
-    Params = PatchParams
+
+    @dataclass(frozen=True)
+    class Params(PatchParams):
+        m: int = 300  # candidates a class, the release's mipc
+
+        def check(self) -> None:
+            super().check()
+            if self.m < 1:
+                raise StudyError(f"RDED needs at least one candidate a class (m), not m={self.m}.")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -313,36 +344,11 @@ class RDED(Selector):
 
     def select(self, ctx: SelectionContext, ipc: int, seed: int) -> Selection:
         check_ipc(ctx, ipc)
-        pipe = self.pipeline
-        factor = pipe.factor_for(ctx)
-        patch_size(ctx.data.image_shape, factor)
-        need = ipc * factor * factor
         rng, g = np.random.default_rng(seed), generator(seed)
-        cands = [torch.as_tensor(pipe.candidates(members, pipe.m, rng)) for members in ctx.class_members()]
-        boxes = [crop_boxes(len(cand) * pipe.k, g, scale=pipe.scale, ratio=SQUARE).view(len(cand), pipe.k, 4)
-                 for cand in cands]
-        per_image = [crops_per_image(need, len(cand), pipe.k) for cand in cands]
-        losses = self.crop_losses(ctx, cands, boxes, factor).split([len(cand) for cand in cands])
-        images, patches = [], []
-        for cand, box, loss, per in zip(cands, boxes, losses, per_image):
-            kept = lowest_crops(loss, per)
-            ranked = kept[loss.reshape(-1)[kept].argsort(stable=True)[:need][released_order(ipc, factor)]]
-            source, box = cand[ranked // pipe.k], box.reshape(-1, 4)[ranked]
-            pixels, views = crop_candidates(ctx.data.train_x[source], box[:, None], factor, ctx.data.mean,
-                                            pipe.score_view, ctx.device)
-            patches.append(Patches(pixels, views, source, box, loss.reshape(-1)[ranked]))
-            images.append(stitch(pixels, factor))
-        return pipe.assemble(ctx, images, patches, factor, ipc, self.provenance(ipc, seed))
+        cands = [torch.as_tensor(self.candidates(members, self.p.m, rng)) for members in ctx.class_members()]
+        return self.pipeline.synthesise(ctx, cands, ipc, g, self.provenance(ipc, seed))
 
-    def crop_losses(self, ctx: SelectionContext, cands: list[torch.Tensor], boxes: list[torch.Tensor],
-                    factor: int) -> torch.Tensor:
-        """(candidates, k) observer losses of every class's candidates, class after class, from one pass."""
-        sources = torch.cat(cands).numpy()
-        labels = torch.cat([torch.full((len(cand),), c, dtype=torch.long) for c, cand in enumerate(cands)])
-        work = CropLosses(self.pipeline.observer(ctx).cpu(), torch.cat(boxes), labels, factor,
-                          tuple(ctx.data.mean), self.pipeline.score_view)
-        ctx.cache.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=ctx.cache.root, prefix=".rded-pass-") as tmp:
-            run_pass(take(ctx.data.train_x, sources), work, Path(tmp), batch_size=eval_chunk(ctx.device),
-                     device=ctx.device)
-            return torch.from_numpy(read_pass(Path(tmp), ["loss"])["loss"])
+    @staticmethod
+    def candidates(members: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+        """``m`` random members of a class (all of a smaller one), sorted."""
+        return np.sort(rng.choice(members, size=min(m, len(members)), replace=False))
