@@ -54,6 +54,17 @@ SPACES = {
         "seeds": 3,
         "full_data_reference": True,
     },
+    # The paper's method comparison (its Tab. 11 columns) under its own HL and SL protocols (Tab. 4) on a preset
+    # that follows them: the coresets, the paper's CAD-Prune and CA2D, the DD methods and R-CAD.
+    "paper_methods": {
+        "kind": "grid",
+        "preset": "fashion-mnist-paper",
+        "selectors": ["random", "herding", "kcenter", "el2n", "cad_prune", "ca2d", "rded", "dm", "rcad"],
+        "ipc": [10, 50],
+        "regimes": ["hl", "sl"],
+        "seeds": 3,
+        "full_data_reference": True,
+    },
     "alignment_grid": {
         "kind": "grid",
         **ALIGNMENT_CELLS,
