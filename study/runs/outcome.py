@@ -18,7 +18,7 @@ from study.runs.config import TrialConfig
 from study.runs.provenance import code_version
 from study.runs.records import write_record
 from study.selection.artifacts import class_grid
-from study.runs.trial import TrialOutcome, dataset_profile, tensor_digest
+from study.runs.trial import SELECTION_PREFIX, TrialOutcome, dataset_profile, tensor_digest
 
 
 def mean_curve(per_seed: list[dict], key: str) -> list[tuple[int, float]]:
@@ -56,6 +56,12 @@ def training_inputs(outcome: TrialOutcome) -> list[dict]:
     return [source, selection]
 
 
+def difficulty_axis(outcome: TrialOutcome) -> dict:
+    """The axis the metric ``selection.mean_difficulty`` is measured on, as a tag, where the selections have one."""
+    axes = {s.provenance.get("difficulty_axis") for s in outcome.selections} - {None}
+    return {SELECTION_PREFIX + "difficulty_axis": ",".join(sorted(axes))} if axes else {}
+
+
 def success_record(outcome: TrialOutcome, tags: dict) -> dict:
     """The recorded config adds :func:`tracked_params` to ``selector_params`` (so they become MLflow params);
     ``config_hash`` stays the hash of the config as asked. Rerun as recorded, the external selector refuses a
@@ -77,7 +83,7 @@ def success_record(outcome: TrialOutcome, tags: dict) -> dict:
         "curves": {"val_acc": mean_curve(outcome.per_seed, "val_curve"), "train_loss": loss_points(outcome.per_seed)},
         "inputs": training_inputs(outcome),
         "tags": {"host": platform.node(), "family": outcome.family, "code_version": code_version(),
-                 **outcome.resolved(), **tags},
+                 **outcome.resolved(), **difficulty_axis(outcome), **tags},
     }
 
 

@@ -53,6 +53,15 @@ def dataset_profile(name: str, data_root: str | None) -> tuple[str, dict]:
     return digest, {"train_images": len(data.train_y), "classes": data.num_classes}
 
 
+# What a scoring-run selector's provenance says about its run and its selection (study.selection.cad's
+# compute_cad and difficulty_record): the trial's metrics ``selection.<key>``, so MLflow and results.csv hold the
+# ratio, the checkpoints and windows CAD read, the scoring run's compute (training and EL2N images apart) and the
+# selection's mean percentile on the teacher's AUM axis.
+SELECTION_METRICS = ("ratio", "student_images", "scoring_epochs", "scoring_steps", "K", "J", "W",
+                     "scoring_train_images", "scoring_el2n_images", "mean_difficulty")
+SELECTION_PREFIX = "selection."
+
+
 @dataclass
 class TrialOutcome:
     config: TrialConfig
@@ -90,6 +99,17 @@ class TrialOutcome:
         out.update({f"val_acc_seed{s['repeat']}": s["val_acc"] for s in self.per_seed})
         if self.teacher_test_acc is not None:
             out["teacher_test_acc"] = self.teacher_test_acc
+        return {**out, **self.selection_metrics()}
+
+    def selection_metrics(self) -> dict:
+        """:data:`SELECTION_METRICS` found in the selections' provenance, as their mean over the repeats. Every
+        repeat reads the same cached scoring run, so its figures are that one run's cost (whether this trial
+        trained it or found it cached); CA2D's mean difficulty varies with each repeat's crops."""
+        out = {}
+        for key in SELECTION_METRICS:
+            values = [s.provenance[key] for s in self.selections if s.provenance.get(key) is not None]
+            if values:
+                out[SELECTION_PREFIX + key] = statistics.fmean(values)
         return out
 
 
