@@ -18,7 +18,11 @@ The report is written to ``<out>/report/`` and logged as artifacts (folder
   (regime, budget, IPC);
 - ``best.csv``, ``headline.md``;
 - figures: ``accuracy_vs_ipc.png``, ``accuracy_vs_budget.png``,
-  ``gain_vs_ipc.png``, ``examples.png``.
+  ``gain_vs_ipc.png``, ``examples.png``;
+- for a study that varies CAD's scoring ratio (:mod:`study.analysis.ratio`):
+  ``alignment.csv`` / ``alignment.md`` (the best r per cell, its bootstrap
+  interval, r = 1 against it), ``alignment_curve.csv`` and
+  ``accuracy_vs_ratio.png``, and a sentence per regime in the headline.
 
 Tables depend only on what MLflow holds, so regenerating the report of a past
 study gives the same tables.
@@ -36,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.analysis import summary as S
+from study.analysis.ratio import accuracy_vs_ratio, alignment, markdown, verdict_lines
 from study.analysis.prose import headline
 from study.analysis.published import with_published
 from study.analysis.trials import regime_sort_key, run_rows, tidy, trial_table
@@ -61,6 +66,8 @@ class Report:
     families: pd.DataFrame
     examples: list = field(default_factory=list)
     headline: list[str] = field(default_factory=list)
+    alignment: pd.DataFrame = field(default_factory=pd.DataFrame)  # empty unless the study varies CAD's ratio
+    alignment_curve: pd.DataFrame = field(default_factory=pd.DataFrame)
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -71,10 +78,13 @@ class Report:
         """The report's figures as open matplotlib Figures (the caller closes them)."""
         from study.analysis import figures as F
 
-        return {"accuracy_vs_ipc": F.accuracy_vs_ipc(self.summary),
-                "accuracy_vs_budget": F.accuracy_vs_budget(self.summary),
-                "gain_vs_ipc": F.gain_vs_ipc(self.derived),
-                "examples": F.example_grid(self.examples)}
+        figures = {"accuracy_vs_ipc": F.accuracy_vs_ipc(self.summary),
+                   "accuracy_vs_budget": F.accuracy_vs_budget(self.summary),
+                   "gain_vs_ipc": F.gain_vs_ipc(self.derived),
+                   "examples": F.example_grid(self.examples)}
+        if not self.alignment_curve.empty:
+            figures["accuracy_vs_ratio"] = accuracy_vs_ratio(self.alignment_curve)
+        return figures
 
 
 # ---------------------------------------------------------------- reading artifacts
@@ -113,8 +123,9 @@ def analyse(trials: pd.DataFrame, examples: list | None = None, folder: Path = P
     best = S.best_per_regime(derived)
     families = S.family_table(derived, trials)
     failed = int((trials["status"] == "FAILED").sum()) if not trials.empty else 0
+    aligned, curve = alignment(trials)
     return Report(Path(folder), parent_run_id, trials, per_seed, summary, derived, protocol, best, families,
-                  examples or [], headline(best, protocol, failed, families))
+                  examples or [], headline(best, protocol, failed, families) + verdict_lines(aligned), aligned, curve)
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str, parquet: bool = True) -> list[Path]:
@@ -137,6 +148,13 @@ def write(report: Report, figures: bool = True) -> dict[str, Path]:
             files[path.name] = path
     for name in ("protocol", "best", "families"):
         files[f"{name}.csv"] = write_table(getattr(report, name), folder, name, parquet=False)[0]
+    if not report.alignment.empty:
+        for name in ("alignment", "alignment_curve"):
+            files[f"{name}.csv"] = write_table(getattr(report, name), folder, name, parquet=False)[0]
+        files["alignment.md"] = folder / "alignment.md"
+        files["alignment.md"].write_text("# Compute alignment: the best scoring ratio r per cell\n\n"
+                                         + markdown(report.alignment) + "\n"
+                                         + "".join(f"- {line}\n" for line in verdict_lines(report.alignment)))
     headline = folder / "headline.md"
     headline.write_text("# Study headline\n\n" + "".join(f"- {line}\n" for line in report.headline))
     files["headline.md"] = headline

@@ -32,8 +32,10 @@ CORESET, DD = "coreset", "dd"
 REGIME_ORDER = ("hl", "sl", "sl_kd")
 CELL = ["label", "selector", "variant", "ipc", "regime", "steps"]
 ORDER = ["regime", "steps", "selector", "variant", "ipc"]
-TRIAL_METRICS = ["test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds", "flops", "samples_seen",
-                 "epochs_equivalent", "train_size", "teacher_test_acc"]
+TRIAL_METRICS = ["test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds", "select_seconds", "flops",
+                 "samples_seen", "epochs_equivalent", "train_size", "teacher_test_acc",
+                 # a scoring-run selector's (study.runs.trial.SELECTION_METRICS), for the alignment report
+                 "selection.mean_difficulty", "selection.scoring_train_images", "selection.scoring_el2n_images"]
 SEED_METRIC = "test_acc_seed"
 VAL_SEED_METRIC = "val_acc_seed"
 SELECTOR_PARAM = "selector_params."
