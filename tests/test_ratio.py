@@ -187,3 +187,25 @@ def test_a_study_without_ratios_has_no_alignment_section():
              "status": "FINISHED"}]
     table, curve = alignment(trial_table(rows))
     assert table.empty and curve.empty and verdict_lines(table) == []
+
+
+def test_a_tiny_digits_alignment_study_reports_its_best_ratio(tmp_path, cache_dir, digits_teacher):
+    """Real trials at three ratios and random, logged as a study logs them, read back by the report."""
+    from study.report import build_report
+
+    tracker = Tracker(default_tracking_uri(tmp_path), "alignment", artifact_root=str(tmp_path / "mlartifacts"))
+    parent = tracker.study_run("abab", "alignment-abab", {"space": "alignment_grid"})
+    for cfg in [trial("cad_prune", ratio=r) for r in (0.25, 1.0, 4.0)] + [
+            TrialConfig.from_dict(dict(selector="random", regime="hl", **TINY))]:
+        tracker.log_trial(parent, success_record(run_trial(cfg, cache_dir, "cpu"), {}))
+    report = build_report(tracker, parent, tmp_path / "out", show=False)
+    row = report.alignment.iloc[0]
+    assert len(report.alignment) == 1 and (row.selector, row.ipc, row.regime, row.steps, row.seeds) == \
+        ("cad_prune", 3, "hl", 40, 2)
+    assert row.best_ratio in (0.25, 1.0, 4.0) and row.ratio_lo <= row.best_ratio <= row.ratio_hi
+    assert row.random_acc == pytest.approx(report.summary.set_index("selector").loc["random", "acc_mean"])
+    curve = report.alignment_curve.set_index("ratio")
+    assert list(curve["selection.scoring_train_images"]) == [5 * 64, 20 * 64, 80 * 64]
+    assert curve["selection.mean_difficulty"].between(0, 1).all()
+    assert (report.folder / "accuracy_vs_ratio.png").exists()
+    assert any(line.startswith("Under hl, r = 1 lies inside") for line in report.headline)

@@ -183,14 +183,20 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def budget_key(steps: int, epochs: float) -> float:
+    """What a budget's colour follows: its epochs where the study counts them (one colour at every IPC), else its
+    steps."""
+    return steps if epochs != epochs else epochs
+
+
 def accuracy_vs_ratio(curve: pd.DataFrame) -> Figure:
     """A panel per (selector, IPC) row and regime column: test accuracy over r (log axis), a line per budget
     with its seed band, random at that budget as a dashed line of the same colour, r = 1 dotted grey."""
     panels = curve[["selector", "variant", "ipc"]].drop_duplicates().to_dict("records")
     regimes = ordered_regimes(curve["regime"])
-    fig = Figure(figsize=(4.6 * len(regimes) + 1.6, 3.4 * len(panels) + 0.5), layout="constrained")
+    fig = Figure(figsize=(4.8 * len(regimes), 3.4 * len(panels) + 0.5), layout="constrained")
     axes = fig.subplots(len(panels), len(regimes), squeeze=False)
-    budgets = sorted(curve["steps"].unique())
+    budgets = sorted({budget_key(s, e) for s, e in zip(curve["steps"], curve["epochs"])})
     colors = dict(zip(budgets, colormaps["viridis"](np.linspace(0.0, 0.85, len(budgets)))))
     ratios = sorted(curve[RATIO].unique())
     for i, panel in enumerate(panels):
@@ -200,12 +206,14 @@ def accuracy_vs_ratio(curve: pd.DataFrame) -> Figure:
                          & (curve["ipc"] == panel["ipc"]) & (curve["regime"] == regime)]
             for steps, line in part.groupby("steps"):
                 line = line.sort_values(RATIO)
-                label = budget_text(int(steps), float(line["epochs"].iloc[0]))
+                epochs = float(line["epochs"].iloc[0])
+                color = colors[budget_key(steps, epochs)]
+                label = budget_text(int(steps), epochs)
                 mean, std = 100 * line["acc_mean"].to_numpy(float), 100 * np.nan_to_num(line["acc_std"].to_numpy(float))
-                ax.plot(line[RATIO], mean, marker="o", color=colors[steps], label=label)
-                ax.fill_between(line[RATIO], mean - std, mean + std, color=colors[steps], alpha=0.12, linewidth=0)
+                ax.plot(line[RATIO], mean, marker="o", color=color, label=label)
+                ax.fill_between(line[RATIO], mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
                 if line["random_acc"].notna().any():
-                    ax.axhline(100 * float(line["random_acc"].iloc[0]), color=colors[steps], linestyle="--",
+                    ax.axhline(100 * float(line["random_acc"].iloc[0]), color=color, linestyle="--",
                                linewidth=1.2, label=f"random, {label}")
             ax.axvline(1.0, color="0.5", linestyle=":", linewidth=1.2)
             ax.set_xscale("log", base=2)
@@ -218,6 +226,9 @@ def accuracy_vs_ratio(curve: pd.DataFrame) -> Figure:
             ax.grid(alpha=0.3)
             if part.empty:
                 ax.text(0.5, 0.5, "no trials", ha="center", va="center", transform=ax.transAxes)
-    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    fig.suptitle("Test accuracy vs the scoring run's compute ratio (mean +- std over seeds; dashed: random)")
+            else:
+                handles = [h for h in ax.get_lines() if not h.get_label().startswith(("random", "_"))]
+                ax.legend(handles=handles, fontsize=7, loc="best")
+    fig.suptitle("Test accuracy vs the scoring run's compute ratio r\n(mean +- std over seeds; dashed: random at "
+                 "that budget; dotted: r = 1)")
     return fig
