@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.analysis import summary as S
-from study.analysis.ratio import accuracy_vs_ratio, alignment, markdown, verdict_lines
+from study.analysis.ratio import accuracy_vs_ratio, alignment, markdown, saturation_lines, verdict_lines
 from study.analysis.prose import headline
 from study.analysis.published import with_published
 from study.analysis.trials import regime_sort_key, run_rows, tidy, trial_table
@@ -125,7 +125,13 @@ def analyse(trials: pd.DataFrame, examples: list | None = None, folder: Path = P
     failed = int((trials["status"] == "FAILED").sum()) if not trials.empty else 0
     aligned, curve = alignment(trials)
     return Report(Path(folder), parent_run_id, trials, per_seed, summary, derived, protocol, best, families,
-                  examples or [], headline(best, protocol, failed, families) + verdict_lines(aligned), aligned, curve)
+                  examples or [], headline(best, protocol, failed, families) + alignment_lines(aligned), aligned,
+                  curve)
+
+
+def alignment_lines(table: pd.DataFrame) -> list[str]:
+    """The compute-alignment verdict per regime, then whether random saturates over the budgets."""
+    return verdict_lines(table) + saturation_lines(table)
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str, parquet: bool = True) -> list[Path]:
@@ -154,7 +160,7 @@ def write(report: Report, figures: bool = True) -> dict[str, Path]:
         files["alignment.md"] = folder / "alignment.md"
         files["alignment.md"].write_text("# Compute alignment: the best scoring ratio r per cell\n\n"
                                          + markdown(report.alignment) + "\n"
-                                         + "".join(f"- {line}\n" for line in verdict_lines(report.alignment)))
+                                         + "".join(f"- {line}\n" for line in alignment_lines(report.alignment)))
     headline = folder / "headline.md"
     headline.write_text("# Study headline\n\n" + "".join(f"- {line}\n" for line in report.headline))
     files["headline.md"] = headline

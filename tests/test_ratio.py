@@ -142,6 +142,9 @@ def test_best_ratio_and_its_bootstrap_interval_match_the_hand_worked_answer(hand
     assert math.isnan(sl.random_acc)
     assert "Under hl, r = 1 lies inside the bootstrap interval of the best r in 1 of 2 cells." in hand_report.headline
     assert "Under sl, r = 1 lies inside the bootstrap interval of the best r in 1 of 1 cells." in hand_report.headline
+    assert "Random at IPC 10 under hl: 45.0 % at 100 steps, 55.0 % at 200 steps; the last step, from 100 steps, " \
+           "adds +10.0 points." in hand_report.headline
+    assert not any(line.startswith("Random at IPC 10 under sl") for line in hand_report.headline)  # no random there
 
 
 def test_the_bootstrap_is_seeded_and_resamples_seeds_jointly_over_ratios():

@@ -159,6 +159,25 @@ def verdict_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def saturation_lines(table: pd.DataFrame) -> list[str]:
+    """Per (IPC, regime): random's accuracy at the smallest and largest budget of the ratio cells and what the
+    last budget step adds, so the report says whether its budgets run from far from saturated to saturated."""
+    lines = []
+    known = table.dropna(subset=["random_acc"]).drop_duplicates(["ipc", "regime", "steps"]) if not table.empty \
+        else table
+    for (ipc, regime), part in known.groupby(["ipc", "regime"], sort=False):
+        part = part.sort_values("steps")
+        if len(part) < 2:
+            continue
+        first, before, last = part.iloc[0], part.iloc[-2], part.iloc[-1]
+        lines.append(f"Random at IPC {ipc} under {regime}: {pct(first.random_acc)} % at "
+                     f"{budget_text(first.steps, first.epochs)}, {pct(last.random_acc)} % at "
+                     f"{budget_text(last.steps, last.epochs)}; the last step, from "
+                     f"{budget_text(before.steps, before.epochs)}, adds "
+                     f"{100 * (last.random_acc - before.random_acc):+.1f} points.")
+    return lines
+
+
 def pct(value: float) -> str:
     return "-" if value != value else f"{100 * value:.1f}"
 
