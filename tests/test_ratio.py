@@ -91,6 +91,8 @@ def test_scoring_runs_are_shared_by_both_selectors_every_regime_and_seed(cache_d
 
 HL_100 = {0.25: [0.4, 0.4, 0.4], 1.0: [0.5, 0.5, 0.9], 4.0: [0.8, 0.8, 0.2]}
 HL_200 = {0.25: [0.3, 0.3, 0.3], 1.0: [0.5, 0.5, 0.5], 4.0: [0.7, 0.6, 0.65]}
+# hl, 300 steps: ratios 1/4 and 1 share one scoring run (below the floor), so they tie on every seed
+HL_300 = {0.25: [0.6, 0.6, 0.6], 1.0: [0.6, 0.6, 0.6], 4.0: [0.5, 0.5, 0.5]}
 SL_100 = {None: [0.6, 0.6, 0.6], 0.25: [0.5, 0.55, 0.5], 4.0: [0.55, 0.5, 0.55]}  # None: r = 1, the default
 RANDOM_ACC = {("hl", 100): 0.45, ("hl", 200): 0.55}
 
@@ -101,8 +103,9 @@ def hand_record(selector: str, regime: str, steps: int, accs: list[float], ratio
     metrics = {f"test_acc_seed{r}": a for r, a in enumerate(accs)}
     metrics.update(test_acc_mean=sum(accs) / len(accs), val_acc_mean=sum(accs) / len(accs))
     if selector == "cad_prune":
+        floor = 1.0 if steps == 300 else 0.0
         metrics.update({"selection.mean_difficulty": 0.9 - 0.1 * (ratio or 1.0),
-                        "selection.scoring_train_images": steps * 64 * (ratio or 1.0)})
+                        "selection.scoring_train_images": steps * 64 * max(ratio or 1.0, floor)})
     return {"config": cfg.to_dict(), "config_hash": cfg.hash, "label": cfg.label(), "status": "FINISHED",
             "metrics": metrics, "curves": {}, "tags": {}}
 
@@ -114,7 +117,7 @@ def hand_report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ratio-store")
     tracker = Tracker(default_tracking_uri(tmp), "alignment", artifact_root=str(tmp / "mlartifacts"))
     parent = tracker.study_run("eeee", "alignment-eeee", {"space": "alignment_grid"})
-    for regime, steps, accs in (("hl", 100, HL_100), ("hl", 200, HL_200), ("sl", 100, SL_100)):
+    for regime, steps, accs in (("hl", 100, HL_100), ("hl", 200, HL_200), ("hl", 300, HL_300), ("sl", 100, SL_100)):
         for ratio, seeds in accs.items():
             tracker.log_trial(parent, hand_record("cad_prune", regime, steps, seeds, ratio))
     for (regime, steps), acc in RANDOM_ACC.items():
@@ -140,7 +143,11 @@ def test_best_ratio_and_its_bootstrap_interval_match_the_hand_worked_answer(hand
     sl = table.loc[("sl", 100)]
     assert (sl.best_ratio, sl.ratio_lo, sl.ratio_hi, sl.r1_inside) == (1.0, 1.0, 1.0, True)
     assert math.isnan(sl.random_acc)
-    assert "Under hl, r = 1 lies inside the bootstrap interval of the best r in 1 of 2 cells." in hand_report.headline
+    # hl, 300 steps: the tie goes to the smaller ratio, and the interval spans every ratio of its run
+    hl = table.loc[("hl", 300)]
+    assert (hl.best_ratio, hl.best_run_ratios, hl.ratio_lo, hl.ratio_hi, hl.r1_inside) == (0.25, "1/4,1", 0.25, 1.0, True)
+    assert table.loc[("hl", 100)].best_run_ratios == "1"
+    assert "Under hl, r = 1 lies inside the bootstrap interval of the best r in 2 of 3 cells." in hand_report.headline
     assert "Under sl, r = 1 lies inside the bootstrap interval of the best r in 1 of 1 cells." in hand_report.headline
     assert "Random at IPC 10 under hl: 45.0 % at 100 steps, 55.0 % at 200 steps; the last step, from 100 steps, " \
            "adds +10.0 points." in hand_report.headline
@@ -160,15 +167,16 @@ def test_the_bootstrap_is_seeded_and_resamples_seeds_jointly_over_ratios():
 def test_alignment_tables_and_figure_are_written(hand_report):
     folder = hand_report.folder
     on_disk = pd.read_csv(folder / "alignment.csv")
-    assert len(on_disk) == 3 and set(on_disk["best_ratio"]) == {1.0, 4.0}
+    assert len(on_disk) == 4 and set(on_disk["best_ratio"]) == {0.25, 1.0, 4.0}
     curve = pd.read_csv(folder / "alignment_curve.csv")
-    assert len(curve) == 9
+    assert len(curve) == 12
     hl = curve[(curve["regime"] == "hl") & (curve["steps"] == 100)].set_index("ratio")
     assert hl.loc[4.0, "acc_mean"] == pytest.approx(0.6) and hl.loc[4.0, "n"] == 3
     assert hl.loc[4.0, "selection.mean_difficulty"] == pytest.approx(0.5)
     text = (folder / "alignment.md").read_text()
     assert "| cad_prune | 10 | hl | 200 steps | 3 | 4 [4, 4] | 65.0 | 50.0 | 15.0 | 55.0 | no |" in text
-    assert "| cad_prune | 10 | hl | 100 steps | 3 | 1 [1, 4] |" in text and "Under sl, r = 1 lies" in text
+    assert "| cad_prune | 10 | hl | 100 steps | 3 | 1 [1, 4] |" in text
+    assert "| cad_prune | 10 | hl | 300 steps | 3 | 1/4 (one run with 1/4,1) [1/4, 1] |" in text and "Under sl, r = 1 lies" in text
     assert (folder / "accuracy_vs_ratio.png").read_bytes()[:4] == b"\x89PNG"
     fig = hand_report.figures()["accuracy_vs_ratio"]
     axes = {ax.get_title(): ax for ax in fig.axes}

@@ -16,6 +16,12 @@ parameters, IPC, regime, budget) with two or more ratios:
   ratio (``TrialConfig.train_seed``), and the best r recomputed; the interval
   is the 2.5 and 97.5 % quantiles of those best ratios (the inverse empirical
   CDF, so its ends are ratios of the grid).
+- ratios that share one scoring run count as one: below the run's floor
+  (4 steps of 256, docs/alignment.md) every small ratio gets the same run,
+  so CAD-Prune's selections at those ratios are one selection. The runs are
+  told apart by the trials' ``selection.scoring_train_images``; an interval
+  that reaches one of them spans them all, and ``best_run_ratios`` lists the
+  ratios that share the best r's run.
 - r = 1 against it: the accuracy at r = 1, its gap to the best, whether r = 1
   lies inside the interval, and random's accuracy in the same (IPC, regime,
   budget).
@@ -42,9 +48,11 @@ RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 QUANTILES = (0.025, 0.975)
 CELL = ["selector", "variant", "ipc", "regime", "steps"]
-ALIGNMENT_COLUMNS = CELL + ["epochs", "seeds", "ratios", "best_ratio", "ratio_lo", "ratio_hi", "best_acc",
+ALIGNMENT_COLUMNS = CELL + ["epochs", "seeds", "ratios", "best_ratio", "best_run_ratios", "ratio_lo", "ratio_hi",
+                            "best_acc",
                             "acc_at_1", "gap_at_1", "r1_inside", "random_acc"]
-CURVE_METRICS = ["selection.mean_difficulty", "selection.scoring_train_images", "selection.scoring_el2n_images"]
+SCORING_IMAGES = "selection.scoring_train_images"
+CURVE_METRICS = ["selection.mean_difficulty", SCORING_IMAGES, "selection.scoring_el2n_images"]
 CURVE_COLUMNS = CELL + ["epochs", RATIO, "acc_mean", "acc_std", "n", "random_acc"] + CURVE_METRICS
 
 
@@ -74,6 +82,14 @@ def ratio_trials(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def scoring_runs(cell: pd.DataFrame, ratios: np.ndarray) -> np.ndarray:
+    """An id per ratio, equal for ratios whose scoring runs saw the same training images (the same run), and
+    a ratio of its own where the trials did not log it."""
+    images = cell.groupby(RATIO)[SCORING_IMAGES].mean() if SCORING_IMAGES in cell else pd.Series(dtype=float)
+    return np.array([images[r] if r in images and images[r] == images[r] else -(i + 1.0)
+                     for i, r in enumerate(ratios)])
+
+
 def seed_matrix(cell: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(ratios ascending, accuracy (ratio, seed)): each ratio's trials averaged seed by seed, NaN where a
     ratio lacks a seed."""
@@ -95,13 +111,18 @@ def column_means(acc: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, np.where(have, acc, 0.0).sum(-1) / np.maximum(counts, 1), -np.inf)
 
 
-def best_ratio(ratios: np.ndarray, acc: np.ndarray, resamples: int = RESAMPLES,
+def best_ratio(ratios: np.ndarray, acc: np.ndarray, runs: np.ndarray | None = None, resamples: int = RESAMPLES,
                seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
-    """(best r, interval low, interval high) of one cell's (ratio, seed) accuracies (module doc)."""
+    """(best r, interval low, interval high) of one cell's (ratio, seed) accuracies (module doc); ``runs``
+    (:func:`scoring_runs`) makes ratios of one scoring run count as one."""
+    runs = np.arange(len(ratios)) if runs is None else np.asarray(runs)
+    low = np.array([ratios[runs == g].min() for g in runs])
+    high = np.array([ratios[runs == g].max() for g in runs])
     best = ratios[np.argmax(column_means(acc))]
     draws = np.random.default_rng(seed).integers(0, acc.shape[1], size=(resamples, acc.shape[1]))
-    boot = ratios[np.argmax(column_means(acc[:, draws]), axis=0)]  # acc[:, draws]: (ratio, resample, seed)
-    lo, hi = np.quantile(boot, QUANTILES, method="inverted_cdf")
+    boot = np.argmax(column_means(acc[:, draws]), axis=0)  # acc[:, draws]: (ratio, resample, seed)
+    lo = np.quantile(low[boot], QUANTILES[0], method="inverted_cdf")
+    hi = np.quantile(high[boot], QUANTILES[1], method="inverted_cdf")
     return float(best), float(lo), float(hi)
 
 
@@ -135,9 +156,12 @@ def alignment(trials: pd.DataFrame, resamples: int = RESAMPLES, seed: int = BOOT
             curve.append({**base, RATIO: float(r), "acc_mean": means[i], "n": len(row), "random_acc": random_acc,
                           "acc_std": float(np.std(row, ddof=1)) if len(row) > 1 else math.nan,
                           **{m: float(part[m].mean()) if m in part else math.nan for m in CURVE_METRICS}})
-        best, lo, hi = best_ratio(ratios, acc, resamples, seed)
+        runs = scoring_runs(cell, ratios)
+        best, lo, hi = best_ratio(ratios, acc, runs, resamples, seed)
+        shared = ",".join(ratio_text(r) for r in ratios[runs == runs[ratios == best][0]])
         at_1 = float(means[ratios == 1.0][0]) if (ratios == 1.0).any() else math.nan
-        cells.append({**base, "seeds": acc.shape[1], "ratios": len(ratios), "best_ratio": best, "ratio_lo": lo,
+        cells.append({**base, "seeds": acc.shape[1], "ratios": len(ratios), "best_ratio": best,
+                      "best_run_ratios": shared, "ratio_lo": lo,
                       "ratio_hi": hi, "best_acc": float(means.max()), "acc_at_1": at_1,
                       "gap_at_1": float(means.max()) - at_1, "r1_inside": bool(lo <= 1.0 <= hi) if at_1 == at_1
                       else None, "random_acc": random_acc})
@@ -194,9 +218,10 @@ def markdown(table: pd.DataFrame) -> str:
     for r in table.itertuples():
         name = r.selector + (f" [{r.variant}]" if r.variant else "")
         gap = "-" if r.gap_at_1 != r.gap_at_1 else f"{100 * r.gap_at_1:.1f}"
+        shared = f" (one run with {r.best_run_ratios})" if "," in r.best_run_ratios else ""
         inside = "-" if r.r1_inside is None or r.r1_inside != r.r1_inside else ("yes" if r.r1_inside else "no")
         cells = [name, str(r.ipc), r.regime, budget_text(r.steps, r.epochs), str(r.seeds),
-                 f"{ratio_text(r.best_ratio)} [{ratio_text(r.ratio_lo)}, {ratio_text(r.ratio_hi)}]",
+                 f"{ratio_text(r.best_ratio)}{shared} [{ratio_text(r.ratio_lo)}, {ratio_text(r.ratio_hi)}]",
                  pct(r.best_acc), pct(r.acc_at_1), gap, pct(r.random_acc), inside]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
