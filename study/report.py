@@ -40,7 +40,8 @@ from pathlib import Path
 import pandas as pd
 
 from study.analysis import summary as S
-from study.analysis.ratio import accuracy_vs_ratio, alignment, markdown, saturation_lines, verdict_lines
+from study.analysis.ratio import (TEXT_HEAD, accuracy_vs_ratio, alignment, markdown, saturation_lines, text_rows,
+                                  verdict_lines)
 from study.analysis.prose import headline
 from study.analysis.published import with_published
 from study.analysis.trials import regime_sort_key, run_rows, tidy, trial_table
@@ -236,6 +237,13 @@ def print_report(report: Report, console=None) -> None:
                                                     (r.best_dd, r.dd_acc, r.dd_gain))))
         console.print(table)
     print_published(report, console)
+    if not report.alignment.empty:
+        table = Table(title="Compute alignment: the best scoring ratio r per cell (test accuracy %)")
+        for i, col in enumerate(TEXT_HEAD):
+            table.add_column(col, justify="left" if i in (0, 2, 3, 5) else "right")
+        for row in text_rows(report.alignment):
+            table.add_row(*row)
+        console.print(table)
     for line in report.headline:
         console.print(f"[bold red]{line}[/bold red]" if line.startswith("PROTOCOL") else line, highlight=False)
     console.print(f"report: {report.folder}", highlight=False)

@@ -164,6 +164,16 @@ def test_the_bootstrap_is_seeded_and_resamples_seeds_jointly_over_ratios():
     assert best_ratio(ratios, one_seed) == (1.0, 1.0, 1.0)
 
 
+def test_the_terminal_shows_the_alignment_table(hand_report, capsys, monkeypatch):
+    from study.report import print_report
+
+    monkeypatch.delenv("COLUMNS", raising=False)  # a pipe's console: 200 columns
+    print_report(hand_report)
+    out = capsys.readouterr().out
+    assert "Compute alignment: the best scoring ratio r per cell" in out
+    assert "1/4 (one run with 1/4,1) [1/4, 1]" in out
+
+
 def test_alignment_tables_and_figure_are_written(hand_report):
     folder = hand_report.folder
     on_disk = pd.read_csv(folder / "alignment.csv")

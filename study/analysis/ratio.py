@@ -210,21 +210,28 @@ def budget_text(steps: int, epochs: float) -> str:
     return f"{steps} steps" if epochs != epochs else f"{epochs:g} epochs ({steps} steps)"
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """The alignment table for reading: accuracies in percent, ratios as the grid states them."""
-    head = ["selector", "IPC", "regime", "budget", "seeds", "best r [95% interval]", "acc at best r", "acc at r = 1",
-            "best - (r = 1) (points)", "random", "r = 1 inside"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+TEXT_HEAD = ["selector", "IPC", "regime", "budget", "seeds", "best r [95% interval]", "acc at best r",
+             "acc at r = 1", "best - (r = 1) (points)", "random", "r = 1 inside"]
+
+
+def text_rows(table: pd.DataFrame) -> list[list[str]]:
+    """The alignment table as text (:data:`TEXT_HEAD`), for alignment.md and the terminal: accuracies in
+    percent, ratios as the grid states them."""
+    rows = []
     for r in table.itertuples():
         name = r.selector + (f" [{r.variant}]" if r.variant else "")
         gap = "-" if r.gap_at_1 != r.gap_at_1 else f"{100 * r.gap_at_1:.1f}"
         shared = f" (one run with {r.best_run_ratios})" if "," in r.best_run_ratios else ""
         inside = "-" if r.r1_inside is None or r.r1_inside != r.r1_inside else ("yes" if r.r1_inside else "no")
-        cells = [name, str(r.ipc), r.regime, budget_text(r.steps, r.epochs), str(r.seeds),
-                 f"{ratio_text(r.best_ratio)}{shared} [{ratio_text(r.ratio_lo)}, {ratio_text(r.ratio_hi)}]",
-                 pct(r.best_acc), pct(r.acc_at_1), gap, pct(r.random_acc), inside]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([name, str(r.ipc), r.regime, budget_text(r.steps, r.epochs), str(r.seeds),
+                     f"{ratio_text(r.best_ratio)}{shared} [{ratio_text(r.ratio_lo)}, {ratio_text(r.ratio_hi)}]",
+                     pct(r.best_acc), pct(r.acc_at_1), gap, pct(r.random_acc), inside])
+    return rows
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(TEXT_HEAD) + " |", "|" + "---|" * len(TEXT_HEAD)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in text_rows(table)]) + "\n"
 
 
 def budget_key(steps: int, epochs: float) -> float:
