@@ -49,8 +49,7 @@ BOOTSTRAP_SEED = 0
 QUANTILES = (0.025, 0.975)
 CELL = ["selector", "variant", "ipc", "regime", "steps"]
 ALIGNMENT_COLUMNS = CELL + ["epochs", "seeds", "ratios", "best_ratio", "best_run_ratios", "ratio_lo", "ratio_hi",
-                            "best_acc",
-                            "acc_at_1", "gap_at_1", "r1_inside", "random_acc"]
+                            "best_acc", "acc_at_1", "gap_at_1", "r1_inside", "random_acc"]
 SCORING_IMAGES = "selection.scoring_train_images"
 CURVE_METRICS = ["selection.mean_difficulty", SCORING_IMAGES, "selection.scoring_el2n_images"]
 CURVE_COLUMNS = CELL + ["epochs", RATIO, "acc_mean", "acc_std", "n", "random_acc"] + CURVE_METRICS
@@ -159,12 +158,12 @@ def alignment(trials: pd.DataFrame, resamples: int = RESAMPLES, seed: int = BOOT
         runs = scoring_runs(cell, ratios)
         best, lo, hi = best_ratio(ratios, acc, runs, resamples, seed)
         shared = ",".join(ratio_text(r) for r in ratios[runs == runs[ratios == best][0]])
-        at_1 = float(means[ratios == 1.0][0]) if (ratios == 1.0).any() else math.nan
+        ran_1 = bool((ratios == 1.0).any())
+        at_1 = float(means[ratios == 1.0][0]) if ran_1 else math.nan
         cells.append({**base, "seeds": acc.shape[1], "ratios": len(ratios), "best_ratio": best,
-                      "best_run_ratios": shared, "ratio_lo": lo,
-                      "ratio_hi": hi, "best_acc": float(means.max()), "acc_at_1": at_1,
-                      "gap_at_1": float(means.max()) - at_1, "r1_inside": bool(lo <= 1.0 <= hi) if at_1 == at_1
-                      else None, "random_acc": random_acc})
+                      "best_run_ratios": shared, "ratio_lo": lo, "ratio_hi": hi, "best_acc": float(means.max()),
+                      "acc_at_1": at_1, "gap_at_1": float(means.max()) - at_1,
+                      "r1_inside": bool(lo <= 1.0 <= hi) if ran_1 else None, "random_acc": random_acc})
     return (order_cells(pd.DataFrame(cells, columns=ALIGNMENT_COLUMNS)),
             order_cells(pd.DataFrame(curve, columns=CURVE_COLUMNS), [RATIO]))
 
