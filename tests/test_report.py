@@ -15,9 +15,9 @@ import pytest
 
 from study.analysis.summary import lrs
 from study.runs.config import TrialConfig
-from study.runs.ledger import Ledger
+from study.runs.results_table import ResultsTable
 from study.report import FIGURES, build_report, main, print_report
-from study.scaling import print_summary, summarise_ledger
+from study.scaling import print_summary, summarise_results
 from study.runs.tracking import Tracker, default_tracking_uri, find_parent
 
 D = 1 / 32
@@ -136,14 +136,14 @@ def test_summary_equals_hand_computed_values(report):
 
 def test_summary_csv_and_terminal_table_agree_with_the_report(report, tmp_path, capsys):
     """The ledger's rows, in memory or read back from results.csv, give the report's summary; one seed has no std."""
-    ledger = Ledger(tmp_path)
+    ledger = ResultsTable(tmp_path)
     for (sel, ipc, regime, steps), c in CENTRES.items():
         ledger.add(record(sel, ipc, regime, steps, [c - D, c, c + D]))
     ledger.add(record("herding", 5, "hl", 100, [], status="FAILED"))
-    for frame in (ledger.frame(), Ledger(tmp_path).frame()):
-        pd.testing.assert_frame_equal(summarise_ledger(frame), report.summary)
+    for frame in (ledger.frame(), ResultsTable(tmp_path).frame()):
+        pd.testing.assert_frame_equal(summarise_results(frame), report.summary)
     ledger.add(record("herding", 5, "hl", 100, [0.171875]))
-    summary = summarise_ledger(Ledger(tmp_path).frame())
+    summary = summarise_results(ResultsTable(tmp_path).frame())
     assert math.isnan(cell(summary, "herding", 5, "hl", 100)["acc_std"])
     print_summary(summary)
     out = " ".join(capsys.readouterr().out.split())

@@ -6,7 +6,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from study.runs.journal import checkpointed
+from study.runs.checkpoints import checkpointed
 from study.scaling import main
 from study.runs.spec import resolve_spec
 from study.runs.tracking import Tracker, default_tracking_uri
@@ -83,13 +83,14 @@ def test_failing_trial_is_recorded_and_others_finish(local_ray, tmp_path, cache_
     out = tmp_path / "fail"
     tracker = Tracker(default_tracking_uri(out), "hardtruths")
     parent = tracker.study_run(spec.hash, "fail", spec.to_dict())
-    ledger = run_study(spec, tracker, parent, RunOptions(out_dir=out, cache_dir=str(cache_dir), max_failures=1))
+    run = run_study(spec, tracker, parent, RunOptions(out_dir=out, cache_dir=str(cache_dir), max_failures=1))
     status = {r.data.tags["config_hash"]: r for r in tracker.children(parent)}
     assert len(tracker.children(parent)) == len(good) + 1, "the failed trial's live run is its only run"
     assert status[bad.hash].info.status == "FAILED"
     assert "error" in status[bad.hash].data.tags
     assert all(status[c.hash].info.status == "FINISHED" for c in good)
-    assert set(ledger.frame()["status"]) == {"FINISHED", "FAILED"}
+    assert set(run.results.frame()["status"]) == {"FINISHED", "FAILED"}
+    assert set(run.phases) == {"ray_start_s", "prepare_s", "trials_s"}, "the driver's phases come back timed"
 
 
 def test_trial_runs_are_live_and_a_killed_one_is_closed(local_ray, tmp_path, cache_dir):
@@ -135,7 +136,7 @@ def test_both_executors_agree(local_ray, tmp_path, cache_dir):
         _, runs = child_runs(out)
         assert [(r.data.tags["executor"], r.data.tags["workers"]) for r in runs] == [(executor, workers)]
         assert runs[0].data.tags["precision"] == "fp32"
-        assert set(checkpointed(out / "ray")) == {runs[0].data.tags["config_hash"]}, "the journal finds the record"
+        assert set(checkpointed(out / "ray")) == {runs[0].data.tags["config_hash"]}, "the record is found in its checkpoint"
         accs[executor, workers] = runs[0].data.metrics["test_acc_seed0"]
     assert accs["inline", "1"] == accs["ray-train", "1"]
     assert accs["ray-train", "2"] == pytest.approx(accs["inline", "1"], abs=2 / 360)  # float rounding of the all-reduce
