@@ -139,8 +139,8 @@ PRESETS = {
     },
     # The same protocol on Fashion-MNIST, narrowed to width 16 to fit this 2-core machine: the paper table costs
     # about 37 h of student training at width 128 and 1.7 h at width 16 (benchmarks/README.md, "Fashion-MNIST
-    # costs"). --set model_kwargs.width=128 runs the paper's width. (The DC ConvNet pads a 1-channel 28 px input by 3 in its first layer, making it 32 px;
-    # ours does not.)
+    # costs"). --set model_kwargs.width=128 runs the paper's width. (The DC ConvNet pads a 1-channel 28 px input
+    # by 3 in its first layer, making it 32 px; ours does not.)
     "fashion-mnist-paper": {
         "dataset": "fashion-mnist",
         "model": "convnet",

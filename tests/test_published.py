@@ -55,7 +55,7 @@ def test_only_cells_under_the_papers_protocol_match(paper_cells):
     assert published_cell(in_steps) is None
 
 
-def ledger_record(cfg, accs):
+def results_record(cfg, accs):
     return {"config": cfg.to_dict(), "config_hash": cfg.hash, "label": cfg.label(), "status": "FINISHED",
             "metrics": {**{f"test_acc_seed{r}": a for r, a in enumerate(accs)}, "test_acc_mean": sum(accs) / len(accs)},
             "curves": {}, "tags": {}, "error": ""}
@@ -63,11 +63,11 @@ def ledger_record(cfg, accs):
 
 def test_summary_and_report_put_the_paper_beside_matching_cells(paper_cells, tmp_path, capsys):
     cells = paper_cells()
-    ledger = ResultsTable(tmp_path)
+    results = ResultsTable(tmp_path)
     for key, accs in {("random", 10, "hl"): [0.17, 0.18], ("random", 10, "sl_kd"): [0.30, 0.31],
                       ("kcenter", 50, "sl"): [0.45, 0.47]}.items():
-        ledger.add(ledger_record(cells[key], accs))
-    for frame in (ledger.frame(), ResultsTable(tmp_path).frame()):  # in memory and read back from results.csv
+        results.add(results_record(cells[key], accs))
+    for frame in (results.frame(), ResultsTable(tmp_path).frame()):  # in memory and read back from results.csv
         summary = summarise_results(frame)
         paper = dict(zip(zip(summary["selector"], summary["regime"]), summary["paper_mean"]))
         assert paper[("random", "hl")] == pytest.approx(0.1864) and paper[("kcenter", "sl")] == pytest.approx(0.4624)

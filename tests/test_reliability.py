@@ -313,7 +313,7 @@ from pathlib import Path
 from study.core.cache import Cache
 from study.runs.results_table import ResultsTable
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-cache, ledger = Cache(root), ResultsTable(out)
+cache, results = Cache(root), ResultsTable(out)
 big = torch.arange(12_000_000, dtype=torch.float32)  # about 48 MB per entry
 print("ready", flush=True)
 i = 0
@@ -321,7 +321,7 @@ while True:
     i += 1
     cache.store("scores", {"entry": "big"}, {"x": big, "i": i}, code=[])
     for j in range(100):
-        ledger.add({"config": {"selector": "random", "ipc": j, "note": "x" * 500}, "config_hash": f"h{j:03d}",
+        results.add({"config": {"selector": "random", "ipc": j, "note": "x" * 500}, "config_hash": f"h{j:03d}",
                     "status": "FINISHED", "metrics": {"test_acc_mean": i / 1000}, "tags": {}})
 """
 
@@ -351,7 +351,7 @@ def test_sigkill_during_writes_leaves_no_truncated_trusted_file(tmp_path):
     out.mkdir()
     torn = {root: 0, out: 0}
     for round_ in range(12):
-        target = (root, out)[round_ % 2]  # the cache entry's writes and the ledger's, in turn
+        target = (root, out)[round_ % 2]  # the cache entry's writes and the results table's, in turn
         before = temporaries(target)
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(out)], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -427,14 +427,14 @@ def test_raising_trial_is_failed_with_error_and_retried(module_ray, tmp_path, ca
     good = tiny_cells("2")
     bad = good[0].with_choices({"model_kwargs": {"width": 0}})
     out = tmp_path / "raise"
-    tracker, parent, ledger, _ = in_process_study(out, good + [bad], cache_dir, max_failures=1)
+    tracker, parent, results, _ = in_process_study(out, good + [bad], cache_dir, max_failures=1)
     runs = {r.data.tags[CONFIG_HASH]: r for r in tracker.children(parent)}
     assert len(tracker.children(parent)) == 2
     assert runs[bad.hash].info.status == "FAILED" and runs[good[0].hash].info.status == "FINISHED"
     assert "width" in runs[bad.hash].data.tags["error"] or "channels" in runs[bad.hash].data.tags["error"]
     failures = tune_failures(out)
     assert list(failures.values()) == [2], f"one trial, failed twice (first run + 1 retry): {failures}"
-    assert dict(zip(ledger.frame()["config_hash"], ledger.frame()["status"])) == {
+    assert dict(zip(results.frame()["config_hash"], results.frame()["status"])) == {
         bad.hash: "FAILED", good[0].hash: "FINISHED"}
 
 
@@ -463,13 +463,13 @@ def test_killed_trial_worker_is_retried_and_logged_once(module_ray, tmp_path, ca
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    tracker, parent, ledger, lines = in_process_study(out, cells, cache_dir, max_failures=1)
+    tracker, parent, results, lines = in_process_study(out, cells, cache_dir, max_failures=1)
     thread.join(timeout=5)
     assert killed, "no trial worker was found to kill"
     assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
     assert_each_once(tracker.children(parent), cells)
     assert len(tracker.children(parent)) == 3
-    frame = ledger.frame()
+    frame = results.frame()
     assert sorted(frame["config_hash"]) == sorted(c.hash for c in cells) and set(frame["status"]) == {"FINISHED"}
     failures = tune_failures(out)
     assert sum(failures.values()) == 1, f"exactly one attempt died and was retried: {failures}"
@@ -489,11 +489,11 @@ def test_same_study_twice_is_bit_identical_and_a_damaged_cache_is_recomputed(mod
         data = bytearray(p.read_bytes())
         data[len(data) // 2] ^= 0xFF
         p.write_bytes(bytes(data))
-    _, _, ledger, lines = in_process_study(tmp_path / "second", cells, cache, max_concurrent=2)
+    _, _, results, lines = in_process_study(tmp_path / "second", cells, cache, max_concurrent=2)
     said = [line for line in lines if "does not match its recorded hash" in line]
     assert len(said) == 2 and all("\n" not in line for line in said), lines
     assert {str(p) for p in entries} == {line.split("Cache entry ")[1].split(" does")[0] for line in said}
-    second = ledger.frame()
+    second = results.frame()
     cols = ["test_acc_seed0", "val_acc_mean"]
     a = first.set_index("config_hash").sort_index()[cols]
     b = second.set_index("config_hash").sort_index()[cols]
@@ -563,7 +563,7 @@ def test_mlflow_server_stopped_and_restarted_mid_study(ray_tmp, tmp_path, cache_
             wait_for(lambda: "MLflow is unreachable" in tail(log, 400), 300, "a trial MLflow missed", proc, log)
             unlogged = re.search(r"MLflow is unreachable .*; trial (\w+) is logged", tail(log, 400)).group(1)
             assert unlogged in checkpointed(out / "ray"), "the trial MLflow missed is in its Tune checkpoint"
-            assert unlogged in set(result_rows(out)["config_hash"]), "and in the ledger"
+            assert unlogged in set(result_rows(out)["config_hash"]), "and in results.csv"
             server.start()
             assert finish(proc, log, 600) == 0, tail(log, 60)
         finally:

@@ -141,14 +141,14 @@ def test_summary_equals_hand_computed_values(report):
 
 
 def test_summary_csv_and_terminal_table_agree_with_the_report(report, tmp_path, capsys):
-    """The ledger's rows, in memory or read back from results.csv, give the report's summary; one seed has no std."""
-    ledger = ResultsTable(tmp_path)
+    """results.csv's rows, in memory or read back from the file, give the report's summary; one seed has no std."""
+    results = ResultsTable(tmp_path)
     for (sel, ipc, regime, steps), c in CENTRES.items():
-        ledger.add(record(sel, ipc, regime, steps, [c - D, c, c + D]))
-    ledger.add(record("herding", 5, "hl", 100, [], status="FAILED"))
-    for frame in (ledger.frame(), ResultsTable(tmp_path).frame()):
+        results.add(record(sel, ipc, regime, steps, [c - D, c, c + D]))
+    results.add(record("herding", 5, "hl", 100, [], status="FAILED"))
+    for frame in (results.frame(), ResultsTable(tmp_path).frame()):
         pd.testing.assert_frame_equal(summarise_results(frame), report.summary)
-    ledger.add(record("herding", 5, "hl", 100, [0.171875]))
+    results.add(record("herding", 5, "hl", 100, [0.171875]))
     summary = summarise_results(ResultsTable(tmp_path).frame())
     assert math.isnan(cell(summary, "herding", 5, "hl", 100)["acc_std"])
     print_summary(summary)

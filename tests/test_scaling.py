@@ -136,7 +136,7 @@ def test_both_executors_agree(local_ray, tmp_path, cache_dir):
         _, runs = child_runs(out)
         assert [(r.data.tags["executor"], r.data.tags["workers"]) for r in runs] == [(executor, workers)]
         assert runs[0].data.tags["precision"] == "fp32"
-        assert set(checkpointed(out / "ray")) == {runs[0].data.tags["config_hash"]}, "the record is found in its checkpoint"
+        assert set(checkpointed(out / "ray")) == {runs[0].data.tags["config_hash"]}, "found in its checkpoint"
         accs[executor, workers] = runs[0].data.metrics["test_acc_seed0"]
     assert accs["inline", "1"] == accs["ray-train", "1"]
     assert accs["ray-train", "2"] == pytest.approx(accs["inline", "1"], abs=2 / 360)  # float rounding of the all-reduce
