@@ -93,6 +93,28 @@ def test_failing_trial_is_recorded_and_others_finish(local_ray, tmp_path, cache_
     assert set(run.phases) == {"ray_start_s", "prepare_s", "trials_s"}, "the driver's phases come back timed"
 
 
+def test_a_search_resumes_from_its_finished_trials(local_ray, tmp_path, cache_dir, capsys):
+    """An optuna space runs one Tune search per group, each with its own callback; asked for more samples, a
+    rerun hands the finished trials to Optuna, runs only the missing one and counts the study's trials whole."""
+    import dataclasses
+
+    base = resolve_spec("smoke", selectors="random", ipc="1", regimes="hl", budgets="20", seeds=1)
+    spec = dataclasses.replace(base, kind="optuna", full_data_reference=False, num_samples=2,
+                               search={"lr": {"type": "loguniform", "low": 1e-3, "high": 3e-3}})
+    [group] = spec.cells()
+    out = tmp_path / "search"
+    tracker = Tracker(default_tracking_uri(out), "hardtruths")
+    parent = tracker.study_run(spec.hash, "search", spec.to_dict())
+    options = RunOptions(out_dir=out, cache_dir=str(cache_dir))
+    first = run_study(spec, tracker, parent, options).results.frame()
+    assert len(first) == 2 and set(first["search_group"]) == {group.hash} and first["lr"].nunique() == 2
+    assert "[2/2]" in capsys.readouterr().out
+    run_study(dataclasses.replace(spec, num_samples=3), tracker, parent, options)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("[3/3] "), "one more trial; the earlier ones count as done"
+    assert len(tracker.children(parent)) == 3
+
+
 def test_trial_runs_are_live_and_a_killed_one_is_closed(local_ray, tmp_path, cache_dir):
     """A trial's run is RUNNING while it trains, with its evaluation points arriving as it goes; it ends
     FINISHED, spanning them. A run a killed study left RUNNING (started, a first point streamed) is closed as
