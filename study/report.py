@@ -76,7 +76,7 @@ class Report:
         return int((self.trials["status"] == "FAILED").sum()) if not self.trials.empty else 0
 
     def figures(self) -> dict:
-        """The report's figures as open matplotlib Figures (the caller closes them)."""
+        """The report's figures as matplotlib Figures (study.analysis.figures)."""
         from study.analysis import figures as F
 
         figures = {"accuracy_vs_ipc": F.accuracy_vs_ipc(self.summary),
@@ -145,8 +145,6 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str, parquet: bool = Tr
 
 
 def write(report: Report, figures: bool = True) -> dict[str, Path]:
-    import matplotlib.pyplot as plt
-
     folder = report.folder
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -168,7 +166,6 @@ def write(report: Report, figures: bool = True) -> dict[str, Path]:
     for name, fig in (report.figures() if figures else {}).items():
         path = folder / f"{name}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
         files[path.name] = path
     report.files = files
     return files

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from search_spaces import SPACES
 from study.cli import add_resolution_args, friendly_errors, parser, print_config, read_config
 from study.core.errors import StudyError
-from study.runs.history import STALE_POLICIES
+from study.runs.rerun import STALE_POLICIES
 from study.runs.spec import StudySpec, resolve_spec, validate_spec
 
 if TYPE_CHECKING:
@@ -118,13 +118,13 @@ def check_study(spec: StudySpec, options) -> None:
 
 def finished_before(spec: StudySpec, out: Path, tracking_uri: str, experiment: str) -> dict[str, str]:
     """Config hash -> code version of the trials of this study that already finished; reads, creates nothing."""
-    from study.runs.history import finished_versions
-    from study.runs.ledger import Ledger
+    from study.runs.rerun import finished_versions
+    from study.runs.results_table import ResultsTable
     from study.runs.tracking import existing_tracker
 
     tracker = existing_tracker(tracking_uri, experiment)
     parent = tracker.find_study(spec.hash) if tracker else None
-    return finished_versions({c.hash for c in spec.cells()}, Ledger(out), tracker,
+    return finished_versions({c.hash for c in spec.cells()}, ResultsTable(out), tracker,
                              parent.info.run_id if parent else None)
 
 
@@ -153,8 +153,8 @@ def print_dry_run(spec: StudySpec, out: Path, executor: str, finished: str) -> N
     print(f"executor: {executor}")
 
 
-def summarise_ledger(frame: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv and the terminal table: the report's per-cell summary, from the ledger's rows."""
+def summarise_results(frame: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv and the terminal table: the report's per-cell summary, from results.csv's rows."""
     from study.analysis.published import with_published
     from study.analysis.summary import summarise
     from study.analysis.trials import tidy, trial_table
@@ -204,7 +204,7 @@ def make_report(tracker, parent: str, out: Path) -> None:
 def main(argv=None) -> int:
     start = time.perf_counter()
     a = parse(argv)
-    from study.runs.history import check_stale, describe, stale_hashes
+    from study.runs.rerun import check_stale, describe, stale_hashes
     from study.runs.tracking import Tracker, configure_client, default_tracking_uri
 
     configure_client()
@@ -235,19 +235,20 @@ def main(argv=None) -> int:
 
     from trainables.tune_study import run_study
 
-    ledger = run_study(spec, tracker, parent, options)
-    frame = ledger.frame()
-    summary = summarise_ledger(frame)
+    run = run_study(spec, tracker, parent, options)
+    frame = run.results.frame()
+    summary = summarise_results(frame)
     from study.core.cache import atomic_write_text
 
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
     print_summary(summary)
     failed = int((frame["status"] == "FAILED").sum()) if not frame.empty else 0
+    phases = dict(run.phases)
     if not a.no_report:
         clock = time.perf_counter()
         make_report(tracker, parent, out)
-        options.phases["report_s"] = time.perf_counter() - clock
-    phases = {**options.phases, "total_s": time.perf_counter() - start}
+        phases["report_s"] = time.perf_counter() - clock
+    phases["total_s"] = time.perf_counter() - start
     atomic_write_text(out / "phases.json", json.dumps(phases, indent=1))
     tracker.finish_study(parent, "FAILED" if failed else "FINISHED",
                          metrics={"trials_failed": failed, **teacher_metric(frame),

@@ -11,9 +11,8 @@ import pytest
 from study.analysis.ratio import alignment, best_ratio, verdict_lines
 from study.core.cache import Cache
 from study.runs.config import TrialConfig
-from study.runs.ledger import Ledger
-from study.runs.records import flatten
-from study.runs.outcome import success_record
+from study.runs.record import flatten, success_record
+from study.runs.results_table import ResultsTable
 from study.runs.tracking import Tracker, default_tracking_uri
 from study.runs.trial import SELECTION_METRICS, get_selection, context_for, run_trial
 from study.selection import build_selector
@@ -38,12 +37,12 @@ def test_each_cad_trial_logs_its_ratio_checkpoints_compute_and_difficulty(tmp_pa
     uri = default_tracking_uri(tmp_path)
     tracker = Tracker(uri, "alignment", artifact_root=str(tmp_path / "mlartifacts"))
     parent = tracker.study_run("ffff", "alignment-ffff", {"space": "alignment"})
-    ledger = Ledger(tmp_path)
+    table = ResultsTable(tmp_path)
     configs = [trial("cad_prune", ratio=4.0), trial("ca2d", ratio=0.25, mipc=20, k=3)]
     for cfg in configs:
         record = success_record(run_trial(cfg, cache_dir, "cpu"), {})
         tracker.log_trial(parent, record)
-        ledger.add(record)
+        table.add(record)
     runs = tracker.trials_frame(parent).set_index("params.selector")
     on_disk = pd.read_csv(tmp_path / "results.csv").set_index("selector")
     n = len(digits.train_y)

@@ -40,7 +40,7 @@ from ray.train.torch.config import _TorchBackend
 from study.core.errors import StudyError
 from study.runs.config import TrialConfig
 from study.core.data_parallel import world
-from study.runs.outcome import success_record, write_outcome
+from study.runs.record import success_record, write_trial_folder
 from study.core.train import default_device
 from study.runs.trial import cached_dataset, run_trial
 
@@ -118,7 +118,7 @@ def execute(cfg: TrialConfig, cache_dir: str | None, tags: dict, folder: Path, t
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     record = success_record(outcome, {**tags, "ray_node": node, "device": device, "workers": str(world()[1])})
-    write_outcome(outcome, record, folder, cached_dataset(cfg.dataset, cfg.data_root))
+    write_trial_folder(outcome, record, folder, cached_dataset(cfg.dataset, cfg.data_root))
     metrics = {k: record["metrics"][k] for k in SUMMARY_KEYS}
     return {**metrics, "config_hash": cfg.hash}
 

@@ -337,7 +337,7 @@ def scan_images(listing: Listing, size: int) -> dict[str, np.ndarray]:
 
 def listed_rows(listing: np.ndarray, paths: np.ndarray) -> np.ndarray:
     """Where each of ``paths`` sits in ``listing`` (both arrays of path strings), by a dict: ``np.isin`` on object
-    arrays took 31 s for 60 k paths, which every process loading the tree paid."""
+    arrays is far slower (benchmarks/README.md, "Reading a tree's rows")."""
     position = {path: i for i, path in enumerate(listing.tolist())}
     return np.fromiter((position[path] for path in paths.tolist()), dtype=np.int64, count=len(paths))
 
