@@ -149,6 +149,8 @@ PRESETS = {
         "per_regime": {"sl": {"recipe": "adamw-v1"},
                        "sl_kd": {**RDED_KD, "model_kwargs": {"width": 16, "depth": 3}, "lr": None,
                                  "batch_size": {"1": 10, "10": 50, "50": 100, "full": 256}}},
-        "teacher": {"model": "convnet", "model_kwargs": {"width": 64}, "epochs": 8, "batch_size": 128},
+        # A width-32 teacher for 4 epochs (about 90% test accuracy) rather than the fashion-mnist preset's width 64 x 8:
+        # the width-64 teacher took 10 minutes an epoch on this machine while other work shared its two cores.
+        "teacher": {"model": "convnet", "model_kwargs": {"width": 32}, "epochs": 4, "batch_size": 128},
     },
 }
