@@ -506,3 +506,30 @@ def test_no_password_check_catches_one():
     """The check above, on a copy with the old literal put back."""
     text = AWS.read_text().replace("'HT_MLFLOW_USER=hardtruths'", "'HT_MLFLOW_USER=hardtruths' 'HT_MLFLOW_PASSWORD=change1me1please'")
     assert secret_literals(text) == ["PASSWORD=change1me1please"]
+
+
+# --- least privilege on AWS ---------------------------------------------------------------------
+
+
+def test_aws_template_gives_the_head_no_more_than_the_study_needs():
+    """cluster/aws-least-privilege.yaml (CloudFormation, made by the user once): the head's role reaches the one
+    bucket and only this cluster's instances; SSH comes only from the range the user gives; cluster.yaml uses
+    what it makes."""
+    template = yaml.safe_load((ROOT / "cluster" / "aws-least-privilege.yaml").read_text())
+    resources, params = template["Resources"], template["Parameters"]
+    statements = [s for policy in resources["HeadRole"]["Properties"]["Policies"]
+                  for s in policy["PolicyDocument"]["Statement"]]
+    actions = [a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
+    assert not [a for a in actions if a.endswith("*")], "no wildcard actions"
+    for s in statements:
+        if any(a.startswith("s3:") for a in s["Action"] if isinstance(s["Action"], list)) or str(s["Action"]).startswith("s3:"):
+            assert "${BucketName}" in s["Resource"]["Fn::Sub"], s
+        if {"ec2:TerminateInstances", "ec2:StopInstances"} & set(s["Action"]):
+            assert s["Condition"]["StringEquals"] == {"aws:ResourceTag/ray-cluster-name": {"Ref": "ClusterName"}}
+    assert params["ClusterName"]["Default"] == load(AWS)["cluster_name"]
+    (ssh,) = resources["ClusterSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert (ssh["FromPort"], ssh["ToPort"], ssh["CidrIp"]) == (22, 22, {"Ref": "SshCidr"})
+    assert "Default" not in params["SshCidr"], "the user chooses the range"
+    s = settings(load(AWS))
+    profile_name = resources["HeadInstanceProfile"]["Properties"]["InstanceProfileName"]["Fn::Sub"]
+    assert s["head_instance_profile"]["Arn"].endswith("instance-profile/" + profile_name.replace("${ClusterName}", params["ClusterName"]["Default"]))
