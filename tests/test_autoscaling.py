@@ -187,6 +187,28 @@ def test_trials_wait_longer_than_a_minute_for_the_one_node(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
+def test_trial_no_node_type_can_hold_is_refused(tmp_path, cache_dir):
+    """Issue 31: a GPU node type with one CPU, and trials asking for one CPU and one GPU. Each trial's Tune driver
+    (a hundredth of a CPU) would take part of a node's only CPU, so its worker could never be placed beside it:
+    the study ends before its first trial with one sentence naming the shape, instead of waiting for ever."""
+    with fake_cluster(tmp_path, {"gpu": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 2}}) as head:
+        clock = time.monotonic()
+        rc, log = study(head, tmp_path / "study", cache_dir, "--selectors", "random", "--ipc", "1,2", "--budgets",
+                        "20", "--gpus-per-trial", "1", "--cpus-per-trial", "1")
+        took = time.monotonic() - clock
+        nodes = [n for n in ray_nodes(head.address) if n["alive"]]
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    print(f"\nthe study ended after {took:.0f} s with exit {rc}: {errors}")
+    assert rc == 2, log[-3000:]
+    assert errors == ["error: No node type of this cluster can hold a trial: it asks for {CPU: 1, GPU: 1} for each of "
+                      "its 1 Train worker(s), one of them beside {CPU: 0.01} for its Tune driver on the same node, and "
+                      "the node types are gpu {CPU: 1, GPU: 1}; ask for at most 0.99 CPU(s) per worker "
+                      "(--cpus-per-trial) or give the node type more CPUs."], log[-3000:]
+    assert "Traceback" not in log
+    assert len(nodes) == 1, "refused before a node was started for it"
+
+
+@pytest.mark.slow
 def test_token_auth_refuses_a_client_without_the_token(tmp_path):
     """A head with RAY_AUTH_MODE=token (as cluster.yaml starts every node): the job API that `ray job submit`
     uses answers 401 without the token and 200 with it; a driver without the token is refused too."""
