@@ -256,6 +256,23 @@ def test_second_ray_up_regenerates_nothing(head):
     assert head.mlflow("/api/2.0/mlflow/experiments/search?max_results=1")[0] == 401
 
 
+@pytest.mark.slow
+def test_rotating_the_password(head):
+    """cluster/mlflow-rotate: a new generated password in the user store and both environment files (still 600);
+    the old one is refused at once; the new one is on no command line."""
+    old = head.login()
+    rotated = head.run("~/hardtruths/cluster/mlflow-rotate")
+    assert rotated.returncode == 0, rotated.stderr[-3000:]
+    new = head.login()
+    assert new[0] == old[0] and new[1] != old[1] and len(new[1]) >= 32
+    assert head.mlflow("/api/2.0/mlflow/experiments/search?max_results=1", old)[0] == 401
+    assert head.mlflow("/api/2.0/mlflow/experiments/search?max_results=1", new)[0] == 200
+    server = dict(line.split("=", 1) for line in (head.mlflow_home / "server.env").read_text().split())
+    assert server["MLFLOW_AUTH_ADMIN_PASSWORD"] == new[1], "a restored backup starts with the current one"
+    assert {stat.S_IMODE(p.stat().st_mode) for p in head.mlflow_home.glob("*.env")} == {0o600}
+    assert new[1] not in (head.home / "stand-ins.log").read_text()
+
+
 def readme_submission() -> str:
     """The README's `ray job submit` command, as written (continuation lines joined)."""
     text = (ROOT / "README.md").read_text()
