@@ -13,6 +13,7 @@ for its password; the MLflow basic-auth server, the token-mode Ray head, ``ray j
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -52,7 +53,7 @@ def user_settings(text: str, home: Path, mlflow_port: int) -> str:
              "HT_MLFLOW_ARTIFACTS": "${HT_SHARED_DIR}/hardtruths/mlflow-artifacts"}  # no S3 here
     for key, value in edits.items():
         text, found = re.subn(rf"'{key}=[^']*'", f"'{key}={value}'", text)
-        assert found == 1, key
+        assert found == (key != "HT_BUCKET" or "HT_BUCKET=" in text), key  # on premise: no bucket
     return text
 
 
@@ -93,8 +94,10 @@ class Head:
     def ray_up(self) -> list[str]:
         """The head's part of `ray up` after its file mounts: setup commands, then start commands; the output."""
         outputs = []
-        start_env = {"RAY_USAGE_STATS_ENABLED": 0, "RAY_OVERRIDE_RESOURCES": self.config["available_node_types"][
-            self.config["head_node_type"]]["resources"]}
+        start_env = {"RAY_USAGE_STATS_ENABLED": 0}
+        if self.config["provider"]["type"] != "local":  # as Ray's updater: the local provider detects resources
+            start_env["RAY_OVERRIDE_RESOURCES"] = self.config["available_node_types"][self.config["head_node_type"]][
+                "resources"]
         steps = [(c, None) for c in self.config["head_setup_commands"]]
         steps += [(c, start_env) for c in self.config["head_start_ray_commands"]]
         for cmd, environment in steps:
@@ -143,10 +146,9 @@ class Head:
         return stopped
 
 
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """A head after its first `ray up`: the edited cluster.yaml's setup and start commands, all run."""
-    home = tmp_path_factory.mktemp("head-home")
+@contextlib.contextmanager
+def running_head(path: Path, home: Path):
+    """A head after its first `ray up`: the edited config's setup and start commands, all run; then stopped."""
     stand_ins = install_stand_ins(home)
     # The file mounts: the project and Ray's token (written by `ray get-auth-token --generate`, rsynced with the
     # mode it has on the user's machine, here one that others could read).
@@ -158,7 +160,7 @@ def head(tmp_path_factory):
     # A login shell resets PATH (/etc/profile); ~/.profile puts the stand-ins first, as ~/.local/bin would be.
     (home / ".profile").write_text(f'PATH="{stand_ins}:$PATH"\n')
     mlflow_port = free_port()
-    config = prepare_config(yaml.safe_load(user_settings(AWS.read_text(), home, mlflow_port)))
+    config = prepare_config(yaml.safe_load(user_settings(path.read_text(), home, mlflow_port)))
     # What `ray up` writes on the head for its autoscaler: here Ray's fake provider with one CPU worker type.
     (home / "ray_bootstrap_config.yaml").write_text(
         yaml.safe_dump(fake_autoscaling_config({"cpu": {"resources": {"CPU": 2}, "max_workers": 1}})))
@@ -172,13 +174,19 @@ def head(tmp_path_factory):
     head = Head(home, env, config, mlflow_port, postgres)
     try:
         clock = time.monotonic()
-        head.first_outputs = head.ray_up()
-        print(f"\nfirst `ray up` of the head: {time.monotonic() - clock:.0f} s")
+        head.ray_up()
+        print(f"\nfirst `ray up` of the {path.name} head: {time.monotonic() - clock:.0f} s")
         yield head
     finally:
         stopped = head.stop()
         stopped |= postgres.stop()
         assert gone(stopped), f"still running: {[p for p in stopped if not gone([p])]}"
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    with running_head(AWS, tmp_path_factory.mktemp("head-home")) as head:
+        yield head
 
 
 def test_example_settings_are_refused(tmp_path):
@@ -197,8 +205,8 @@ def test_example_settings_are_refused(tmp_path):
                     "metadata.hardtruths_settings at the top of the cluster config.")
 
 
-@pytest.mark.slow
-def test_head_setup_starts_mlflow_behind_a_login(head):
+def check_mlflow_behind_a_login(head: Head, extras: str) -> None:
+    """What the first `ray up` must leave on a head (see test_head_setup_starts_mlflow_behind_a_login)."""
     username, password = head.login()
     status, _ = head.mlflow("/api/2.0/mlflow/experiments/search?max_results=1")
     assert status == 401, "MLflow answered without a login"
@@ -231,7 +239,7 @@ def test_head_setup_starts_mlflow_behind_a_login(head):
 
     # what was installed: the project with the server's extras (Flask-WTF among them), from constraints.txt
     installs = [line for line in argv_log.splitlines() if line.startswith("uv pip install")]
-    assert any(line.endswith(f"-e {head.home}/hardtruths[aws,server]") for line in installs), installs
+    assert any(line.endswith(f"-e {head.home}/hardtruths[{extras}]") for line in installs), installs
     assert "ray stop" in argv_log and "ray start --head" in argv_log
     # the database login is the generated one: PostgreSQL asks for it
     import psycopg2
@@ -240,6 +248,22 @@ def test_head_setup_starts_mlflow_behind_a_login(head):
         psycopg2.connect(host="127.0.0.1", port=head.postgres.port, user="mlflow", dbname="mlflow", password="x")
     psycopg2.connect(host="127.0.0.1", port=head.postgres.port, user="mlflow", dbname="mlflow",
                      password=server["PGPASSWORD"]).close()
+
+
+@pytest.mark.slow
+def test_head_setup_starts_mlflow_behind_a_login(head):
+    check_mlflow_behind_a_login(head, "aws,server")
+
+
+@pytest.mark.slow
+def test_onprem_head_setup_starts_mlflow_behind_a_login(tmp_path_factory):
+    """cluster-onprem.yaml's head the same way, twice: MLflow behind the generated login, nothing regenerated."""
+    with running_head(ONPREM, tmp_path_factory.mktemp("onprem-home")) as head:
+        check_mlflow_behind_a_login(head, "server")
+        before = head.secrets()
+        head.ray_up()
+        assert head.secrets() == before
+        assert head.mlflow("/api/2.0/mlflow/experiments/search?max_results=1", head.login())[0] == 200
 
 
 @pytest.mark.slow
@@ -274,15 +298,11 @@ def test_rotating_the_password(head):
 
 
 def readme_submission() -> str:
-    """The README's `ray job submit` command, as written (continuation lines joined)."""
+    """The README's `ray job submit` command, as written: its lines, for a shell to read as a user's shell would."""
     text = (ROOT / "README.md").read_text()
-    block = text[text.index("    RAY_ADDRESS=http://127.0.0.1:8265"):]
-    lines = []
-    for line in block.splitlines():
-        lines.append(line.strip())
-        if line.rstrip().endswith("'"):
-            break
-    return " ".join(line.rstrip("\\").strip() for line in lines)
+    block = text[text.index("    RAY_ADDRESS=http://127.0.0.1:8265"):].splitlines()
+    end = next(i for i, line in enumerate(block) if line.rstrip().endswith("'"))
+    return "\n".join(line[4:] for line in block[:end + 1])
 
 
 @pytest.mark.slow
@@ -292,7 +312,8 @@ def test_study_submitted_as_the_readme_says_logs_to_mlflow(head):
     staged = head.run("~/hardtruths/cluster/stage-data fashion-mnist /usr/share/datasets/fashion-mnist")
     assert staged.returncode == 0, staged.stderr[-3000:]
     print(staged.stdout.strip().splitlines()[-1])
-    staged_files = {p.name.removesuffix(".gz") for p in (head.home / "shared" / "hardtruths" / "data" / "fashion-mnist").iterdir()}
+    staged = head.home / "shared" / "hardtruths" / "data" / "fashion-mnist"
+    staged_files = {p.name.removesuffix(".gz") for p in staged.iterdir()}
     assert {"train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"} <= staged_files, staged_files
 
     command = readme_submission()
