@@ -40,6 +40,7 @@ import shlex
 import socket
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -533,3 +534,30 @@ def test_aws_template_gives_the_head_no_more_than_the_study_needs():
     s = settings(load(AWS))
     profile_name = resources["HeadInstanceProfile"]["Properties"]["InstanceProfileName"]["Fn::Sub"]
     assert s["head_instance_profile"]["Arn"].endswith("instance-profile/" + profile_name.replace("${ClusterName}", params["ClusterName"]["Default"]))
+
+
+# --- GPU nodes checked at boot ------------------------------------------------------------------
+
+
+def test_gpu_check_fails_where_torch_cannot_use_a_gpu(tmp_path):
+    """cluster/check-gpu, run here with this machine's torch as the node's ~/venv: a GPU node type's setup fails
+    with one sentence naming the torch build and the driver; on a host without an NVIDIA GPU, `--if-any` passes."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here")
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (tmp_path / "venv" / "bin" / "python").chmod(0o755)
+    types = load(AWS)["available_node_types"]
+    assert all(t.get("worker_setup_commands") == ["~/hardtruths/cluster/check-gpu"]
+               for t in types.values() if t["resources"].get("GPU")), "every GPU node type checks at boot"
+    assert load(ONPREM)["worker_setup_commands"] == ["~/hardtruths/cluster/check-gpu --if-any"]
+    env = {"PATH": "/usr/bin:/bin"}  # no nvidia-smi: a node without a driver
+    failed = run_bash(str(ROOT / "cluster" / "check-gpu"), tmp_path, **env)
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == (
+        f"hardtruths: this GPU node's torch ({torch.__version__} built for CUDA {torch.version.cuda}) cannot use its "
+        f"GPU (NVIDIA driver: none found); use an image with NVIDIA drivers, or set HT_TORCH_BACKEND to a cuXYZ build "
+        f"the driver supports (nvidia-smi shows the highest CUDA version it supports).")
+    assert run_bash(f"{ROOT}/cluster/check-gpu --if-any", tmp_path, **env).returncode == 0
