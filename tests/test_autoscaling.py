@@ -209,6 +209,22 @@ def test_trial_no_node_type_can_hold_is_refused(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
+def test_trial_waiting_with_no_node_coming_is_named(tmp_path, cache_dir, monkeypatch):
+    """One CPU node (the autoscaler may add no other) and two trials whose workers take 1.5 of its 2 CPUs: the
+    second one's worker waits with no node starting, is named once (HARDTRUTHS_UNPLACEABLE_S=1 here), and runs
+    when the first has finished."""
+    monkeypatch.setenv("HARDTRUTHS_UNPLACEABLE_S", "1")
+    with fake_cluster(tmp_path, {"cpu": {"resources": {"CPU": 2}, "max_workers": 1}}) as head:
+        rc, log = study(head, tmp_path / "study", cache_dir, "--selectors", "random", "--ipc", "1,2", "--budgets",
+                        "20", "--cpus-per-trial", "1.5")
+    named = [line for line in log.splitlines() if line.startswith("A trial's request")]
+    print("\n" + "\n".join(named))
+    assert rc == 0, log[-3000:]
+    assert len(pd.read_csv(tmp_path / "study" / "results.csv")) == 2
+    assert len(named) == 1 and named[0].startswith("A trial's request {CPU: 1.5} has waited "), log[-3000:]
+
+
+@pytest.mark.slow
 def test_token_auth_refuses_a_client_without_the_token(tmp_path):
     """A head with RAY_AUTH_MODE=token (as cluster.yaml starts every node): the job API that `ray job submit`
     uses answers 401 without the token and 200 with it; a driver without the token is refused too."""

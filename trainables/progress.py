@@ -6,6 +6,7 @@ printed lines alone say how far a study is.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import ray
@@ -42,11 +43,7 @@ class WaitingTrials(tune.Callback):
 
     def __init__(self, every: float = 5.0, unplaceable_after: float = UNPLACEABLE_AFTER_S):
         self.every, self.checked, self.last = every, 0.0, None
-        self.unplaceable = UnplaceableWatch(unplaceable_after, say=lambda line: print(line, flush=True))
-
-    def __getstate__(self) -> dict:
-        """Tune pickles its callbacks with the experiment's state; what this one saw is of this run only."""
-        return {**self.__dict__, "unplaceable": UnplaceableWatch(self.unplaceable.after)}
+        self.unplaceable = UnplaceableWatch(unplaceable_after, say=functools.partial(print, flush=True))
 
     def on_step_begin(self, iteration, trials, **info):
         now = time.monotonic()
