@@ -1,6 +1,7 @@
 """Stand-in for uv (and its installer): nothing is downloaded; the environment is this machine's.
 
-``uv venv DEST``: DEST/bin/python and DEST/bin/mlflow run this machine's Python and MLflow.
+``uv venv DEST``: DEST/bin/python and DEST/bin/mlflow run this machine's Python and MLflow; DEST/bin/activate
+puts them first on PATH.
 ``uv pip install [-c FILE] [-e PATH[extras]] [NAME...]``: checks that the constraints file exists and that
 every requirement of the project at PATH with those extras (and each named package) is installed here,
 following the extras of those requirements one level (``mlflow[auth]`` needs Flask-WTF); fails otherwise.
@@ -61,6 +62,7 @@ def venv(dest: Path) -> None:
     for name, program in {"python": f'exec {PYTHON} "$@"', "mlflow": f'exec {PYTHON} -m mlflow "$@"'}.items():
         (dest / "bin" / name).write_text(f"#!/bin/sh\n{program}\n")
         (dest / "bin" / name).chmod(0o755)
+    (dest / "bin" / "activate").write_text(f'VIRTUAL_ENV="{dest}"\nPATH="{dest}/bin:$PATH"\nexport VIRTUAL_ENV PATH\n')
 
 
 def pip_install(args: list[str]) -> None:
