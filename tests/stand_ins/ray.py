@@ -80,7 +80,15 @@ def start_head(args: list[str]) -> None:
                   "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
                   "--autoscaling-config", str(temp / "autoscaling.json")]
     log_file = temp / "head.log"
+    # Ray's updater exports the head's resources as RAY_OVERRIDE_RESOURCES; given as flags here instead, since the
+    # fake provider's nodes start from this environment and would take the head's {CPU: 0} for theirs.
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1"}
+    override = json.loads(env.pop("RAY_OVERRIDE_RESOURCES", "{}"))
+    if "CPU" in override:
+        cmd += ["--num-cpus", str(int(override.pop("CPU")))]
+    override.pop("GPU", None)  # none here: --num-gpus 0
+    if override:
+        cmd += ["--resources", json.dumps(override)]
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
