@@ -160,10 +160,15 @@ def running_head(path: Path, home: Path):
     # A login shell resets PATH (/etc/profile); ~/.profile puts the stand-ins first, as ~/.local/bin would be.
     (home / ".profile").write_text(f'PATH="{stand_ins}:$PATH"\n')
     mlflow_port = free_port()
-    config = prepare_config(yaml.safe_load(user_settings(path.read_text(), home, mlflow_port)))
-    # What `ray up` writes on the head for its autoscaler: here Ray's fake provider with one CPU worker type.
-    (home / "ray_bootstrap_config.yaml").write_text(
-        yaml.safe_dump(fake_autoscaling_config({"cpu": {"resources": {"CPU": 2}, "max_workers": 1}})))
+    raw = yaml.safe_load(user_settings(path.read_text(), home, mlflow_port))
+    if "available_node_types" in raw:
+        # The study's CPU trials run on the head ("raise it to let CPU-only tasks run here", says cluster.yaml): a
+        # node of Ray's fake provider shares this machine's temp dir with the head, and unpacking the job's
+        # working dir there again pulls it from under the driver (its cwd is gone when Tune ends).
+        raw["available_node_types"][raw["head_node_type"]]["resources"] = {"CPU": 2}
+    config = prepare_config(raw)
+    # What `ray up` writes on the head for its autoscaler: Ray's fake provider, with no worker type to add.
+    (home / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(fake_autoscaling_config({}, head_cpus=2)))
     postgres = Postgres(passwords=True).start()
     env = {"HOME": str(home), "USER": "root", "LANG": "C.UTF-8", "TERM": "dumb",
            "PATH": f"{stand_ins}:/usr/local/bin:/usr/bin:/bin",
