@@ -190,9 +190,11 @@ class Postgres(Service):
     name = "postgres"
     stop_signal = signal.SIGINT  # "fast shutdown": roll back clients and stop
 
-    def __init__(self):
+    def __init__(self, passwords: bool = False):
+        """``passwords``: TCP logins other than the superuser ``postgres`` need their password (as on a real
+        server); by default every login is trusted."""
         super().__init__()
-        self.port = free_port()
+        self.port, self.passwords = free_port(), passwords
         user = next((u for u in ("postgres", "nobody") if self._user(u)), None)
         if user is None:
             raise RuntimeError("no unprivileged user (postgres or nobody) to run PostgreSQL as")
@@ -222,6 +224,10 @@ class Postgres(Service):
         subprocess.run([postgres_binary("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                         "--no-sync", "--no-instructions"], cwd=self.root, env=self.env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout, **self.as_user)
+        if self.passwords:
+            with open(data / "pg_hba.conf", "w") as hba:
+                hba.write("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
+                          "host all all 127.0.0.1/32 scram-sha-256\n")
         self.spawn([postgres_binary("postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
                     "-k", str(self.root), "-F", "-c", "max_connections=50"],
                    self.root / "postgres.log", cwd=self.root, env=self.env, **self.as_user)

@@ -187,6 +187,44 @@ def test_trials_wait_longer_than_a_minute_for_the_one_node(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
+def test_trial_no_node_type_can_hold_is_refused(tmp_path, cache_dir):
+    """Issue 31: a GPU node type with one CPU, and trials asking for one CPU and one GPU. Each trial's Tune driver
+    (a hundredth of a CPU) would take part of a node's only CPU, so its worker could never be placed beside it:
+    the study ends before its first trial with one sentence naming the shape, instead of waiting for ever."""
+    with fake_cluster(tmp_path, {"gpu": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 2}}) as head:
+        clock = time.monotonic()
+        rc, log = study(head, tmp_path / "study", cache_dir, "--selectors", "random", "--ipc", "1,2", "--budgets",
+                        "20", "--gpus-per-trial", "1", "--cpus-per-trial", "1")
+        took = time.monotonic() - clock
+        nodes = [n for n in ray_nodes(head.address) if n["alive"]]
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    print(f"\nthe study ended after {took:.0f} s with exit {rc}: {errors}")
+    assert rc == 2, log[-3000:]
+    assert errors == ["error: No node type of this cluster can hold a trial: it asks for {CPU: 1, GPU: 1} for each of "
+                      "its 1 Train worker(s), one of them beside {CPU: 0.01} for its Tune driver on the same node, and "
+                      "the node types are gpu {CPU: 1, GPU: 1}; ask for at most 0.99 CPU(s) per worker "
+                      "(--cpus-per-trial) or give the node type more CPUs."], log[-3000:]
+    assert "Traceback" not in log
+    assert len(nodes) == 1, "refused before a node was started for it"
+
+
+@pytest.mark.slow
+def test_trial_waiting_with_no_node_coming_is_named(tmp_path, cache_dir, monkeypatch):
+    """One CPU node (the autoscaler may add no other) and two trials whose workers take 1.5 of its 2 CPUs: the
+    second one's worker waits with no node starting, is named once (HARDTRUTHS_UNPLACEABLE_S=1 here), and runs
+    when the first has finished."""
+    monkeypatch.setenv("HARDTRUTHS_UNPLACEABLE_S", "1")
+    with fake_cluster(tmp_path, {"cpu": {"resources": {"CPU": 2}, "max_workers": 1}}) as head:
+        rc, log = study(head, tmp_path / "study", cache_dir, "--selectors", "random", "--ipc", "1,2", "--budgets",
+                        "20", "--cpus-per-trial", "1.5")
+    named = [line for line in log.splitlines() if line.startswith("A trial's request")]
+    print("\n" + "\n".join(named))
+    assert rc == 0, log[-3000:]
+    assert len(pd.read_csv(tmp_path / "study" / "results.csv")) == 2
+    assert len(named) == 1 and named[0].startswith("A trial's request {CPU: 1.5} has waited "), log[-3000:]
+
+
+@pytest.mark.slow
 def test_token_auth_refuses_a_client_without_the_token(tmp_path):
     """A head with RAY_AUTH_MODE=token (as cluster.yaml starts every node): the job API that `ray job submit`
     uses answers 401 without the token and 200 with it; a driver without the token is refused too."""

@@ -40,6 +40,7 @@ import shlex
 import socket
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -82,8 +83,7 @@ COMMAND_LISTS = (
     "worker_start_ray_commands",
 )
 # Settings a user must replace, by file: defined exactly once (in metadata.hardtruths_settings).
-USER_ENV = {AWS: ("HT_BUCKET", "HT_NFS_SOURCE", "HT_DB_PASSWORD", "HT_MLFLOW_PASSWORD"),
-            ONPREM: ("HT_NFS_SOURCE", "HT_DB_PASSWORD", "HT_MLFLOW_PASSWORD")}
+USER_ENV = {AWS: ("HT_BUCKET", "HT_NFS_SOURCE"), ONPREM: ("HT_NFS_SOURCE",)}
 # GPUs per instance, for the instance types a user is likely to pick (AWS documentation).
 AWS_GPUS = {
     "g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.8xlarge": 1, "g5.16xlarge": 1,
@@ -132,6 +132,9 @@ def all_commands(config: dict):
     for key in COMMAND_LISTS:
         for cmd in config.get(key) or []:
             yield key, cmd
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        for cmd in node_type.get("worker_setup_commands") or []:
+            yield f"{name}.worker_setup_commands", cmd
 
 
 def settings(config: dict) -> dict:
@@ -330,8 +333,10 @@ def test_aws_settings_are_used():
     for name, t in config["available_node_types"].items():
         assert t["node_config"]["KeyName"] == s["key_name"], name
         assert t["node_config"]["ImageId"] == s["image_id"], name
-        if "IamInstanceProfile" in t["node_config"]:
-            assert t["node_config"]["IamInstanceProfile"] == s["worker_instance_profile"], name
+        assert t["node_config"]["SecurityGroupIds"] == s["security_group_ids"], f"{name}: SSH from the user's range only"
+        profile = s["head_instance_profile"] if name == config["head_node_type"] else s["worker_instance_profile"]
+        if name == config["head_node_type"] or "IamInstanceProfile" in t["node_config"]:
+            assert t["node_config"]["IamInstanceProfile"] == profile, f"{name}: not Ray's EC2-and-S3-full-access role"
     env = node_env(config)
     assert env["HT_MLFLOW_ARTIFACTS"].startswith("s3://${HT_BUCKET}/")
     for key in ("HT_CACHE_DIR", "HT_OUT_DIR"):  # cache, outputs and Ray's storage_path (<--out>/ray)
@@ -363,17 +368,17 @@ def test_settings_file_and_bashrc_hook(path, tmp_path):
     assert write_env is settings(config)["write_node_env"]
     (head_uri,) = [c for c in config["head_setup_commands"] if "MLFLOW_TRACKING_URI=" in c]
     for _ in range(2):  # setup commands rerun on every `ray up`: idempotent
-        for cmd in (write_env, hook, head_uri):  # in the order Ray runs them on the head
-            done = run_bash(cmd, tmp_path)
+        for cmd in (write_env, hook, head_uri):  # in the order Ray runs them on the head, after ~/.bashrc
+            done = run_bash(f"[ ! -f ~/.bashrc ] || . ~/.bashrc; {cmd}", tmp_path)
             assert done.returncode == 0, done.stderr
     env_file = tmp_path / "hardtruths.env"
-    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600, "holds the DB password"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600, "only its owner reads the cluster's settings"
     assert (tmp_path / ".bashrc").read_text().count("hardtruths-cluster") == 1
     # what every later command sees (Ray sources ~/.bashrc first)
     shown = run_bash(". ~/.bashrc; env", tmp_path)
     seen = dict(line.split("=", 1) for line in shown.stdout.splitlines() if line.startswith("HT_"))
     (uri,) = [line for line in shown.stdout.splitlines() if line.startswith("MLFLOW_TRACKING_URI=")]
-    assert re.fullmatch(r"MLFLOW_TRACKING_URI=http://[0-9a-fA-F.:]+:5000", uri), uri
+    assert uri == "MLFLOW_TRACKING_URI=http://127.0.0.1:5000", "the head's loopback, by default"
     env = node_env(config)
     assert set(seen) == set(env)
     shared = env["HT_SHARED_DIR"]
@@ -387,29 +392,13 @@ def test_settings_file_and_bashrc_hook(path, tmp_path):
 
 
 @pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
-@pytest.mark.parametrize("index", ["", "https://download.pytorch.org/whl/cu126"])
-def test_torch_build_step_uses_pyproject_pins(path, index, tmp_path):
-    """The torch step, run here against this checkout with a stub `uv` that records its arguments."""
+def test_uv_picks_the_torch_build(path):
+    """uv chooses the torch build for the node's driver (HT_TORCH_BACKEND, `auto` by default) in every install,
+    so a later install never swaps a CUDA torch for PyPI's default build."""
     config = load(path)
-    (remote,) = [r for r, local in config["file_mounts"].items() if (ROOT / local).resolve() == ROOT]
-    assert remote == "~/hardtruths"
-    (step,) = [c for c in config["setup_commands"] if c.startswith("pins=")]
-    (tmp_path / "hardtruths").symlink_to(ROOT)
-    uv = tmp_path / ".local" / "bin" / "uv"
-    uv.parent.mkdir(parents=True)
-    uv.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$HOME/uv-args"\n')
-    uv.chmod(0o755)
-    done = run_bash(step, tmp_path, HT_TORCH_INDEX=index)
-    assert done.returncode == 0, done.stderr
-    recorded = tmp_path / "uv-args"
-    if not index:
-        assert not recorded.exists(), "with no index chosen, torch comes with `pip install -e .`"
-        return
-    args = recorded.read_text().split()
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pins = [d for d in deps if re.match(r"(torch|torchvision)==", d)]
-    assert len(pins) == 2 and all(p in args for p in pins), (pins, args)
-    assert args[args.index("--index-url") + 1] == index
+    assert node_env(config)["HT_TORCH_BACKEND"] == "auto"
+    installs = [c for _, c in all_commands(config) if "uv pip install" in c]
+    assert installs and all('--torch-backend "$HT_TORCH_BACKEND"' in c for c in installs), installs
 
 
 def _installed_source(package: str, *files: str) -> str:
@@ -420,22 +409,26 @@ def _installed_source(package: str, *files: str) -> str:
 
 @pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
 def test_start_commands(path):
-    """MLflow on the head (PostgreSQL backend, shared artifacts) and a tracking URI on every node;
-    the flags passed to `ray start` and `mlflow server` exist in the installed versions (read from
-    their sources: importing the two CLIs would take seconds)."""
+    """MLflow on the head (PostgreSQL backend, its secrets from a file) and a tracking URI on the head only; the
+    flags passed to `ray start` and `mlflow server` exist in the installed versions (read from their sources:
+    importing the two CLIs would take seconds)."""
     config = load(path)
     head = " ".join(config["head_start_ray_commands"])
     workers = " ".join(config["worker_start_ray_commands"])
     assert "ray start --head" in head and "ray start --address=$RAY_HEAD_IP:6379" in workers
-    assert 'MLFLOW_TRACKING_URI="http://$RAY_HEAD_IP:5000"' in workers
-    head_env = [c for c in config["head_setup_commands"] if c.startswith('echo "MLFLOW_TRACKING_URI=')]
-    assert len(head_env) == 1 and head_env[0].endswith(":5000\" >> ~/hardtruths.env")
-    (mlflow_cmd,) = [c for c in config["head_start_ray_commands"] if "mlflow\" server" in c]
-    assert re.search(r'--backend-store-uri "postgresql\+psycopg2://mlflow:\$\{HT_DB_PASSWORD\}@127\.0\.0\.1:5432/mlflow"', mlflow_cmd)
+    assert "MLFLOW" not in workers, "workers do not talk to MLflow: the study driver on the head does"
+    (head_env,) = [c for c in config["head_setup_commands"] if "MLFLOW_TRACKING_URI=" in c]
+    assert head_env.endswith('echo "MLFLOW_TRACKING_URI=http://$host:$HT_MLFLOW_PORT" >> ~/hardtruths.env')
+    (unit,) = [c for c in config["head_start_ray_commands"] if "systemd-run" in c]
+    assert unit.rstrip().endswith('"$HOME/hardtruths/cluster/mlflow-server"')
+    server = (ROOT / "cluster" / "mlflow-server").read_text()
+    mlflow_cmd = server[server.index('exec "$HOME/venv/bin/mlflow" server'):]
+    assert "--backend-store-uri postgresql+psycopg2://mlflow@127.0.0.1/mlflow" in mlflow_cmd
     assert '--artifacts-destination "$HT_MLFLOW_ARTIFACTS"' in mlflow_cmd
-    assert "--host 0.0.0.0 --port 5000" in mlflow_cmd
+    assert '--host "$HT_MLFLOW_HOST" --port "$HT_MLFLOW_PORT"' in mlflow_cmd
+    assert node_env(config)["HT_MLFLOW_HOST"] == "127.0.0.1", "MLflow on the head's loopback unless asked"
     setup = " ".join(config["head_setup_commands"])
-    assert "install -y postgresql" in setup and "psycopg2-binary" in setup and "createdb -O mlflow mlflow" in setup
+    assert "install -y postgresql" in setup and "cluster/mlflow-setup" in setup
 
     mlflow_cli = _installed_source("mlflow", "cli/__init__.py", "utils/cli_args.py")
     for flag in set(re.findall(r"--[a-z][a-z-]+", mlflow_cmd.split("server", 1)[1])):
@@ -454,24 +447,103 @@ def test_start_commands(path):
 def test_every_install_uses_the_constraints(path):
     config = load(path)
     installs = [c for _, c in all_commands(config) if "uv pip install" in c]
-    assert len(installs) >= 3
+    assert len(installs) >= 2
     assert all("-c ~/hardtruths/constraints.txt" in c for c in installs), installs
 
 
 @pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
-def test_ray_token_and_mlflow_login_on_every_node(path):
+def test_ray_token_on_every_node_and_the_mlflow_login_on_the_head_only(path):
     """Ray runs with token authentication (the token made once on the user's machine, shipped with the file
-    mounts) and the MLflow server with its basic-auth app, whose admin password comes from the settings."""
+    mounts, 600 on every node) and the MLflow server with its basic-auth app; the MLflow login is on the head
+    only (client.env beside the generated secrets), never in the settings every node gets."""
     config = load(path)
     words = shlex.split(settings(config)["write_node_env"])
     env = dict(w.split("=", 1) for w in words if re.fullmatch(r"[A-Z_]+=.*", w))
     assert env["RAY_AUTH_MODE"] == "token"
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
-    assert env["MLFLOW_TRACKING_USERNAME"] == "${HT_MLFLOW_USER}"
-    assert env["MLFLOW_TRACKING_PASSWORD"] == "${HT_MLFLOW_PASSWORD}"
-    (mlflow_cmd,) = [c for c in config["head_start_ray_commands"] if "mlflow\" server" in c]
-    assert "server --app-name basic-auth" in mlflow_cmd
-    assert '--setenv=MLFLOW_AUTH_ADMIN_PASSWORD="$HT_MLFLOW_PASSWORD"' in mlflow_cmd
-    (ini,) = [c for c in config["head_setup_commands"] if "mlflow-auth.ini" in c]
-    assert "admin_username = ${HT_MLFLOW_USER}" in ini and "umask 077" in ini
+    assert "chmod 700 ~/.ray && chmod 600 ~/.ray/auth_token" in config["setup_commands"]
+    assert not [k for k in env if k.startswith("MLFLOW_")], "every node gets these settings"
+    assert env["HT_MLFLOW_HOME"] == "${HOME}/mlflow", "the secrets live on the head's disk, beside the user store"
+    server = (ROOT / "cluster" / "mlflow-server").read_text()
+    assert "--app-name basic-auth" in server and '. "$HT_MLFLOW_HOME/server.env"' in server
+    hook = config["setup_commands"][1]
+    assert '. "$HT_MLFLOW_HOME/client.env"' in hook, "the head's shells and study drivers log in to MLflow"
     assert not any("RAY_AUTH_MODE=disabled" in c for _, c in all_commands(config))
+
+
+SECRET_WORDS = re.compile(r"(?i)(password|passwd|secret|token)[A-Z_]*\s*[=:]\s*['\"]?([^\s'\"]+)")
+
+
+def secret_literals(text: str) -> list[str]:
+    """`PASSWORD=value`-like words whose value is written out (not a variable or a file's path)."""
+    return [m.group(0) for m in SECRET_WORDS.finditer(text) if not m.group(2).startswith(("$", "~/", "{"))]
+
+
+@pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
+def test_no_password_literal_in_the_config(path):
+    """The configs are tracked by git and uploaded with every `ray job submit --working-dir .`: no password, key
+    or token may be written in them, only generated on the head (cluster/mlflow-setup)."""
+    text = path.read_text()
+    assert not secret_literals(text), f"secret values written in {path.name}: {secret_literals(text)}"
+    assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), "a password inside a URI"
+    assert not re.search(r"--setenv=\S*(PASSWORD|SECRET)", text), "a secret in systemd's unit properties"
+
+
+def test_no_password_check_catches_one():
+    """The check above, on a copy with the old literal put back."""
+    text = AWS.read_text().replace("'HT_MLFLOW_USER=hardtruths'", "'HT_MLFLOW_USER=hardtruths' 'HT_MLFLOW_PASSWORD=change1me1please'")
+    assert secret_literals(text) == ["PASSWORD=change1me1please"]
+
+
+# --- least privilege on AWS ---------------------------------------------------------------------
+
+
+def test_aws_template_gives_the_head_no_more_than_the_study_needs():
+    """cluster/aws-least-privilege.yaml (CloudFormation, made by the user once): the head's role reaches the one
+    bucket and only this cluster's instances; SSH comes only from the range the user gives; cluster.yaml uses
+    what it makes."""
+    template = yaml.safe_load((ROOT / "cluster" / "aws-least-privilege.yaml").read_text())
+    resources, params = template["Resources"], template["Parameters"]
+    statements = [s for policy in resources["HeadRole"]["Properties"]["Policies"]
+                  for s in policy["PolicyDocument"]["Statement"]]
+    actions = [a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
+    assert not [a for a in actions if a.endswith("*")], "no wildcard actions"
+    for s in statements:
+        if any(a.startswith("s3:") for a in s["Action"] if isinstance(s["Action"], list)) or str(s["Action"]).startswith("s3:"):
+            assert "${BucketName}" in s["Resource"]["Fn::Sub"], s
+        if {"ec2:TerminateInstances", "ec2:StopInstances"} & set(s["Action"]):
+            assert s["Condition"]["StringEquals"] == {"aws:ResourceTag/ray-cluster-name": {"Ref": "ClusterName"}}
+    assert params["ClusterName"]["Default"] == load(AWS)["cluster_name"]
+    (ssh,) = resources["ClusterSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert (ssh["FromPort"], ssh["ToPort"], ssh["CidrIp"]) == (22, 22, {"Ref": "SshCidr"})
+    assert "Default" not in params["SshCidr"], "the user chooses the range"
+    s = settings(load(AWS))
+    profile_name = resources["HeadInstanceProfile"]["Properties"]["InstanceProfileName"]["Fn::Sub"]
+    assert s["head_instance_profile"]["Arn"].endswith("instance-profile/" + profile_name.replace("${ClusterName}", params["ClusterName"]["Default"]))
+
+
+# --- GPU nodes checked at boot ------------------------------------------------------------------
+
+
+def test_gpu_check_fails_where_torch_cannot_use_a_gpu(tmp_path):
+    """cluster/check-gpu, run here with this machine's torch as the node's ~/venv: a GPU node type's setup fails
+    with one sentence naming the torch build and the driver; on a host without an NVIDIA GPU, `--if-any` passes."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here")
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (tmp_path / "venv" / "bin" / "python").chmod(0o755)
+    types = load(AWS)["available_node_types"]
+    assert all(t.get("worker_setup_commands") == ["~/hardtruths/cluster/check-gpu"]
+               for t in types.values() if t["resources"].get("GPU")), "every GPU node type checks at boot"
+    assert load(ONPREM)["worker_setup_commands"] == ["~/hardtruths/cluster/check-gpu --if-any"]
+    env = {"PATH": "/usr/bin:/bin"}  # no nvidia-smi: a node without a driver
+    failed = run_bash(str(ROOT / "cluster" / "check-gpu"), tmp_path, **env)
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == (
+        f"hardtruths: this GPU node's torch ({torch.__version__} built for CUDA {torch.version.cuda}) cannot use its "
+        f"GPU (NVIDIA driver: none found); use an image with NVIDIA drivers, or set HT_TORCH_BACKEND to a cuXYZ build "
+        f"the driver supports (nvidia-smi shows the highest CUDA version it supports).")
+    assert run_bash(f"{ROOT}/cluster/check-gpu --if-any", tmp_path, **env).returncode == 0

@@ -91,13 +91,13 @@ class WorkerTorchConfig(TorchConfig):
         return _WorkerBackend
 
 
-def check_gpu(gpus: float) -> None:
-    """Refuse, in one sentence, a trial that asked for a GPU on a node where torch sees none."""
+def check_gpu(gpus: float, what: str = "trial") -> None:
+    """Refuse, in one sentence, a trial (or preparation task) that asked for a GPU on a node where torch sees none."""
     if gpus > 0 and not torch.cuda.is_available():
         import ray
 
         where = ray.util.get_node_ip_address() if ray.is_initialized() else "this machine"
-        raise StudyError(f"This trial asked for {gpus:g} GPU(s) but runs on node {where}, where torch sees no CUDA "
+        raise StudyError(f"This {what} asked for {gpus:g} GPU(s) but runs on node {where}, where torch sees no CUDA "
                          f"device (a node type that declares GPUs needs NVIDIA drivers and a CUDA build of torch), "
                          f"so it was not trained on the CPU instead.")
 

@@ -7,7 +7,10 @@ Each task asks Ray for what it uses (:func:`task_resources`): a selection
 task what a trial asks for (its proxy models train like a student), the
 teacher a whole GPU where the study uses GPUs and the CPUs of the largest node
 that could run it, as threads. Nothing else runs while the teacher trains, and
-Ray would otherwise give a task one CPU and ``OMP_NUM_THREADS=1``.
+Ray would otherwise give a task one CPU and ``OMP_NUM_THREADS=1``. A task
+given a GPU that torch cannot see (a CPU-only torch build, no driver) fails
+with one sentence, which the driver raises as it is, instead of training on
+the CPU.
 """
 from __future__ import annotations
 
@@ -23,11 +26,13 @@ import torch
 
 from study.runs.config import TrialConfig
 from study.core.regimes import REGIMES
+from study.core.errors import StudyError
 from study.core.seeding import canonical_json
 from study.selection import build_selector
 from study.core.train import default_device
 from study.runs.trial import context_for, prepare_selection, selection_key
 from trainables.data_passes import prepare_tree_in_driver, teacher_pass_in_driver
+from trainables.executors import check_gpu
 from trainables.progress import progress_bar
 
 
@@ -73,8 +78,10 @@ def prepare_teacher(cfg: TrialConfig, cache_dir: str | None):
     outcome: dict = {}
 
     def train() -> None:
-        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+        assigned = ray.get_runtime_context().get_assigned_resources()
+        torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
         try:
+            check_gpu(assigned.get("GPU", 0), "teacher task")
             with cache_notes() as notes, logged("study.core.teacher", logging.INFO, lines.put):
                 outcome["result"] = context_for(cfg, cache_dir, default_device()).teacher.test_acc, notes
         except BaseException as err:  # raised again in the task, as a failed task
@@ -95,9 +102,20 @@ def prepare_teacher(cfg: TrialConfig, cache_dir: str | None):
 @ray.remote
 def prepare_repeat(cfg: TrialConfig, repeat: int, cache_dir: str | None) -> tuple[float, list[str]]:
     start = time.perf_counter()
+    check_gpu(ray.get_runtime_context().get_assigned_resources().get("GPU", 0), "selection task")
     with cache_notes() as notes:
         prepare_selection(cfg, repeat, cache_dir)
     return time.perf_counter() - start, notes
+
+
+def task_result(ref):
+    """``ray.get``, with a StudyError raised in the task raised here as itself: one sentence, no remote traceback."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, StudyError):
+            raise err.cause from None
+        raise
 
 
 def needs_teacher(cells: list[TrialConfig]) -> bool:
@@ -137,7 +155,7 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print, cp
     if cells and needs_teacher(cells):
         say(f"preparing: teacher ({teacher_options['num_cpus']:g} CPU threads, {teacher_options['num_gpus']} GPU) ...")
         for ref in prepare_teacher.options(**teacher_options).remote(cells[0], cache_dir):
-            item = ray.get(ref)
+            item = task_result(ref)
             if isinstance(item, str):
                 say(f"preparing: {item}")
             else:
@@ -162,7 +180,7 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print, cp
             while pending:
                 [ref], _ = ray.wait(list(pending))
                 cfg = pending.pop(ref)
-                took, notes = ray.get(ref)
+                took, notes = task_result(ref)
                 for note in notes:
                     say(note)
                 seconds[cfg.selector] += took

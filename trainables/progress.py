@@ -6,6 +6,7 @@ printed lines alone say how far a study is.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import ray
@@ -16,6 +17,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 
 from study.analysis.summary import mean_std
 from study.analysis.terminal import console as study_console
+from trainables.placement import UNPLACEABLE_AFTER_S, UnplaceableWatch
 
 
 def progress_bar(what: str, console: Console | None = None) -> Progress:
@@ -67,7 +69,8 @@ def pending_placement_groups() -> int:
 
 
 class WaitingTrials(tune.Callback):
-    """Says how many trials wait for nodes, whenever that changes (checked every ``every`` seconds).
+    """Says how many trials wait for nodes, whenever that changes (checked every ``every`` seconds), and names a
+    request that has waited ``unplaceable_after`` seconds with no node coming for it (trainables.placement).
 
     A trial of the inline executor waits as a PENDING Tune trial; one of the
     ray-train executor is already RUNNING in Tune (its driver needs a hundredth
@@ -75,8 +78,9 @@ class WaitingTrials(tune.Callback):
     on a placement group, so the larger of the two counts is the number waiting.
     """
 
-    def __init__(self, every: float = 5.0):
+    def __init__(self, every: float = 5.0, unplaceable_after: float = UNPLACEABLE_AFTER_S):
         self.every, self.checked, self.last = every, 0.0, None
+        self.unplaceable = UnplaceableWatch(unplaceable_after, say=functools.partial(print, flush=True))
 
     def on_step_begin(self, iteration, trials, **info):
         now = time.monotonic()
@@ -91,3 +95,5 @@ class WaitingTrials(tune.Callback):
             print(f"trials: {running} running, {waiting} waiting for nodes (PENDING); the cluster has "
                      f"{res.get('CPU', 0):g} CPU(s), {res.get('GPU', 0):g} GPU(s) now", flush=True)
         self.last = state
+        if waiting:
+            self.unplaceable.poll()

@@ -42,6 +42,7 @@ from study.runs.tracking import Tracker
 from trainables.callbacks import StudyCallback
 from trainables.prepare import prepare_study
 from trainables.executors import keep_train_coordinator_on_driver_node, study_trial
+from trainables.placement import TRIAL_DRIVER, check_placeable, node_types, trial_request, unplaceable_after
 from trainables.progress import TrialLines, WaitingTrials
 
 # Tune's classic output (silent at verbose=0) and no per-trial CSV/JSON/TensorBoard files: MLflow is the record.
@@ -190,7 +191,7 @@ def trainable_for(executor: str, options: RunOptions, cells: list[TrialConfig], 
                 "storage_path": storage, "compile": options.compile_model}
     fn = tune.with_parameters(study_trial, cells=cells, options=settings)
     if executor == "ray-train":
-        return tune.with_resources(fn, {"cpu": 0.01})
+        return tune.with_resources(fn, {"cpu": TRIAL_DRIVER["CPU"]})
     return tune.with_resources(fn, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
 
 
@@ -239,7 +240,8 @@ def run_tuner(trainable, name: str, storage: str, callback: StudyCallback, max_f
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=names,
                                     trial_dirname_creator=names.folder, **tune_config),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback, WaitingTrials()], verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                  callbacks=[callback, WaitingTrials(unplaceable_after=unplaceable_after())],
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
     tuner.fit()
@@ -289,6 +291,8 @@ def storage_dir(options: RunOptions) -> Path:
 def run_on_ray(spec, cells, pending, sink: TrialSink, options: RunOptions, say) -> dict[str, float]:
     """Prepare and run the study's pending trials; returns the seconds spent preparing and running them."""
     executor = resolve_executor(options, say)
+    check_placeable(trial_request(executor, options.cpus_per_trial, options.gpus_per_trial, options.workers_per_trial),
+                    node_types())
     if executor == "ray-train":
         keep_train_coordinator_on_driver_node()
     max_concurrent = concurrency(options)
