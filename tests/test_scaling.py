@@ -109,7 +109,8 @@ def test_a_search_resumes_from_its_finished_trials(local_ray, tmp_path, cache_di
     first = run_study(spec, tracker, parent, options).results.frame()
     assert len(first) == 2 and set(first["search_group"]) == {group.hash} and first["lr"].nunique() == 2
     assert "[2/2]" in capsys.readouterr().out
-    run_study(dataclasses.replace(spec, num_samples=3), tracker, parent, options)
+    again = run_study(dataclasses.replace(spec, num_samples=3), tracker, parent, options).results.frame()
+    assert len(again) == 3 and again["lr"].nunique() == 3, "the resumed search proposes a new point"
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert len(lines) == 1 and lines[0].startswith("[3/3] "), "one more trial; the earlier ones count as done"
     assert len(tracker.children(parent)) == 3

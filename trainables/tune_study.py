@@ -32,6 +32,7 @@ from study.core.data import listed_folders
 from study.core.environment import study_environment
 from study.core.listing import published_listings
 from study.core.errors import StudyError
+from study.core.seeding import derive_seed
 from study.runs.checkpoints import replay
 from study.runs.provenance import code_version
 from study.runs.rerun import check_stale, describe, finished_versions, stale_hashes
@@ -328,7 +329,9 @@ def run_searches(spec: StudySpec, pending: list[TrialConfig], sink: TrialSink, e
             if remaining <= 0:
                 continue
             searcher = FinalResultSearch(space={"cell": optuna.distributions.CategoricalDistribution([0]), **space},
-                                         metric=spec.metric, mode=spec.mode, seed=group,
+                                         metric=spec.metric, mode=spec.mode,
+                                         # a resumed search draws afresh, not the sequence that made its points
+                                         seed=derive_seed("optuna", spec.hash, group, len(points)),
                                          points_to_evaluate=[{"cell": 0, **p} for p, _ in points] or None,
                                          evaluated_rewards=[r for _, r in points] or None)
             run_tuner(trainable_for(executor, options, [cell], storage), f"study-{spec.hash}-group{group}", storage,
