@@ -1,8 +1,9 @@
 """Per-dataset protocols: student, teacher, batch, recipe and default budgets.
 
 A preset says how students are trained on a dataset; a space (spaces.py) says
-which cells of the study to run. Numbers come from DESIGN.md's measurements
-on this machine (digits, Fashion-MNIST) and from the DD literature (CIFAR:
+which cells of the study to run. Numbers come from measurements on this
+project's machine (digits, Fashion-MNIST; benchmarks/README.md, "Measurements
+behind the defaults") and from the DD literature (CIFAR:
 RDED's and SRe2L's released evaluation with their BatchNorm ConvNet-3, width
 128; ImageNet: ResNet-18, AdamW, as in RDED / SRe2L). A ``batch_size`` may be
 a table by IPC (study.core.protocol.batch_size_for).
@@ -29,6 +30,11 @@ teacher is trained here (the reproduction loads RDED's released BatchNorm
 observer of the same depth).
 """
 
+# What every command trains on when none is named, and the cell one trial (study.run, study.export) is where
+# the command line names none; its budget is the preset's first.
+DEFAULT_PRESET = "digits"
+DEFAULT_CELL = {"selector": "random", "ipc": 10, "regime": "hl", "seeds": 1}
+
 PAPER_HL_SL = {
     "batch_size": 256,
     "recipe": "sgd-step-v1",
@@ -49,9 +55,8 @@ PRESETS = {
         "model_kwargs": {"width": 32},
         "batch_size": 64,
         "recipe": "adamw-v1",
-        # T = 1: at the quick study's 400 steps the full-data student under fixed soft labels reaches 95.5% and
-        # under KD 96.4%, against 96.0% under hard labels (2 seeds), so the protocol check passes; at T = 2 fixed
-        # soft labels lag by 1.4 points, at T = 4 by 1.7 (and still 1.8 at 600 steps, where hard labels gain too).
+        # T = 1: the lowest temperature lets fixed soft labels keep up with hard labels at the quick study's
+        # budget, so the protocol check passes (benchmarks/README.md, "Digits temperature").
         "temperature": 1.0,
         "teacher": {"model": "convnet", "model_kwargs": {"width": 32}, "epochs": 50, "batch_size": 64},
         "budgets": [500],
@@ -132,14 +137,10 @@ PRESETS = {
         "teacher": {"model": "convnet_bn", "model_kwargs": {"width": 128, "depth": 4}, "epochs": 50,
                     "batch_size": 256},
     },
-    # The same protocol on Fashion-MNIST, narrowed to width 16 to fit this 2-core machine. One training step of
-    # ConvNet-D3 with DSA, one thread, batch 100 / 256 (IPC 10 / 50 at 300 epochs: 300 / 600 steps), measured
-    # with the machine shared (load 6): width 128 1.24 / 3.47 s, width 32 0.154 / 0.491 s, width 16 0.069 /
-    # 0.159 s. The issue's table (9 selectors x IPC {10, 50} x {hl, sl} x 3 seeds = 54 runs of 300 + 600 steps)
-    # then costs about 37 h of student training at width 128, 5.1 h at width 32 and 1.7 h at width 16 (plus
-    # evaluation; about half with two trials at a time on the two cores). --set model_kwargs.width=128 runs the
-    # paper's width. (The DC ConvNet pads a 1-channel 28 px input by 3 in its first layer, making it 32 px;
-    # ours does not.)
+    # The same protocol on Fashion-MNIST, narrowed to width 16 to fit this 2-core machine: the paper table costs
+    # about 37 h of student training at width 128 and 1.7 h at width 16 (benchmarks/README.md, "Fashion-MNIST
+    # costs"). --set model_kwargs.width=128 runs the paper's width. (The DC ConvNet pads a 1-channel 28 px input
+    # by 3 in its first layer, making it 32 px; ours does not.)
     "fashion-mnist-paper": {
         "dataset": "fashion-mnist",
         "model": "convnet",
@@ -148,6 +149,8 @@ PRESETS = {
         "per_regime": {"sl": {"recipe": "adamw-v1"},
                        "sl_kd": {**RDED_KD, "model_kwargs": {"width": 16, "depth": 3}, "lr": None,
                                  "batch_size": {"1": 10, "10": 50, "50": 100, "full": 256}}},
-        "teacher": {"model": "convnet", "model_kwargs": {"width": 64}, "epochs": 8, "batch_size": 128},
+        # A width-32 teacher for 4 epochs (about 90% test accuracy) rather than the fashion-mnist preset's width 64 x 8:
+        # the width-64 teacher took 10 minutes an epoch on this machine while other work shared its two cores.
+        "teacher": {"model": "convnet", "model_kwargs": {"width": 32}, "epochs": 4, "batch_size": 128},
     },
 }

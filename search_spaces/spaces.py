@@ -9,10 +9,11 @@ through Optuna's TPE (trainables.tune_study). ``"selectors": "all"`` means every
 time, so a new selector joins the default study by registering.
 """
 
-# Compute alignment (docs/cad.md): is the paper's compute match, a scoring run that sees as many images as the
+# Compute alignment (docs/alignment.md): is the paper's compute match, a scoring run that sees as many images as the
 # student (ratio 1), where CAD-Prune and CA2D do best? Both spaces vary the scoring run's ratio over two decades
 # on a log grid, so scoring runs are cached and shared, at IPC 10 and 50 under the paper's HL and SL protocols.
-# Budgets in epochs over the subset, 1.5 decades up to the paper's 300 (the preset counts budgets in epochs).
+# Budgets in epochs over the subset, 1.5 decades (33x) up to the paper's 300 (the preset counts budgets in epochs).
+# The TPE search runs 2 seeds; the grid 3 (docs/alignment.md).
 ALIGNMENT_CELLS = {
     "preset": "fashion-mnist-paper",
     "selectors": ["cad_prune", "ca2d"],
@@ -54,9 +55,22 @@ SPACES = {
         "seeds": 3,
         "full_data_reference": True,
     },
+    # The paper's method comparison (its Tab. 11 columns) under its own HL and SL protocols (Tab. 4) on a preset
+    # that follows them: the coresets, the paper's CAD-Prune and CA2D, the DD methods and R-CAD.
+    "paper_methods": {
+        "kind": "grid",
+        "preset": "fashion-mnist-paper",
+        "selectors": ["random", "herding", "kcenter", "el2n", "cad_prune", "ca2d", "rded", "dm", "rcad"],
+        "ipc": [10, 50],
+        "regimes": ["hl", "sl"],
+        "seeds": 3,
+        "full_data_reference": True,
+    },
+    # The whole accuracy-versus-r curve per cell, with 3 seeds for the report's bootstrap interval of the best r.
     "alignment_grid": {
         "kind": "grid",
         **ALIGNMENT_CELLS,
+        "seeds": 3,
         "references": ["random"],
         "selector_grid": {"ratio": [1 / 16, 1 / 4, 1.0, 4.0, 16.0]},
     },

@@ -2,14 +2,17 @@
 
     python -m study.export --dataset digits --selector herding --ipc 10 --seed 0 --out herding10.pt
     python -m study.export --selector dm --ipc 1 --params '{"iterations": 1000}' --out dm1.npz
-    python -m study.export --selector cad_prune --ipc 10 --set steps=300 --set regime=sl_kd --out cad10/
+    python -m study.export --selector cad_prune --ipc 10 --steps 300 --regime sl_kd --out cad10/
+    python -m study.export --config config.json --out set.pt     # the set a recorded trial trained on
 
-The set is made exactly as a trial makes it (study.runs.trial: context_for,
-get_selection, build_selector), through the same preparation cache, so the
-exported set of ``--seed R`` is the set repeat R of the matching trial trains
-on. ``--seed`` is that repeat index; the card records the selection seed it
-derives. ``--set key=value`` sets any other trial field a selector may read
-(``steps``, ``regime``, ``model_kwargs.width``, ``teacher.epochs``, ...).
+The cell is resolved as study.run and a study resolve it (the preset, then the
+flags, then ``--set``: study.runs.spec.resolve_cell), and the set is made
+exactly as a trial makes it (study.runs.trial: context_for, get_selection,
+build_selector), through the same preparation cache, so the exported set of
+``--seed R`` is the set repeat R of the matching trial trains on. ``--seed``
+is that repeat index; the card records the selection seed it derives.
+``--set key=value`` sets any other setting a selector may read
+(``model_kwargs.width``, ``teacher.epochs``, ...), as in a study.
 
 The output format follows the suffix of ``--out``: ``.pt`` (a dict of uint8
 NCHW ``images``, int64 ``labels`` and ``classes``), ``.npz`` (the same arrays)
@@ -30,7 +33,8 @@ import numpy as np
 import torch
 
 from study.core.cache import atomic_write_bytes, atomic_write_text
-from study.cli import friendly_errors, parser
+from search_spaces import DEFAULT_CELL
+from study.cli import add_resolution_args, friendly_errors, parser, print_config, read_config
 from study.runs.config import TrialConfig
 from study.core.errors import StudyError
 from study.selection.external_formats import CARD_NAME, FILE_FORMATS, card_path, compute_content_hash, hash_scheme
@@ -152,43 +156,60 @@ def export_selection(cfg: TrialConfig, repeat: int, out: str | Path, cache_dir=N
 
 
 def parse(argv=None) -> argparse.Namespace:
-    d = TrialConfig()
     p = parser("python -m study.export", __doc__)
-    p.add_argument("--dataset", default=d.dataset, help="dataset to select from")
-    p.add_argument("--data-root", default=None, help="folder holding torchvision / IDX datasets (default: the "
-                                                     "dataset's usual places)")
-    p.add_argument("--selector", required=True, help="selector whose set is exported (required)")
-    p.add_argument("--params", default="{}", help="selector parameters as a JSON object")
-    p.add_argument("--ipc", type=int, required=True, help="images per class (required)")
+    add_resolution_args(p, "trial config", "config.json, record.json, study.run's --json or --print-config output")
+    p.add_argument("--selector", default=None, help=f"selector whose set is exported (default: "
+                                                    f"{DEFAULT_CELL['selector']}, or --config's)")
+    p.add_argument("--params", default=None, help="selector parameters as a JSON object, as --set "
+                                                  "selector_params.SELECTOR.KEY=VALUE sets them (default: none)")
+    p.add_argument("--ipc", type=int, default=None, help=f"images per class (default: {DEFAULT_CELL['ipc']}, or "
+                                                         f"--config's)")
+    p.add_argument("--regime", default=None, help="the trial's label regime, which a budget-aware selector reads "
+                                                  f"(default: {DEFAULT_CELL['regime']}, or --config's)")
+    p.add_argument("--steps", type=int, default=None, help="the trial's student steps, which a budget-aware selector "
+                                                           "reads (default: the preset's first budget, or --config's)")
     p.add_argument("--seed", type=int, default=0, help="the repeat index whose selection is exported")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other trial field a selector reads (steps, regime, model_kwargs.width, teacher.epochs)")
-    p.add_argument("--out", required=True, help="FILE.pt, FILE.npz, or a folder for an ImageFolder tree of PNGs "
-                                                "(required)")
+    p.add_argument("--out", default=None, help="FILE.pt, FILE.npz, or a folder for an ImageFolder tree of PNGs "
+                                               "(required unless --print-config)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--cache-dir", default=None, help="preparation cache (default: ~/.cache/hardtruths)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when there is one, else cpu)")
     return p.parse_args(argv)
 
 
-def config_from_args(a: argparse.Namespace) -> TrialConfig:
-    from study.runs.spec import parse_override
-
+def params_overrides(selector: str, text: str | None) -> list[str]:
+    """--params as the --set settings it stands for."""
+    if text is None:
+        return []
     try:
-        params = json.loads(a.params)
+        params = json.loads(text)
     except json.JSONDecodeError:
-        raise StudyError(f"--params must be a JSON object, e.g. '{{\"iterations\": 500}}', not {a.params!r}.") from None
+        raise StudyError(f"--params must be a JSON object, e.g. '{{\"iterations\": 500}}', not {text!r}.") from None
     if not isinstance(params, dict):
-        raise StudyError(f"--params must be a JSON object, not {a.params!r}.")
-    cfg = TrialConfig.from_dict({"dataset": a.dataset, "data_root": a.data_root, "selector": a.selector,
-                                 "selector_params": params, "ipc": a.ipc})
-    return cfg.with_choices(dict(map(parse_override, a.set)))
+        raise StudyError(f"--params must be a JSON object, not {text!r}.")
+    return [f"selector_params.{selector}.{k}={json.dumps(v)}" for k, v in params.items()]
+
+
+def config_from_args(a: argparse.Namespace) -> TrialConfig:
+    """The cell whose selection is exported, resolved as study.run and a study resolve it."""
+    from study.runs.spec import resolve_cell
+
+    base = read_config(a.config) if a.config else None
+    selector = a.selector or (base or {}).get("selector") or DEFAULT_CELL["selector"]
+    return resolve_cell(a.selector, a.ipc, a.regime, a.steps, None, a.preset, a.dataset, a.data_root,
+                        a.overrides + params_overrides(selector, a.params), base)
 
 
 @friendly_errors
 def main(argv=None) -> None:
     a = parse(argv)
-    card = export_selection(config_from_args(a), a.seed, a.out, a.cache_dir, a.device, a.force)
+    cfg = config_from_args(a)
+    if a.print_config:
+        print_config(cfg.to_dict())
+        return
+    if not a.out:
+        raise StudyError("--out is required: FILE.pt, FILE.npz, or a folder for an ImageFolder tree of PNGs.")
+    card = export_selection(cfg, a.seed, a.out, a.cache_dir, a.device, a.force)
     where = card_path(Path(a.out).expanduser())
     print(f"wrote {card['num_images']} images ({card['selector']}, ipc={card['ipc']}, seed {card['seed']}) to "
           f"{a.out} [{card['file_format']}], card {where}, sha256 {card['content_hash'][:16]}...")

@@ -18,7 +18,11 @@ The report is written to ``<out>/report/`` and logged as artifacts (folder
   (regime, budget, IPC);
 - ``best.csv``, ``headline.md``;
 - figures: ``accuracy_vs_ipc.png``, ``accuracy_vs_budget.png``,
-  ``gain_vs_ipc.png``, ``examples.png``.
+  ``gain_vs_ipc.png``, ``examples.png``;
+- for a study that varies CAD's scoring ratio (:mod:`study.analysis.ratio`):
+  ``alignment.csv`` / ``alignment.md`` (the best r per cell, its bootstrap
+  interval, r = 1 against it), ``alignment_curve.csv`` and
+  ``accuracy_vs_ratio.png``, and a sentence per regime in the headline.
 
 Tables depend only on what MLflow holds, so regenerating the report of a past
 study gives the same tables.
@@ -36,6 +40,8 @@ from pathlib import Path
 import pandas as pd
 
 from study.analysis import summary as S
+from study.analysis.ratio import (TEXT_HEAD, accuracy_vs_ratio, alignment, markdown, saturation_lines, text_rows,
+                                  verdict_lines)
 from study.analysis.prose import headline
 from study.analysis.published import with_published
 from study.analysis.trials import regime_sort_key, run_rows, tidy, trial_table
@@ -61,6 +67,8 @@ class Report:
     families: pd.DataFrame
     examples: list = field(default_factory=list)
     headline: list[str] = field(default_factory=list)
+    alignment: pd.DataFrame = field(default_factory=pd.DataFrame)  # empty unless the study varies CAD's ratio
+    alignment_curve: pd.DataFrame = field(default_factory=pd.DataFrame)
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -68,13 +76,16 @@ class Report:
         return int((self.trials["status"] == "FAILED").sum()) if not self.trials.empty else 0
 
     def figures(self) -> dict:
-        """The report's figures as open matplotlib Figures (the caller closes them)."""
+        """The report's figures as matplotlib Figures (study.analysis.figures)."""
         from study.analysis import figures as F
 
-        return {"accuracy_vs_ipc": F.accuracy_vs_ipc(self.summary),
-                "accuracy_vs_budget": F.accuracy_vs_budget(self.summary),
-                "gain_vs_ipc": F.gain_vs_ipc(self.derived),
-                "examples": F.example_grid(self.examples)}
+        figures = {"accuracy_vs_ipc": F.accuracy_vs_ipc(self.summary),
+                   "accuracy_vs_budget": F.accuracy_vs_budget(self.summary),
+                   "gain_vs_ipc": F.gain_vs_ipc(self.derived),
+                   "examples": F.example_grid(self.examples)}
+        if not self.alignment_curve.empty:
+            figures["accuracy_vs_ratio"] = accuracy_vs_ratio(self.alignment_curve)
+        return figures
 
 
 # ---------------------------------------------------------------- reading artifacts
@@ -113,8 +124,15 @@ def analyse(trials: pd.DataFrame, examples: list | None = None, folder: Path = P
     best = S.best_per_regime(derived)
     families = S.family_table(derived, trials)
     failed = int((trials["status"] == "FAILED").sum()) if not trials.empty else 0
+    aligned, curve = alignment(trials)
     return Report(Path(folder), parent_run_id, trials, per_seed, summary, derived, protocol, best, families,
-                  examples or [], headline(best, protocol, failed, families))
+                  examples or [], headline(best, protocol, failed, families) + alignment_lines(aligned), aligned,
+                  curve)
+
+
+def alignment_lines(table: pd.DataFrame) -> list[str]:
+    """The compute-alignment verdict per regime, then whether random saturates over the budgets."""
+    return verdict_lines(table) + saturation_lines(table)
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str, parquet: bool = True) -> list[Path]:
@@ -127,8 +145,6 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str, parquet: bool = Tr
 
 
 def write(report: Report, figures: bool = True) -> dict[str, Path]:
-    import matplotlib.pyplot as plt
-
     folder = report.folder
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -137,13 +153,19 @@ def write(report: Report, figures: bool = True) -> dict[str, Path]:
             files[path.name] = path
     for name in ("protocol", "best", "families"):
         files[f"{name}.csv"] = write_table(getattr(report, name), folder, name, parquet=False)[0]
+    if not report.alignment.empty:
+        for name in ("alignment", "alignment_curve"):
+            files[f"{name}.csv"] = write_table(getattr(report, name), folder, name, parquet=False)[0]
+        files["alignment.md"] = folder / "alignment.md"
+        files["alignment.md"].write_text("# Compute alignment: the best scoring ratio r per cell\n\n"
+                                         + markdown(report.alignment) + "\n"
+                                         + "".join(f"- {line}\n" for line in alignment_lines(report.alignment)))
     headline = folder / "headline.md"
     headline.write_text("# Study headline\n\n" + "".join(f"- {line}\n" for line in report.headline))
     files["headline.md"] = headline
     for name, fig in (report.figures() if figures else {}).items():
         path = folder / f"{name}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
         files[path.name] = path
     report.files = files
     return files
@@ -212,6 +234,13 @@ def print_report(report: Report, console=None) -> None:
                                                     (r.best_dd, r.dd_acc, r.dd_gain))))
         console.print(table)
     print_published(report, console)
+    if not report.alignment.empty:
+        table = Table(title="Compute alignment: the best scoring ratio r per cell (test accuracy %)")
+        for i, col in enumerate(TEXT_HEAD):
+            table.add_column(col, justify="left" if i in (0, 2, 3, 5) else "right")
+        for row in text_rows(report.alignment):
+            table.add_row(*row)
+        console.print(table)
     for line in report.headline:
         console.print(f"[bold red]{line}[/bold red]" if line.startswith("PROTOCOL") else line, highlight=False)
     console.print(f"report: {report.folder}", highlight=False)

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search_spaces import PRESETS, SPACES
-from study.cli import friendly_errors, parser
+from search_spaces import SPACES
+from study.cli import add_resolution_args, friendly_errors, parser, print_config, read_config
 from study.core.errors import StudyError
-from study.runs.history import STALE_POLICIES
+from study.runs.rerun import STALE_POLICIES
 from study.runs.spec import StudySpec, resolve_spec, validate_spec
 
 if TYPE_CHECKING:
@@ -32,13 +32,7 @@ def parse(argv=None) -> argparse.Namespace:
     p = parser("python -m study.scaling", __doc__)
     g = p.add_argument_group("what to run")
     g.add_argument("--space", default="quick", help=f"study space: {', '.join(SPACES)}")
-    g.add_argument("--preset", default=None, help=f"dataset protocol: {', '.join(PRESETS)} (default: the "
-                                                  f"--dataset's own preset, else the space's)")
-    g.add_argument("--dataset", default=None, help="dataset, e.g. fashion-mnist or imagefolder:/data/tin; brings its "
-                                                   "own preset when it has one, else needs --preset (default: the "
-                                                   "preset's dataset)")
-    g.add_argument("--data-root", default=None, help="folder holding torchvision / IDX datasets (default: the "
-                                                     "dataset's usual places)")
+    add_resolution_args(g, "study spec", "a study's study_spec.json or --print-config output")
     g.add_argument("--model", default=None, help="student model: convnet, resnet18, timm:<name> (default: the preset's)")
     g.add_argument("--selectors", default=None, help="comma-separated selectors, or 'all' (default: the space's)")
     g.add_argument("--ipc", default=None, help="comma-separated images per class, e.g. 1,10,50 (default: the space's)")
@@ -48,8 +42,6 @@ def parse(argv=None) -> argparse.Namespace:
     g.add_argument("--seeds", type=int, default=None, help="repeats per trial (default: the space's)")
     g.add_argument("--num-samples", type=int, default=None, help="Optuna trials per cell group in optuna spaces "
                                                                  "(default: the space's)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a protocol setting, e.g. --set temperature=2 --set model_kwargs.width=64")
     r = p.add_argument_group("where and how")
     r.add_argument("--out", default=None, help="output folder (default: studies/<space>-<hash>)")
     r.add_argument("--cache-dir", default=None,
@@ -88,7 +80,8 @@ def spec_from_args(a: argparse.Namespace) -> StudySpec:
     if a.num_samples is not None:
         overrides.append(f"num_samples={a.num_samples}")
     return resolve_spec(a.space, a.preset, a.dataset, a.selectors, a.ipc, a.regimes, a.budgets, a.seeds,
-                        overrides, a.data_root, all_selectors=SELECTORS.names())
+                        overrides, a.data_root, all_selectors=SELECTORS.names(),
+                        base=read_config(a.config) if a.config else None)
 
 
 def check_workers(workers: int, batch_size: int) -> None:
@@ -125,13 +118,13 @@ def check_study(spec: StudySpec, options) -> None:
 
 def finished_before(spec: StudySpec, out: Path, tracking_uri: str, experiment: str) -> dict[str, str]:
     """Config hash -> code version of the trials of this study that already finished; reads, creates nothing."""
-    from study.runs.history import finished_versions
-    from study.runs.ledger import Ledger
+    from study.runs.rerun import finished_versions
+    from study.runs.results_table import ResultsTable
     from study.runs.tracking import existing_tracker
 
     tracker = existing_tracker(tracking_uri, experiment)
     parent = tracker.find_study(spec.hash) if tracker else None
-    return finished_versions({c.hash for c in spec.cells()}, Ledger(out), tracker,
+    return finished_versions({c.hash for c in spec.cells()}, ResultsTable(out), tracker,
                              parent.info.run_id if parent else None)
 
 
@@ -160,8 +153,8 @@ def print_dry_run(spec: StudySpec, out: Path, executor: str, finished: str) -> N
     print(f"executor: {executor}")
 
 
-def summarise_ledger(frame: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv and the terminal table: the report's per-cell summary, from the ledger's rows."""
+def summarise_results(frame: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv and the terminal table: the report's per-cell summary, from results.csv's rows."""
     from study.analysis.published import with_published
     from study.analysis.summary import summarise
     from study.analysis.trials import tidy, trial_table
@@ -211,11 +204,15 @@ def make_report(tracker, parent: str, out: Path) -> None:
 def main(argv=None) -> int:
     start = time.perf_counter()
     a = parse(argv)
-    from study.runs.history import check_stale, describe, stale_hashes
+    from study.runs.rerun import check_stale, describe, stale_hashes
     from study.runs.tracking import Tracker, configure_client, default_tracking_uri
 
     configure_client()
     spec = spec_from_args(a)
+    if a.print_config:
+        validate_spec(spec, smallest_class(spec))
+        print_config(spec.to_dict())
+        return 0
     out = Path(a.out or Path("studies") / f"{spec.space}-{spec.hash}")
     options = run_options(a, out)
     check_study(spec, options)
@@ -238,19 +235,20 @@ def main(argv=None) -> int:
 
     from trainables.tune_study import run_study
 
-    ledger = run_study(spec, tracker, parent, options)
-    frame = ledger.frame()
-    summary = summarise_ledger(frame)
+    run = run_study(spec, tracker, parent, options)
+    frame = run.results.frame()
+    summary = summarise_results(frame)
     from study.core.cache import atomic_write_text
 
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
     print_summary(summary)
     failed = int((frame["status"] == "FAILED").sum()) if not frame.empty else 0
+    phases = dict(run.phases)
     if not a.no_report:
         clock = time.perf_counter()
         make_report(tracker, parent, out)
-        options.phases["report_s"] = time.perf_counter() - clock
-    phases = {**options.phases, "total_s": time.perf_counter() - start}
+        phases["report_s"] = time.perf_counter() - clock
+    phases["total_s"] = time.perf_counter() - start
     atomic_write_text(out / "phases.json", json.dumps(phases, indent=1))
     tracker.finish_study(parent, "FAILED" if failed else "FINISHED",
                          metrics={"trials_failed": failed, **teacher_metric(frame),

@@ -13,6 +13,7 @@ def test_alignment_grid_runs_both_methods_at_every_ratio():
     validate_spec(spec)
     assert spec.preset == "fashion-mnist-paper" and set(spec.ipc) == {10, 50} and set(spec.regimes) == {"hl", "sl"}
     assert spec.budget_unit == "epochs" and max(spec.budgets) / min(spec.budgets) >= 10 ** 1.5
+    assert max(spec.budgets) == 300 and spec.seeds == 3  # the paper's budget; seeds for the bootstrap interval
     grid, refs = spec.searched_cells(), spec.reference_cells()
     per_cell = len(spec.ipc) * len(spec.regimes) * len(spec.budgets)
     assert len(grid) == 2 * 5 * per_cell and len(refs) == per_cell

@@ -109,16 +109,17 @@ def test_study_run_reproduces_a_study_cell(tmp_path):
     record.write_text(json.dumps({"config": cell.to_dict(), "status": "FINISHED"}))
     assert config_from_args(parse(["--config", str(record)])).hash == cell.hash
     changed = config_from_args(parse(["--config", str(record), "--steps", "50", "--set", "model_kwargs.width=8",
-                                      "--set", "selector_params.herding.metric=cosine"]))
+                                      "--selector", "aum", "--set", "selector_params.aum.keep=easy"]))
     assert changed.protocol.steps == 50 and changed.protocol.model_kwargs == {"width": 8}
-    assert changed.selector_params == {"metric": "cosine"} and changed.protocol.batch_size == 64
+    assert changed.selector_params == {"keep": "easy"} and changed.protocol.batch_size == 64
     preset = config_from_args(parse(["--preset", "fashion-mnist", "--dataset", "mnist"]))
     assert (preset.dataset, preset.protocol.batch_size, preset.protocol.steps) == ("mnist", 128, 500)
 
 
 @pytest.mark.parametrize("args, says", [
     (["--preset", "digits"], "--config already fixes the dataset"),
-    (["--set", "selector_params.dm.iterations=3"], "set for the selector(s) dm, but this trial runs 'random'"),
+    (["--set", "selector_params.dm.iterations=3"], "set for the selector 'dm', which does not run here (selectors "
+                                                   "run: random)"),
 ])
 def test_study_run_refuses_conflicting_settings(args, says, tmp_path, capsys):
     from study.run import main
@@ -156,27 +157,49 @@ def test_mlflow_info_lines_are_silenced(tmp_path):
 
 
 def test_progress_bar_counts_trials_with_an_eta(tmp_path):
-    from study.runs.ledger import Ledger
-    from study.runs.outcome import failure_record
-    from study.runs.tracking import Tracker, default_tracking_uri
-    from trainables.callbacks import StudyLogger
+    from study.runs.record import failure_record
+    from trainables.progress import TrialLines
 
-    tracker = Tracker(default_tracking_uri(tmp_path), "progress")
-    parent = tracker.study_run("h", "progress", {})
     screen = io.StringIO()
     cfg = TrialConfig.from_dict({"ipc": 2, "steps": 20})
-    logger = StudyLogger(tracker, parent, Ledger(tmp_path), [cfg], total=3, done_before=1,
-                         console=Console(file=screen, force_terminal=True, width=100))
-    pickle.dumps(logger)  # Tune pickles its callbacks with the experiment state
-    logger.setup()
-    logger.log(failure_record(cfg, "boom"))
-    logger.progress.refresh()
-    logger.progress.stop()
+    view = TrialLines(total=3, done_before=1, console=Console(file=screen, force_terminal=True, width=100))
+    pickle.dumps(view)  # Tune pickles its callbacks, and with them the view, with the experiment state
+    with view:
+        view.ended(failure_record(cfg, "boom"))
+        view.progress.refresh()
     bar = screen.getvalue()
     assert "2/3" in bar and "ETA" in bar and "elapsed" in bar
     assert "[2/3] random ipc=2 hl steps=20: FAILED: boom" in bar, "the trial's line is printed above the bar"
     quiet = io.StringIO()
-    plain = StudyLogger(tracker, parent, Ledger(tmp_path), [cfg], total=1, console=Console(file=quiet))
-    plain.setup()
-    plain.progress.stop()
+    with TrialLines(total=1, console=Console(file=quiet)):
+        pass
     assert quiet.getvalue() == "", "no bar where the output is not a terminal"
+
+
+def test_the_callback_hands_a_trial_to_the_sink_and_the_view(tmp_path, capsys):
+    """A trial Tune reports as started, training and failed reaches MLflow (a live run that ends FAILED),
+    results.csv and the terminal, through the callback built with the trial's cells."""
+    from types import SimpleNamespace
+
+    from study.runs.results_table import ResultsTable
+    from study.runs.sink import TrialSink
+    from study.runs.tracking import Tracker, default_tracking_uri
+    from trainables.callbacks import StudyCallback
+    from trainables.executors import PROGRESS_METRICS, PROGRESS_STEP
+    from trainables.progress import TrialLines
+
+    tracker = Tracker(default_tracking_uri(tmp_path), "callback")
+    parent = tracker.study_run("h", "callback", {})
+    cells = [TrialConfig.from_dict({"ipc": 2, "steps": 20}), TrialConfig.from_dict({"ipc": 3, "steps": 20})]
+    view = TrialLines(total=2, console=Console(file=io.StringIO()))
+    callback = StudyCallback(cells, TrialSink(tracker, parent, ResultsTable(tmp_path)), view)
+    pickle.dumps(callback)
+    trial = SimpleNamespace(trial_id="t1", config={"cell": 1}, get_error=lambda: "Boom: the student diverged")
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {PROGRESS_STEP: 10, PROGRESS_METRICS: {"val_acc_curve_seed0": 0.5}})
+    callback.on_trial_error(0, [], trial)
+    [run] = tracker.children(parent)
+    assert run.info.status == "FAILED" and run.data.tags["config_hash"] == cells[1].hash
+    assert [m.step for m in tracker.client.get_metric_history(run.info.run_id, "val_acc_curve_seed0")] == [10]
+    assert ResultsTable(tmp_path).rows[cells[1].hash]["status"] == "FAILED"
+    assert view.done == 1 and "random ipc=3 hl steps=20: FAILED: Boom: the student diverged" in capsys.readouterr().out

@@ -11,9 +11,9 @@ import torch
 from study.runs.config import TrialConfig
 from study.core.errors import StudyError
 from study.export import main as export_main
-from study.runs.outcome import success_record
+from study.runs.record import success_record
 from study.selection import build_selector
-from study.runs.records import flatten
+from study.runs.record import flatten
 from study.selection.external_formats import compute_content_hash
 from study.runs.trial import context_for, get_selection, run_trial
 

@@ -1,4 +1,4 @@
-"""DESIGN.md's layers, read off the source: which package may import which, and where Ray and MLflow live.
+"""docs/design.md's layers, read off the source: which package may import which, and where Ray and MLflow live.
 
 Every import counts, also one inside a function: a lazy import is still a dependency.
 """

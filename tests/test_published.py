@@ -10,10 +10,10 @@ from search_spaces.published import MODELS, PUBLISHED
 from study.analysis.published import trial_config, with_published
 from study.analysis.trials import trial_table
 from study.report import analyse, print_report
-from study.runs.ledger import Ledger
+from study.runs.results_table import ResultsTable
 from study.runs.published import published_cell
-from study.runs.records import flatten
-from study.scaling import print_summary, summarise_ledger
+from study.runs.record import flatten
+from study.scaling import print_summary, summarise_results
 from study.selection import SELECTORS
 
 
@@ -55,7 +55,7 @@ def test_only_cells_under_the_papers_protocol_match(paper_cells):
     assert published_cell(in_steps) is None
 
 
-def ledger_record(cfg, accs):
+def results_record(cfg, accs):
     return {"config": cfg.to_dict(), "config_hash": cfg.hash, "label": cfg.label(), "status": "FINISHED",
             "metrics": {**{f"test_acc_seed{r}": a for r, a in enumerate(accs)}, "test_acc_mean": sum(accs) / len(accs)},
             "curves": {}, "tags": {}, "error": ""}
@@ -63,19 +63,19 @@ def ledger_record(cfg, accs):
 
 def test_summary_and_report_put_the_paper_beside_matching_cells(paper_cells, tmp_path, capsys):
     cells = paper_cells()
-    ledger = Ledger(tmp_path)
+    results = ResultsTable(tmp_path)
     for key, accs in {("random", 10, "hl"): [0.17, 0.18], ("random", 10, "sl_kd"): [0.30, 0.31],
                       ("kcenter", 50, "sl"): [0.45, 0.47]}.items():
-        ledger.add(ledger_record(cells[key], accs))
-    for frame in (ledger.frame(), Ledger(tmp_path).frame()):  # in memory and read back from results.csv
-        summary = summarise_ledger(frame)
+        results.add(results_record(cells[key], accs))
+    for frame in (results.frame(), ResultsTable(tmp_path).frame()):  # in memory and read back from results.csv
+        summary = summarise_results(frame)
         paper = dict(zip(zip(summary["selector"], summary["regime"]), summary["paper_mean"]))
         assert paper[("random", "hl")] == pytest.approx(0.1864) and paper[("kcenter", "sl")] == pytest.approx(0.4624)
         assert pd.isna(paper[("random", "sl_kd")])
     print_summary(summary)
     out = " ".join(capsys.readouterr().out.split())
     assert "17.5 +- 0.7 paper: 18.64" in out and "46.0 +- 1.4 paper: 46.24" in out and out.count("paper:") == 2
-    trials = trial_table(Ledger(tmp_path).frame().to_dict("records"))
+    trials = trial_table(ResultsTable(tmp_path).frame().to_dict("records"))
     assert trial_config(trials.iloc[0].to_dict())["model_kwargs"] == {"width": 128, "depth": 3}
     report = analyse(trials)
     assert report.summary["paper_mean"].notna().sum() == 2

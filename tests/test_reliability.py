@@ -28,9 +28,10 @@ from servers import (MlflowServer, free_port, gone, kill_group, mentioning, shor
                      tail, wait_for)
 from study.scaling import main
 from study.runs.spec import resolve_spec
-from study.runs.journal import checkpointed, record_trial, replay
-from study.runs.ledger import Ledger
-from study.runs.records import write_record
+from study.runs.checkpoints import checkpointed, replay
+from study.runs.record import write_record
+from study.runs.results_table import ResultsTable
+from study.runs.sink import TrialSink
 from study.runs.tracking import CONFIG_HASH, Tracker, default_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def result_rows(out: Path) -> pd.DataFrame:
 
 
 def fake_record(cfg, i: int) -> dict:
-    """A finished trial's record as the trainable writes it (see study.runs.outcome), without training anything."""
+    """A finished trial's record as the trainable writes it (see study.runs.record), without training anything."""
     return {"config": cfg.to_dict(), "config_hash": cfg.hash, "label": cfg.label(), "status": "FINISHED",
             "metrics": {"test_acc_mean": 0.5 + i / 100, "test_acc_std": 0.0, "val_acc_mean": 0.5,
                         "wall_seconds": 1.0},
@@ -128,7 +129,7 @@ def fake_record(cfg, i: int) -> dict:
     (["--set", "precision=fp8"], "Unknown precision 'fp8'; choose one of: auto, fp32, bf16"),
     (["--selectors", "random,dm", "--set", "selector_params.dm.iters=5"], "The selector 'dm' has no parameter(s) ['iters']"),
     (["--selectors", "random", "--set", "selector_params.dm.iterations=5"],
-     "Parameters were set for the selector 'dm', which this study does not run"),
+     "Parameters were set for the selector 'dm', which does not run here"),
 ], ids=["dataset", "model", "preset", "ipc-above-smallest-class", "malformed-override", "data-root-without-dataset",
         "ray-address-not-answering", "gpu-on-local-cpu-ray", "workers-not-dividing-batch", "unknown-precision",
         "unknown-selector-param", "param-for-absent-selector"])
@@ -254,21 +255,22 @@ def fake_checkpoint(storage: Path, record: dict, trial: str) -> Path:
     return write_record(folder, record)
 
 
-def test_journal_replays_once_and_drops_a_cut_off_run(mlflow_sqlite_server, tmp_path):
-    """The Tune checkpoints are the journal: a finished trial whose driver was killed before it reached the
-    ledger and MLflow, with its logging cut off (its run created, never finished, as when the server or the
+def test_checkpoint_replays_once_and_drops_a_cut_off_run(mlflow_sqlite_server, tmp_path):
+    """The Tune checkpoints are read back: a finished trial whose driver was killed before it reached
+    results.csv and MLflow, with its logging cut off (its run created, never finished, as when the server or the
     driver dies mid-call), is replayed from its checkpoint exactly once; the cut-off run is removed, and the
-    ledger gets the record back too. A checkpoint whose copy was cut off, a trial of another study sharing
-    the folder, and a trial someone deleted from MLflow are not logged; a failed trial is in the ledger."""
-    tracker = Tracker(mlflow_sqlite_server.uri, "journal")
+    results table gets the record back too. A checkpoint whose copy was cut off, a trial of another study
+    sharing the folder, and a trial someone deleted from MLflow are not logged; a failed trial is in results.csv."""
+    tracker = Tracker(mlflow_sqlite_server.uri, "replay")
     cells = tiny_cells("1,2,3")
     other = tiny_cells("4")[0]
-    parent = tracker.study_run("journal-study", "journal", {})
-    storage, ledger = tmp_path / "ray", Ledger(tmp_path)
+    parent = tracker.study_run("replay-study", "replay", {})
+    storage, results = tmp_path / "ray", ResultsTable(tmp_path)
+    sink = TrialSink(tracker, parent, results)
     # cell 0: finished and logged normally; cell 1: finished, then the driver died while logging it
     first = fake_checkpoint(storage, fake_record(cells[0], 0), "study-x/trial_0")
-    assert record_trial(tracker, parent, ledger, fake_record(cells[0], 0), first)
-    assert ledger.finished_hashes() == {cells[0].hash}, "the ledger has a logged trial"
+    assert sink.ended(fake_record(cells[0], 0), first)
+    assert results.finished_hashes() == {cells[0].hash}, "results.csv has a logged trial"
     fake_checkpoint(storage, fake_record(cells[1], 1), "train-trial_1")  # the Ray Train executor's layout
     cut = tracker.client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": parent,
                                                                  CONFIG_HASH: cells[1].hash})
@@ -280,9 +282,9 @@ def test_journal_replays_once_and_drops_a_cut_off_run(mlflow_sqlite_server, tmp_
     fake_checkpoint(storage, fake_record(other, 3), "study-y/trial_0")  # another study, same folder
     assert set(checkpointed(storage)) == {cells[0].hash, cells[1].hash, other.hash}
     seen = []
-    add = ledger.add
-    ledger.add = lambda record: seen.append(record) or add(record)
-    assert replay(tracker, parent, storage, ledger, [c.hash for c in cells]) == 1
+    add = results.add
+    results.add = lambda record: seen.append(record) or add(record)
+    assert replay(tracker, parent, storage, results, [c.hash for c in cells]) == 1
     assert [r["config_hash"] for r in seen] == [cells[1].hash]
     runs = tracker.children(parent)
     assert_each_once(runs, cells[:2])
@@ -290,16 +292,16 @@ def test_journal_replays_once_and_drops_a_cut_off_run(mlflow_sqlite_server, tmp_
     assert tracker.client.get_run(cut.info.run_id).info.lifecycle_stage == "deleted"
     assert "selection.txt" in tracker.artifact_names([r for r in runs if r.data.tags[CONFIG_HASH] == cells[1].hash][0]
                                                       .info.run_id)
-    assert Ledger(tmp_path).finished_hashes() == {cells[0].hash, cells[1].hash}
+    assert ResultsTable(tmp_path).finished_hashes() == {cells[0].hash, cells[1].hash}
     assert not (tmp_path / "mlflow_journal").exists(), "no third copy of a trial"
-    assert replay(tracker, parent, storage, ledger, [c.hash for c in cells]) == 0
+    assert replay(tracker, parent, storage, results, [c.hash for c in cells]) == 0
 
-    from study.runs.outcome import failure_record
+    from study.runs.record import failure_record
 
-    assert record_trial(tracker, parent, ledger, failure_record(cells[2], "boom"))
-    assert Ledger(tmp_path).rows[cells[2].hash]["status"] == "FAILED"
+    assert sink.ended(failure_record(cells[2], "boom"))
+    assert ResultsTable(tmp_path).rows[cells[2].hash]["status"] == "FAILED"
     tracker.client.delete_run(next(r.info.run_id for r in runs if r.data.tags[CONFIG_HASH] == cells[0].hash))
-    assert replay(tracker, parent, storage, ledger, [c.hash for c in cells]) == 0, "a deleted trial stays deleted"
+    assert replay(tracker, parent, storage, results, [c.hash for c in cells]) == 0, "a deleted trial stays deleted"
     assert tracker.finished_hashes(parent) == {cells[1].hash}
 
 
@@ -309,9 +311,9 @@ WRITER = r"""
 import sys, torch
 from pathlib import Path
 from study.core.cache import Cache
-from study.runs.ledger import Ledger
+from study.runs.results_table import ResultsTable
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-cache, ledger = Cache(root), Ledger(out)
+cache, results = Cache(root), ResultsTable(out)
 big = torch.arange(12_000_000, dtype=torch.float32)  # about 48 MB per entry
 print("ready", flush=True)
 i = 0
@@ -319,7 +321,7 @@ while True:
     i += 1
     cache.store("scores", {"entry": "big"}, {"x": big, "i": i}, code=[])
     for j in range(100):
-        ledger.add({"config": {"selector": "random", "ipc": j, "note": "x" * 500}, "config_hash": f"h{j:03d}",
+        results.add({"config": {"selector": "random", "ipc": j, "note": "x" * 500}, "config_hash": f"h{j:03d}",
                     "status": "FINISHED", "metrics": {"test_acc_mean": i / 1000}, "tags": {}})
 """
 
@@ -349,7 +351,7 @@ def test_sigkill_during_writes_leaves_no_truncated_trusted_file(tmp_path):
     out.mkdir()
     torn = {root: 0, out: 0}
     for round_ in range(12):
-        target = (root, out)[round_ % 2]  # the cache entry's writes and the ledger's, in turn
+        target = (root, out)[round_ % 2]  # the cache entry's writes and the results table's, in turn
         before = temporaries(target)
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(out)], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -402,10 +404,10 @@ def in_process_study(out: Path, cells, cache_dir, max_failures: int = 1, max_con
     tracker = Tracker(default_tracking_uri(out), "hardtruths")
     parent = tracker.study_run(spec.hash, out.name, spec.to_dict())
     lines = []
-    ledger = run_study(spec, tracker, parent, RunOptions(out_dir=out, cache_dir=str(cache_dir),
-                                                         max_failures=max_failures, max_concurrent=max_concurrent),
-                       say=say or lines.append)
-    return tracker, parent, ledger, lines
+    run = run_study(spec, tracker, parent, RunOptions(out_dir=out, cache_dir=str(cache_dir),
+                                                      max_failures=max_failures, max_concurrent=max_concurrent),
+                    say=say or lines.append)
+    return tracker, parent, run.results, lines
 
 
 def tune_failures(out: Path) -> dict[str, int]:
@@ -425,14 +427,14 @@ def test_raising_trial_is_failed_with_error_and_retried(module_ray, tmp_path, ca
     good = tiny_cells("2")
     bad = good[0].with_choices({"model_kwargs": {"width": 0}})
     out = tmp_path / "raise"
-    tracker, parent, ledger, _ = in_process_study(out, good + [bad], cache_dir, max_failures=1)
+    tracker, parent, results, _ = in_process_study(out, good + [bad], cache_dir, max_failures=1)
     runs = {r.data.tags[CONFIG_HASH]: r for r in tracker.children(parent)}
     assert len(tracker.children(parent)) == 2
     assert runs[bad.hash].info.status == "FAILED" and runs[good[0].hash].info.status == "FINISHED"
     assert "width" in runs[bad.hash].data.tags["error"] or "channels" in runs[bad.hash].data.tags["error"]
     failures = tune_failures(out)
     assert list(failures.values()) == [2], f"one trial, failed twice (first run + 1 retry): {failures}"
-    assert dict(zip(ledger.frame()["config_hash"], ledger.frame()["status"])) == {
+    assert dict(zip(results.frame()["config_hash"], results.frame()["status"])) == {
         bad.hash: "FAILED", good[0].hash: "FINISHED"}
 
 
@@ -461,13 +463,13 @@ def test_killed_trial_worker_is_retried_and_logged_once(module_ray, tmp_path, ca
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    tracker, parent, ledger, lines = in_process_study(out, cells, cache_dir, max_failures=1)
+    tracker, parent, results, lines = in_process_study(out, cells, cache_dir, max_failures=1)
     thread.join(timeout=5)
     assert killed, "no trial worker was found to kill"
     assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
     assert_each_once(tracker.children(parent), cells)
     assert len(tracker.children(parent)) == 3
-    frame = ledger.frame()
+    frame = results.frame()
     assert sorted(frame["config_hash"]) == sorted(c.hash for c in cells) and set(frame["status"]) == {"FINISHED"}
     failures = tune_failures(out)
     assert sum(failures.values()) == 1, f"exactly one attempt died and was retried: {failures}"
@@ -487,11 +489,11 @@ def test_same_study_twice_is_bit_identical_and_a_damaged_cache_is_recomputed(mod
         data = bytearray(p.read_bytes())
         data[len(data) // 2] ^= 0xFF
         p.write_bytes(bytes(data))
-    _, _, ledger, lines = in_process_study(tmp_path / "second", cells, cache, max_concurrent=2)
+    _, _, results, lines = in_process_study(tmp_path / "second", cells, cache, max_concurrent=2)
     said = [line for line in lines if "does not match its recorded hash" in line]
     assert len(said) == 2 and all("\n" not in line for line in said), lines
     assert {str(p) for p in entries} == {line.split("Cache entry ")[1].split(" does")[0] for line in said}
-    second = ledger.frame()
+    second = results.frame()
     cols = ["test_acc_seed0", "val_acc_mean"]
     a = first.set_index("config_hash").sort_index()[cols]
     b = second.set_index("config_hash").sort_index()[cols]
@@ -526,7 +528,7 @@ def test_driver_killed_then_rerun_finishes_only_the_missing_trials(ray_tmp, tmp_
     rerun = start_study(argv, ray_tmp, log2)
     assert finish(rerun, log2, 600) == 0, tail(log2, 60)
     text = log2.read_text()
-    # The journal may hand back a trial the killed driver finished but had not logged yet: it counts as finished.
+    # The checkpoints may hand back a trial the killed driver finished but had not logged yet: it counts as finished.
     done = int(text.split(" cell(s) in the study, ")[1].split(" already finished")[0])
     assert done >= len(before)
     ran = [line for line in text.splitlines() if line.startswith("[") and "/4] random" in line]
@@ -561,7 +563,7 @@ def test_mlflow_server_stopped_and_restarted_mid_study(ray_tmp, tmp_path, cache_
             wait_for(lambda: "MLflow is unreachable" in tail(log, 400), 300, "a trial MLflow missed", proc, log)
             unlogged = re.search(r"MLflow is unreachable .*; trial (\w+) is logged", tail(log, 400)).group(1)
             assert unlogged in checkpointed(out / "ray"), "the trial MLflow missed is in its Tune checkpoint"
-            assert unlogged in set(result_rows(out)["config_hash"]), "and in the ledger"
+            assert unlogged in set(result_rows(out)["config_hash"]), "and in results.csv"
             server.start()
             assert finish(proc, log, 600) == 0, tail(log, 60)
         finally:

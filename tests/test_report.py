@@ -7,6 +7,10 @@ the hand-computed values below must match the report exactly.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -15,10 +19,12 @@ import pytest
 
 from study.analysis.summary import lrs
 from study.runs.config import TrialConfig
-from study.runs.ledger import Ledger
+from study.runs.results_table import ResultsTable
 from study.report import FIGURES, build_report, main, print_report
-from study.scaling import print_summary, summarise_ledger
+from study.scaling import print_summary, summarise_results
 from study.runs.tracking import Tracker, default_tracking_uri, find_parent
+
+ROOT = Path(__file__).resolve().parents[1]
 
 D = 1 / 32
 CENTRES = {
@@ -135,15 +141,15 @@ def test_summary_equals_hand_computed_values(report):
 
 
 def test_summary_csv_and_terminal_table_agree_with_the_report(report, tmp_path, capsys):
-    """The ledger's rows, in memory or read back from results.csv, give the report's summary; one seed has no std."""
-    ledger = Ledger(tmp_path)
+    """results.csv's rows, in memory or read back from the file, give the report's summary; one seed has no std."""
+    results = ResultsTable(tmp_path)
     for (sel, ipc, regime, steps), c in CENTRES.items():
-        ledger.add(record(sel, ipc, regime, steps, [c - D, c, c + D]))
-    ledger.add(record("herding", 5, "hl", 100, [], status="FAILED"))
-    for frame in (ledger.frame(), Ledger(tmp_path).frame()):
-        pd.testing.assert_frame_equal(summarise_ledger(frame), report.summary)
-    ledger.add(record("herding", 5, "hl", 100, [0.171875]))
-    summary = summarise_ledger(Ledger(tmp_path).frame())
+        results.add(record(sel, ipc, regime, steps, [c - D, c, c + D]))
+    results.add(record("herding", 5, "hl", 100, [], status="FAILED"))
+    for frame in (results.frame(), ResultsTable(tmp_path).frame()):
+        pd.testing.assert_frame_equal(summarise_results(frame), report.summary)
+    results.add(record("herding", 5, "hl", 100, [0.171875]))
+    summary = summarise_results(ResultsTable(tmp_path).frame())
     assert math.isnan(cell(summary, "herding", 5, "hl", 100)["acc_std"])
     print_summary(summary)
     out = " ".join(capsys.readouterr().out.split())
@@ -219,39 +225,44 @@ def labels_of(ax):
 
 def test_accuracy_figures_have_expected_panels_and_lines(report):
     figs = report.figures()
-    try:
-        axes = figs["accuracy_vs_ipc"].axes
-        assert len(axes) == 4
-        assert {ax.get_title() for ax in axes} == {f"{r}, {s} steps" for r in ("hl", "sl_kd") for s in (100, 200)}
-        for ax in axes:
-            regime, steps = ax.get_title().split(", ")[0], int(ax.get_title().split(", ")[1].split()[0])
-            assert labels_of(ax) == ["random", "herding", "full data"]
-            rnd, her, full = ax.lines
-            assert rnd.get_linestyle() == "--" and rnd.get_color() == "black"
-            assert list(her.get_xdata()) == [1, 10]
-            assert list(her.get_ydata()) == [100 * CENTRES[("herding", i, regime, steps)] for i in (1, 10)]
-            assert set(full.get_ydata()) == {100 * CENTRES[("full", 0, regime, steps)]}
-            assert len(ax.collections) >= 2  # seed bands
-        axes = figs["accuracy_vs_budget"].axes
-        assert len(axes) == 4
-        assert {ax.get_title() for ax in axes} == {f"{r}, IPC {i}" for r in ("hl", "sl_kd") for i in (1, 10)}
-        for ax in axes:
-            assert labels_of(ax) == ["random", "herding", "full data"]
-            assert [list(line.get_xdata()) for line in ax.lines] == [[100, 200]] * 3
-        axes = figs["gain_vs_ipc"].axes
-        assert len(axes) == 4
-        for ax in axes:
-            assert labels_of(ax) == ["random (reference)", "herding"]
-        hl100 = next(ax for ax in axes if ax.get_title() == "hl, 100 steps")
-        assert list(hl100.lines[1].get_ydata()) == [12.5, 6.25]
-        ex = figs["examples"]
-        assert [ax.get_title().split("\n")[0] for ax in ex.axes] == ["herding", "random"]
-        assert all(len(ax.images) == 1 for ax in ex.axes)
-    finally:
-        import matplotlib.pyplot as plt
+    axes = figs["accuracy_vs_ipc"].axes
+    assert len(axes) == 4
+    assert {ax.get_title() for ax in axes} == {f"{r}, {s} steps" for r in ("hl", "sl_kd") for s in (100, 200)}
+    for ax in axes:
+        regime, steps = ax.get_title().split(", ")[0], int(ax.get_title().split(", ")[1].split()[0])
+        assert labels_of(ax) == ["random", "herding", "full data"]
+        rnd, her, full = ax.lines
+        assert rnd.get_linestyle() == "--" and rnd.get_color() == "black"
+        assert list(her.get_xdata()) == [1, 10]
+        assert list(her.get_ydata()) == [100 * CENTRES[("herding", i, regime, steps)] for i in (1, 10)]
+        assert set(full.get_ydata()) == {100 * CENTRES[("full", 0, regime, steps)]}
+        assert len(ax.collections) >= 2  # seed bands
+    axes = figs["accuracy_vs_budget"].axes
+    assert len(axes) == 4
+    assert {ax.get_title() for ax in axes} == {f"{r}, IPC {i}" for r in ("hl", "sl_kd") for i in (1, 10)}
+    for ax in axes:
+        assert labels_of(ax) == ["random", "herding", "full data"]
+        assert [list(line.get_xdata()) for line in ax.lines] == [[100, 200]] * 3
+    axes = figs["gain_vs_ipc"].axes
+    assert len(axes) == 4
+    for ax in axes:
+        assert labels_of(ax) == ["random (reference)", "herding"]
+    hl100 = next(ax for ax in axes if ax.get_title() == "hl, 100 steps")
+    assert list(hl100.lines[1].get_ydata()) == [12.5, 6.25]
+    ex = figs["examples"]
+    assert [ax.get_title().split("\n")[0] for ax in ex.axes] == ["herding", "random"]
+    assert all(len(ax.images) == 1 for ax in ex.axes)
 
-        for fig in figs.values():
-            plt.close(fig)
+
+def test_figures_leave_pyplot_and_the_backend_alone(tmp_path):
+    """The figures are built with matplotlib's object API: importing them and drawing one picks no backend."""
+    code = ("import sys; import matplotlib; from study.analysis import figures\n"
+            "figures.empty_figure('t', 'n').savefig(sys.argv[1])\n"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.png")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "TkAgg"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "f.png").stat().st_size > 0
 
 
 def test_protocol_check_fires_at_4_points_and_not_at_1(store, tmp_path):

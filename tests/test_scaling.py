@@ -6,7 +6,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from study.runs.journal import checkpointed
+from study.runs.checkpoints import checkpointed
 from study.scaling import main
 from study.runs.spec import resolve_spec
 from study.runs.tracking import Tracker, default_tracking_uri
@@ -83,13 +83,36 @@ def test_failing_trial_is_recorded_and_others_finish(local_ray, tmp_path, cache_
     out = tmp_path / "fail"
     tracker = Tracker(default_tracking_uri(out), "hardtruths")
     parent = tracker.study_run(spec.hash, "fail", spec.to_dict())
-    ledger = run_study(spec, tracker, parent, RunOptions(out_dir=out, cache_dir=str(cache_dir), max_failures=1))
+    run = run_study(spec, tracker, parent, RunOptions(out_dir=out, cache_dir=str(cache_dir), max_failures=1))
     status = {r.data.tags["config_hash"]: r for r in tracker.children(parent)}
     assert len(tracker.children(parent)) == len(good) + 1, "the failed trial's live run is its only run"
     assert status[bad.hash].info.status == "FAILED"
     assert "error" in status[bad.hash].data.tags
     assert all(status[c.hash].info.status == "FINISHED" for c in good)
-    assert set(ledger.frame()["status"]) == {"FINISHED", "FAILED"}
+    assert set(run.results.frame()["status"]) == {"FINISHED", "FAILED"}
+    assert set(run.phases) == {"ray_start_s", "prepare_s", "trials_s"}, "the driver's phases come back timed"
+
+
+def test_a_search_resumes_from_its_finished_trials(local_ray, tmp_path, cache_dir, capsys):
+    """An optuna space runs one Tune search per group, each with its own callback; asked for more samples, a
+    rerun hands the finished trials to Optuna, runs only the missing one and counts the study's trials whole."""
+    import dataclasses
+
+    base = resolve_spec("smoke", selectors="random", ipc="1", regimes="hl", budgets="20", seeds=1)
+    spec = dataclasses.replace(base, kind="optuna", full_data_reference=False, num_samples=2,
+                               search={"lr": {"type": "loguniform", "low": 1e-3, "high": 3e-3}})
+    [group] = spec.cells()
+    out = tmp_path / "search"
+    tracker = Tracker(default_tracking_uri(out), "hardtruths")
+    parent = tracker.study_run(spec.hash, "search", spec.to_dict())
+    options = RunOptions(out_dir=out, cache_dir=str(cache_dir))
+    first = run_study(spec, tracker, parent, options).results.frame()
+    assert len(first) == 2 and set(first["search_group"]) == {group.hash} and first["lr"].nunique() == 2
+    assert "[2/2]" in capsys.readouterr().out
+    run_study(dataclasses.replace(spec, num_samples=3), tracker, parent, options)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("[3/3] "), "one more trial; the earlier ones count as done"
+    assert len(tracker.children(parent)) == 3
 
 
 def test_trial_runs_are_live_and_a_killed_one_is_closed(local_ray, tmp_path, cache_dir):
@@ -135,7 +158,7 @@ def test_both_executors_agree(local_ray, tmp_path, cache_dir):
         _, runs = child_runs(out)
         assert [(r.data.tags["executor"], r.data.tags["workers"]) for r in runs] == [(executor, workers)]
         assert runs[0].data.tags["precision"] == "fp32"
-        assert set(checkpointed(out / "ray")) == {runs[0].data.tags["config_hash"]}, "the journal finds the record"
+        assert set(checkpointed(out / "ray")) == {runs[0].data.tags["config_hash"]}, "found in its checkpoint"
         accs[executor, workers] = runs[0].data.metrics["test_acc_seed0"]
     assert accs["inline", "1"] == accs["ray-train", "1"]
     assert accs["ray-train", "2"] == pytest.approx(accs["inline", "1"], abs=2 / 360)  # float rounding of the all-reduce

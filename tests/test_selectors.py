@@ -1,4 +1,5 @@
-"""Selectors: the contract every registered selector keeps, and known answers on constructed inputs."""
+"""Selectors: known answers on constructed inputs (tests/test_registries.py runs the contract every registered
+selector keeps)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,46 +8,11 @@ import torch
 from PIL import Image
 
 from study.core.errors import StudyError
-from study.selection import SELECTORS, Selection, SelectionContext, build_selector
+from study.selection import Selection, build_selector
 from study.selection.artifacts import save_selection_artifacts
 from study.selection.geometry import d2_order, herding_order, kcenter_order
 from study.selection.score_based import ccs_budgets, equal_width_strata
-from test_scores import TINY_PROXY, digits_ctx, toy_context  # noqa: F401 (digits_ctx is a fixture)
-
-# Selectors with no random step at their defaults (a greedy rule, or an end of the difficulty range)
-DETERMINISTIC = {"herding", "kcenter", "d2", "forgetting", "el2n", "grand", "aum", "entropy", "margin",
-                 "least_confidence", "dyn_unc", "moderate", "cad_prune", "rcad", "facility_location"}
-CHEAP = {"el2n": TINY_PROXY, "grand": TINY_PROXY, "dm": {"iterations": 3, "width": 16, "batch_real": 16},
-         "sre2l": {"iterations": 3}, "cad_prune": {"scoring_batch": 64}, "rcad": {"scoring_batch": 64},
-         "ca2d": {"scoring_batch": 64, "mipc": 20, "k": 3}}
-
-
-@pytest.mark.parametrize("name", [n for n in SELECTORS.names() if n not in ("full", "external")])  # external: PATH
-def test_every_selector_keeps_the_contract(name, digits_ctx, request):
-    ctx = digits_ctx
-    if SELECTORS.get(name).needs_batchnorm_teacher:
-        bn_teacher = request.getfixturevalue("digits_bn_teacher")
-        ctx = SelectionContext(ctx.data, ctx.cache, ctx.device, ctx.protocol, lambda: bn_teacher)
-    selector = build_selector(name, **CHEAP.get(name, {}))
-    ipc, n = 3, len(ctx.data.train_y)
-    first = selector.select(ctx, ipc, seed=0)
-    assert torch.bincount(first.labels, minlength=ctx.data.num_classes).tolist() == [ipc] * ctx.data.num_classes
-    assert first.images.dtype == torch.uint8 and len(first.images) == len(first.labels)
-    if not first.is_synthetic:
-        idx = first.indices.tolist()
-        assert len(set(idx)) == len(idx) and 0 <= min(idx) and max(idx) < n
-        assert torch.equal(ctx.data.train_y[first.indices], first.labels)
-    assert first.provenance["selector"] == name and first.provenance["seed"] == 0
-
-    again = selector.select(ctx, ipc, seed=0)
-    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
-    if name not in DETERMINISTIC:
-        assert not torch.equal(selector.select(ctx, ipc, seed=1).images, first.images)
-
-    smallest = int(ctx.data.class_counts().min())
-    with pytest.raises(StudyError, match="IPC"):
-        selector.select(ctx, smallest + 1, seed=0)
-
+from test_scores import digits_ctx, toy_context  # noqa: F401 (digits_ctx is a fixture)
 
 def test_herding_follows_the_running_mean_not_the_distance_to_the_mean(tmp_path):
     points = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 3.0], [0.0, -3.0], [3.0, 3.0]])

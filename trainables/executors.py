@@ -40,8 +40,7 @@ from ray.train.torch.config import _TorchBackend
 from study.core.errors import StudyError
 from study.runs.config import TrialConfig
 from study.core.data_parallel import world
-from study.core.precision import resolve_precision
-from study.runs.outcome import success_record, write_outcome
+from study.runs.record import success_record, write_trial_folder
 from study.core.train import default_device
 from study.runs.trial import cached_dataset, run_trial
 
@@ -118,9 +117,8 @@ def execute(cfg: TrialConfig, cache_dir: str | None, tags: dict, folder: Path, t
     import ray
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    record = success_record(outcome, {**tags, "ray_node": node, "device": device, "workers": str(world()[1]),
-                                      "precision": resolve_precision(cfg.protocol.precision, device)})
-    write_outcome(outcome, record, folder, cached_dataset(cfg.dataset, cfg.data_root))
+    record = success_record(outcome, {**tags, "ray_node": node, "device": device, "workers": str(world()[1])})
+    write_trial_folder(outcome, record, folder, cached_dataset(cfg.dataset, cfg.data_root))
     metrics = {k: record["metrics"][k] for k in SUMMARY_KEYS}
     return {**metrics, "config_hash": cfg.hash}
 

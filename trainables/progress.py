@@ -1,5 +1,5 @@
-"""The driver's progress: bars with done of all, elapsed and remaining time, and a line whenever the number of
-trials waiting for nodes changes.
+"""The driver's progress: a line per finished trial, bars with done of all, elapsed and remaining time, and a
+line whenever the number of trials waiting for nodes changes.
 
 Bars are drawn only on a terminal; where the output is a file or a pipe the
 printed lines alone say how far a study is.
@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from study.analysis.summary import mean_std
 from study.analysis.terminal import console as study_console
 
 
@@ -22,6 +23,42 @@ def progress_bar(what: str, console: Console | None = None) -> Progress:
     return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"), TimeElapsedColumn(),
                     TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
                     disable=not console.is_terminal)
+
+
+class TrialLines:
+    """The study's trials on the terminal: a line per trial that ends, and under the lines a bar with the trials
+    done of all and their ETA. Used as a context: the bar shows from the first Tune run to the last.
+
+    ``done_before`` counts the trials a rerun skips, so the bar and the lines count the whole study.
+    """
+
+    def __init__(self, total: int, done_before: int = 0, console: Console | None = None):
+        self.total, self.done = total, done_before
+        self.started = time.perf_counter()
+        self.progress = progress_bar("trials", console)
+        self.bar = self.progress.add_task("trials", total=total, completed=done_before)
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks with the experiment's state; a live bar (a thread, a terminal) stays here."""
+        return {k: v for k, v in self.__dict__.items() if k != "progress"}
+
+    def __enter__(self) -> "TrialLines":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def ended(self, record: dict) -> None:
+        self.done += 1
+        m = record["metrics"]
+        if record["status"] == "FINISHED":
+            what = f"{mean_std(m['test_acc_mean'], m['test_acc_std'])} % test ({m['wall_seconds']:.1f} s)"
+        else:
+            what = "FAILED: " + record.get("error", "").strip().splitlines()[-1][:200]
+        elapsed = time.perf_counter() - self.started
+        print(f"[{self.done}/{self.total}] {record['label']}: {what}  [{elapsed:.0f} s]", flush=True)
+        self.progress.update(self.bar, completed=self.done)
 
 
 def pending_placement_groups() -> int:

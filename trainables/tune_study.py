@@ -17,7 +17,8 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -31,16 +32,17 @@ from study.core.data import listed_folders
 from study.core.environment import study_environment
 from study.core.listing import published_listings
 from study.core.errors import StudyError
-from study.runs.history import check_stale, describe, finished_versions, stale_hashes
-from study.runs.journal import replay
+from study.runs.checkpoints import replay
 from study.runs.provenance import code_version
-from study.runs.ledger import Ledger
+from study.runs.rerun import check_stale, describe, finished_versions, stale_hashes
+from study.runs.results_table import ResultsTable
+from study.runs.sink import TrialSink
 from study.runs.spec import StudySpec
 from study.runs.tracking import Tracker
-from trainables.callbacks import StudyLogger
+from trainables.callbacks import StudyCallback
 from trainables.prepare import prepare_study
 from trainables.executors import keep_train_coordinator_on_driver_node, study_trial
-from trainables.progress import WaitingTrials
+from trainables.progress import TrialLines, WaitingTrials
 
 # Tune's classic output (silent at verbose=0) and no per-trial CSV/JSON/TensorBoard files: MLflow is the record.
 # A trial's reports while it trains carry progress, not the searched metric (see trainables.executors), so Tune
@@ -72,7 +74,14 @@ class RunOptions:
     compile_model: bool = False
     verbose: bool = False
     stale: str | None = None  # trials finished under older code: "reuse", "rerun", or None to refuse them
-    phases: dict = field(default_factory=dict)  # filled in: seconds spent starting Ray, preparing, running trials
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """What :func:`run_study` hands back: the study's results table, and the seconds its phases took
+    (``ray_start_s``, ``prepare_s``, ``trials_s``; none for a study with nothing left to run)."""
+    results: ResultsTable
+    phases: dict[str, float]
 
 
 def check_reachable(address: str | None, timeout: float = 5.0) -> None:
@@ -222,57 +231,54 @@ class TrialNames:
         return f"{re.sub(r'[^A-Za-z0-9.=+-]+', '_', self(trial))[:120]}_{trial.trial_id}"
 
 
-def run_tuner(trainable, name: str, storage: str, logger: StudyLogger, max_failures: int, **tune_config) -> None:
-    """One Tune run; the logger's progress bar goes away with it, also when it is interrupted."""
-    names = TrialNames(logger.cells)
+def run_tuner(trainable, name: str, storage: str, callback: StudyCallback, max_failures: int, **tune_config) -> None:
+    """One Tune run, its trials named after the callback's cells."""
+    names = TrialNames(callback.cells)
     param_space = tune_config.pop("param_space", None)
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=names,
                                     trial_dirname_creator=names.folder, **tune_config),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[logger, WaitingTrials()], verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback, WaitingTrials()], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
-    try:
-        tuner.fit()
-    finally:
-        logger.progress.stop()
+    tuner.fit()
 
 
-def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOptions, say=print) -> Ledger:
-    """Run every unfinished cell of ``spec``; finished ones (by config hash, in MLflow or the ledger) are skipped."""
+def run_study(spec: StudySpec, tracker: Tracker, parent_id: str, options: RunOptions, say=print) -> StudyRun:
+    """Run every unfinished cell of ``spec``; finished ones (by config hash, in MLflow or results.csv) are skipped."""
     for name, value in TUNE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ledger = Ledger(options.out_dir)
+    results = ResultsTable(options.out_dir)
     cells = spec.cells()
     hashes = [c.hash for c in cells]
-    replay(tracker, parent_id, storage_dir(options), ledger, hashes, say)
+    replay(tracker, parent_id, storage_dir(options), results, hashes, say)
     killed = tracker.close_stale(parent_id)
     if killed:
         say(f"marked {killed} trial run(s) left running by an interrupted study as KILLED; they will run again")
-    finished = finished_versions(set(hashes), ledger, tracker, parent_id)
+    finished = finished_versions(set(hashes), results, tracker, parent_id)
     stale = stale_hashes(finished)
     check_stale(len(stale), options.stale)
     if stale and options.stale == "rerun":
         tracker.retire(parent_id, stale, f"run again under code version {code_version()}")
-        ledger.drop(stale)
+        results.drop(stale)
         finished = {h: v for h, v in finished.items() if h not in stale}
     pending = [c for c in cells if c.hash not in finished]
     say(f"{len(cells)} cell(s) in the study, {describe(len(cells) - len(pending), len(stale), options.stale)}")
     if spec.kind == "grid" and not pending:
-        return ledger
+        return StudyRun(results, {})
+    phases: dict[str, float] = {}
     with published_listings(listed_folders(spec.protocol["dataset"])):
-        clock = time.perf_counter()
-        started = connect(options)
-        options.phases["ray_start_s"] = time.perf_counter() - clock
+        with timed(phases, "ray_start_s"):
+            started = connect(options)
         try:
-            run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options, say)
+            phases.update(run_on_ray(spec, cells, pending, TrialSink(tracker, parent_id, results), options, say))
         finally:
             if started:
                 ray.shutdown()
-    replay(tracker, parent_id, storage_dir(options), ledger, hashes, say)
-    return ledger
+    replay(tracker, parent_id, storage_dir(options), results, hashes, say)
+    return StudyRun(results, phases)
 
 
 def storage_dir(options: RunOptions) -> Path:
@@ -280,67 +286,74 @@ def storage_dir(options: RunOptions) -> Path:
     return Path(options.out_dir, "ray").resolve()
 
 
-def run_on_ray(spec, cells, pending, ledger, tracker, parent_id, options: RunOptions, say) -> None:
+def run_on_ray(spec, cells, pending, sink: TrialSink, options: RunOptions, say) -> dict[str, float]:
+    """Prepare and run the study's pending trials; returns the seconds spent preparing and running them."""
     executor = resolve_executor(options, say)
     if executor == "ray-train":
         keep_train_coordinator_on_driver_node()
-    storage = str(storage_dir(options))
     max_concurrent = concurrency(options)
     res = ray.cluster_resources()
     say(f"executor {executor}, {max_concurrent or 'unbounded'} concurrent trial(s), cluster has "
         f"{res.get('CPU', 0):.0f} CPU(s) and {res.get('GPU', 0):.0f} GPU(s)")
-    if spec.kind == "grid":
-        timed(options, "prepare_s", prepare_study, pending, options.cache_dir, say, options.cpus_per_trial,
-              options.gpus_per_trial)
-        logger = StudyLogger(tracker, parent_id, ledger, pending, total=len(cells), done_before=len(cells) - len(pending))
-        timed(options, "trials_s", run_grid, executor, options, pending, f"study-{spec.hash}", logger, max_concurrent)
-        return
+    phases: dict[str, float] = {}
+    with timed(phases, "prepare_s"):
+        prepare_study(pending if spec.kind == "grid" else cells, options.cache_dir, say, options.cpus_per_trial,
+                      options.gpus_per_trial)
+    with timed(phases, "trials_s"):
+        if spec.kind == "grid":
+            with TrialLines(len(cells), done_before=len(cells) - len(pending)) as view:
+                run_grid(executor, options, pending, f"study-{spec.hash}", StudyCallback(pending, sink, view),
+                         max_concurrent)
+        else:
+            run_searches(spec, pending, sink, executor, options, max_concurrent)
+    return phases
 
-    timed(options, "prepare_s", prepare_study, cells, options.cache_dir, say, options.cpus_per_trial,
-          options.gpus_per_trial)
-    clock = time.perf_counter()
+
+def run_searches(spec: StudySpec, pending: list[TrialConfig], sink: TrialSink, executor: str, options: RunOptions,
+                 max_concurrent: int | None) -> None:
+    """One Optuna search per cell group, told the group's finished trials, then the unfinished reference cells."""
+    storage = str(storage_dir(options))
     groups = spec.searched_cells()
     references = [c for c in spec.reference_cells() if c in pending]
-    logger = StudyLogger(tracker, parent_id, ledger, [], total=spec.trial_count(),
-                         done_before=len(spec.reference_cells()) - len(references))
+    earlier = [searched_points(sink.results, cell, spec) for cell in groups]
+    done = len(spec.reference_cells()) - len(references) + sum(min(len(e), spec.num_samples) for e in earlier)
     space = {k: optuna_distribution(v) for k, v in spec.search.items()}
-    for group, cell in enumerate(groups):
-        earlier = searched_points(ledger, cell, spec)
-        remaining = spec.num_samples - len(earlier)
-        logger.done += len(earlier)
-        if remaining <= 0:
-            continue
-        logger.cells = [cell]
-        searcher = FinalResultSearch(space={"cell": optuna.distributions.CategoricalDistribution([0]), **space},
-                                metric=spec.metric, mode=spec.mode, seed=group,
-                                points_to_evaluate=[{"cell": 0, **p} for p, _ in earlier] or None,
-                                evaluated_rewards=[r for _, r in earlier] or None)
-        run_tuner(trainable_for(executor, options, logger.cells, storage), f"study-{spec.hash}-group{group}", storage,
-                  logger, options.max_failures, num_samples=remaining,
-                  search_alg=ConcurrencyLimiter(searcher, max_concurrent=optuna_concurrency(max_concurrent)))
-    if references:
-        logger.cells = references
-        run_grid(executor, options, references, f"study-{spec.hash}-references", logger, max_concurrent)
-    options.phases["trials_s"] = time.perf_counter() - clock
+    with TrialLines(spec.trial_count(), done_before=done) as view:
+        for group, (cell, points) in enumerate(zip(groups, earlier)):
+            remaining = spec.num_samples - len(points)
+            if remaining <= 0:
+                continue
+            searcher = FinalResultSearch(space={"cell": optuna.distributions.CategoricalDistribution([0]), **space},
+                                         metric=spec.metric, mode=spec.mode, seed=group,
+                                         points_to_evaluate=[{"cell": 0, **p} for p, _ in points] or None,
+                                         evaluated_rewards=[r for _, r in points] or None)
+            run_tuner(trainable_for(executor, options, [cell], storage), f"study-{spec.hash}-group{group}", storage,
+                      StudyCallback([cell], sink, view), options.max_failures, num_samples=remaining,
+                      search_alg=ConcurrencyLimiter(searcher, max_concurrent=optuna_concurrency(max_concurrent)))
+        if references:
+            run_grid(executor, options, references, f"study-{spec.hash}-references",
+                     StudyCallback(references, sink, view), max_concurrent)
 
 
-def run_grid(executor: str, options: RunOptions, cells: list[TrialConfig], name: str, logger: StudyLogger,
+def run_grid(executor: str, options: RunOptions, cells: list[TrialConfig], name: str, callback: StudyCallback,
              max_concurrent: int | None) -> None:
     """Each cell once, through Tune's own variant generation, so every pending trial is visible to the autoscaler."""
     storage = str(storage_dir(options))
-    run_tuner(trainable_for(executor, options, cells, storage), name, storage, logger, options.max_failures,
+    run_tuner(trainable_for(executor, options, cells, storage), name, storage, callback, options.max_failures,
               param_space={"cell": tune.grid_search(list(range(len(cells))))}, max_concurrent_trials=max_concurrent)
 
 
-def timed(options: RunOptions, phase: str, fn, *args, **kwargs):
+@contextmanager
+def timed(phases: dict[str, float], phase: str):
+    """Add the seconds the block takes to ``phases`` as ``phase``, also when it raises."""
     clock = time.perf_counter()
     try:
-        return fn(*args, **kwargs)
+        yield
     finally:
-        options.phases[phase] = time.perf_counter() - clock
+        phases[phase] = time.perf_counter() - clock
 
 
-def searched_points(ledger: Ledger, cell: TrialConfig, spec: StudySpec) -> list[tuple[dict, float]]:
-    """Optuna choices and rewards of this group's finished trials, read back from the ledger."""
-    return [({k: row[k] for k in spec.search}, row[spec.metric]) for row in ledger.rows.values()
+def searched_points(results: ResultsTable, cell: TrialConfig, spec: StudySpec) -> list[tuple[dict, float]]:
+    """Optuna choices and rewards of this group's finished trials, read back from results.csv."""
+    return [({k: row[k] for k in spec.search}, row[spec.metric]) for row in results.rows.values()
             if row.get("status") == "FINISHED" and row.get("search_group") == cell.hash]

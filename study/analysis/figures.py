@@ -1,4 +1,9 @@
-"""The report's figures (matplotlib, Agg backend): each function takes report frames and returns a Figure.
+"""The report's figures: each function takes report frames and returns a matplotlib Figure.
+
+Figures are built with matplotlib's object API (``matplotlib.figure.Figure``),
+never through pyplot, so no GUI backend is chosen, nothing is switched at
+import, and a figure is freed with its last reference (``fig.savefig`` renders
+it with Agg).
 
 Accuracies are plotted in percent. Every selector keeps one colour in every
 figure; random is the reference (black, dashed, square markers) and the
@@ -9,14 +14,12 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from study.analysis.trials import FULL, RANDOM, ordered_regimes  # noqa: E402
+from study.analysis.trials import FULL, RANDOM, ordered_regimes
 
 RANDOM_STYLE = {"color": "black", "linestyle": "--", "marker": "s", "linewidth": 2.0, "zorder": 5}
 FULL_STYLE = {"color": "0.45", "linestyle": ":", "linewidth": 1.8}
@@ -26,7 +29,7 @@ RANDOM_REF_LABEL = "random (reference)"
 
 def palette(labels) -> dict[str, tuple]:
     """One colour per selector label, stable for a given set of labels."""
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    cmap = colormaps["tab10" if len(labels) <= 10 else "tab20"]
     others = sorted(set(labels) - {RANDOM, FULL})
     return {label: cmap(i % cmap.N) for i, label in enumerate(others)}
 
@@ -37,18 +40,18 @@ def style(label: str, colors: dict) -> dict:
     return {"color": colors.get(label, "tab:blue"), "linestyle": "-", "marker": "o", "linewidth": 1.5}
 
 
-def empty_figure(title: str, note: str) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
+def empty_figure(title: str, note: str) -> Figure:
+    fig = Figure(figsize=(7, 3), layout="constrained")
+    ax = fig.add_subplot()
     ax.set_axis_off()
     ax.set_title(title)
     ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True, fontsize=10, transform=ax.transAxes)
     return fig
 
 
-def grid(rows: int, cols: int, min_width: float = 0.0, **kw) -> tuple[plt.Figure, np.ndarray]:
-    size = (max(min_width, 4.4 * cols), 3.4 * rows + 0.4)
-    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained", **kw)
-    return fig, axes
+def grid(rows: int, cols: int, min_width: float = 0.0, **kw) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(max(min_width, 4.4 * cols), 3.4 * rows + 0.4), layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False, **kw)
 
 
 def selector_labels(frame: pd.DataFrame) -> list[str]:
@@ -83,20 +86,20 @@ def log_axis(ax, values, label: str) -> None:
     ax.set_xlabel(label)
 
 
-def accuracy_vs_ipc(summary: pd.DataFrame) -> plt.Figure:
+def accuracy_vs_ipc(summary: pd.DataFrame) -> Figure:
     """The paper's central figure: one panel per regime (a row per budget), a line per selector with a seed band."""
     return accuracy_panels(summary, "Test accuracy vs IPC (mean +- std over seeds)", "steps", "ipc",
                            "images per class (IPC)", "{regime}, {value} steps", full_line)
 
 
-def accuracy_vs_budget(summary: pd.DataFrame) -> plt.Figure:
+def accuracy_vs_budget(summary: pd.DataFrame) -> Figure:
     """The saturation test: accuracy vs compute budget at fixed IPC (a row per IPC, a panel per regime)."""
     return accuracy_panels(summary, "Test accuracy vs compute budget at fixed IPC", "ipc", "steps",
                            "budget (student steps)", "{regime}, IPC {value}", full_curve)
 
 
 def accuracy_panels(summary: pd.DataFrame, suptitle: str, row: str, x: str, xlabel: str, title: str,
-                    full_reference) -> plt.Figure:
+                    full_reference) -> Figure:
     """A panel per (value of ``row``, regime): a line per selector over ``x``, and the full-data reference."""
     subsets = summary[summary["ipc"] > 0] if not summary.empty else summary
     if subsets.empty:
@@ -142,7 +145,7 @@ def full_curve(ax, full: pd.DataFrame, ipc: int) -> None:
         ax.plot(full["steps"], 100 * full["acc_mean"], label=FULL_LABEL, marker="^", **FULL_STYLE)
 
 
-def gain_vs_ipc(derived: pd.DataFrame) -> plt.Figure:
+def gain_vs_ipc(derived: pd.DataFrame) -> Figure:
     """Gain over random vs IPC per regime (a row per budget); the band is the gain's seed spread."""
     part_all = derived[~derived["selector"].isin([RANDOM, FULL]) & derived["gain"].notna()] if not derived.empty \
         else derived
@@ -167,7 +170,7 @@ def gain_vs_ipc(derived: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def example_grid(examples: list[tuple[str, str, np.ndarray | None]]) -> plt.Figure:
+def example_grid(examples: list[tuple[str, str, np.ndarray | None]]) -> Figure:
     """One panel per selector: its logged picture of selected (or distilled) images, one row per class."""
     if not examples:
         return empty_figure("Example images", "No subset trials in this study.")

@@ -37,13 +37,13 @@ Derived metrics (``derive``), per cell (s, k, r, S):
 Protocol check (``protocol_check``): for every soft-label regime r and budget
 S, ``gap = A(full, hl, S) - A(full, r, S)``; ``under_trained = gap > 0.01``
 (more than 1 point). An under-trained soft-label protocol makes every subset
-land at the same accuracy, which fakes "random is as good as a coreset": on
-Fashion-MNIST at 300 AdamW steps a 1.5-point gap already left KD unable to
-lift random at IPC 50, so 3 points was too lenient. ``fix_steps`` is the
+land at the same accuracy, which fakes "random is as good as a coreset"; a
+gap of 1.5 points was measured to do so, hence 1 (benchmarks/README.md,
+"Soft labels need enough steps"). ``fix_steps`` is the
 budget that would fix an under-trained cell: the smallest larger budget of
 the study where r passes (``fix_measured``), or else twice the largest budget
 the study ran r at, a guess to try next (soft labels need more steps than
-hard labels to pay off, see DESIGN.md).
+hard labels to pay off: benchmarks/README.md, same section).
 
 Families (``family_table``): each selector is a coreset method (keeps real
 images) or a DD method (synthesises images), from the ``family`` tag of its

@@ -1,10 +1,10 @@
-"""Trial tables: a study's trials read from MLflow's child runs or from the ledger (results.csv), typed once.
+"""Trial tables: a study's trials read from MLflow's child runs or from results.csv, typed once.
 
 Both sources are read into the same *trial row*: the flat config (``selector``,
 ``ipc``, ``selector_params.center``, ...) with typed values, ``config_hash``,
 ``status``, the tag ``family`` and the trial metrics (``test_acc_mean``,
 ``test_acc_seed{r}``, ...); rows read from MLflow add ``run_id`` and
-``end_time``. That is the ledger's own row format, so :func:`run_rows` is the
+``end_time``. That is results.csv's own row format, so :func:`run_rows` is the
 only translation, and :func:`trial_table` and :func:`tidy` serve the report,
 summary.csv and the terminal table alike.
 
@@ -32,8 +32,10 @@ CORESET, DD = "coreset", "dd"
 REGIME_ORDER = ("hl", "sl", "sl_kd")
 CELL = ["label", "selector", "variant", "ipc", "regime", "steps"]
 ORDER = ["regime", "steps", "selector", "variant", "ipc"]
-TRIAL_METRICS = ["test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds", "flops", "samples_seen",
-                 "epochs_equivalent", "train_size", "teacher_test_acc"]
+TRIAL_METRICS = ["test_acc_mean", "test_acc_std", "val_acc_mean", "wall_seconds", "select_seconds", "flops",
+                 "samples_seen", "epochs_equivalent", "train_size", "teacher_test_acc",
+                 # a scoring-run selector's (study.runs.trial.SELECTION_METRICS), for the alignment report
+                 "selection.mean_difficulty", "selection.scoring_train_images", "selection.scoring_el2n_images"]
 SEED_METRIC = "test_acc_seed"
 VAL_SEED_METRIC = "val_acc_seed"
 SELECTOR_PARAM = "selector_params."
@@ -64,7 +66,7 @@ def present(value) -> bool:
 
 def variant_text(value) -> str:
     """A selector parameter as a variant writes it; a whole float as an integer, because a table turns a
-    column of integers into floats when a row lacks it (the ledger's rows, results.csv)."""
+    column of integers into floats when a row lacks it (results.csv's rows)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -109,11 +111,11 @@ def run_rows(runs: pd.DataFrame) -> list[dict]:
 
 
 def trial_table(rows: list[dict]) -> pd.DataFrame:
-    """One row per trial from trial rows (:func:`run_rows`, or the ledger's rows), with typed axes.
+    """One row per trial from trial rows (:func:`run_rows`, or results.csv's rows), with typed axes.
 
     ``label`` is the selector name, or ``selector[params]`` when the study ran
     that selector with more than one set of parameters. When two FINISHED
-    runs share a config hash, the one that ended last is kept. A ledger row
+    runs share a config hash, the one that ended last is kept. A results.csv row
     has no run id: its config hash stands for it.
     """
     cols = ["run_id", "status", "config_hash", "label", "selector", "family", "variant", "ipc", "regime", "steps",

@@ -282,7 +282,8 @@ DATASETS.register("mnist")(torchvision_loader("mnist", "MNIST", Augment(crop_pad
 DATASETS.register("cifar10")(torchvision_loader("cifar10", "CIFAR10", Augment(crop_padding=4, flip=True)))
 DATASETS.register("cifar100")(torchvision_loader("cifar100", "CIFAR100", Augment(crop_padding=4, flip=True)))
 
-IMAGEFOLDER_SIZE = int(os.environ.get("HARDTRUTHS_IMAGEFOLDER_SIZE", "64"))
+DEFAULT_IMAGEFOLDER_SIZE = 64
+IMAGEFOLDER_SIZE = int(os.environ.get("HARDTRUTHS_IMAGEFOLDER_SIZE", str(DEFAULT_IMAGEFOLDER_SIZE)))
 BAD_IMAGES = os.environ.get("HARDTRUTHS_BAD_IMAGES", "fail")
 
 
@@ -336,7 +337,7 @@ def scan_images(listing: Listing, size: int) -> dict[str, np.ndarray]:
 
 def listed_rows(listing: np.ndarray, paths: np.ndarray) -> np.ndarray:
     """Where each of ``paths`` sits in ``listing`` (both arrays of path strings), by a dict: ``np.isin`` on object
-    arrays took 31 s for 60 k paths, which every process loading the tree paid."""
+    arrays is far slower (benchmarks/README.md, "Reading a tree's rows")."""
     position = {path: i for i, path in enumerate(listing.tolist())}
     return np.fromiter((position[path] for path in paths.tolist()), dtype=np.int64, count=len(paths))
 

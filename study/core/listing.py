@@ -2,8 +2,9 @@
 
 Loading a tree lists it (torchvision's ``make_dataset``) and stats every file
 for the key of its cached scan. Every selection task and every trial loads the
-tree, so each paid that: 2.8 s for 60 k images on this machine, about a minute
-per process at ImageNet's 1.28 M, more on network storage. Inside
+tree, so each paid that: seconds for 60 k images, tens of seconds per process
+at ImageNet's 1.28 M, more on network storage (benchmarks/README.md,
+``tree_listing.py``). Inside
 :func:`published_listings` the driver stores its listing in the cache and names
 it in ``HARDTRUTHS_TREE_LISTINGS``, which travels with the Ray job
 (study.core.environment); a worker then reads the stored listing instead. It

@@ -23,7 +23,7 @@ from study.core.registry import Registry
 def convnet_depth(image_size: int) -> int:
     """Depth 3 (the literature's) unless the input is so small that the last block would instance-normalise a
     2x2 map: four values normalised to mean 0 / std 1 carry almost no signal, and on 8x8 digits a depth-3
-    ConvNet then barely trains (29% vs 82% for depth 2 after 200 steps on 100 images)."""
+    ConvNet then barely trains (benchmarks/README.md, "ConvNet depth on small images")."""
     return max(1, min(3, image_size.bit_length() - 2))
 
 

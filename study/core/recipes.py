@@ -45,8 +45,7 @@ class Recipe:
 
     def build(self, named_params, steps: int, lead_dims: int = 0):
         """The optimiser and its schedule, over (name, parameter) pairs. Fused kernels (one op per step, not ~10
-        per parameter tensor) where torch has them: a width-32 ConvNet's AdamW step fell from 292 to 69 us on
-        one CPU core, ~6% of a digits training step."""
+        per parameter tensor) where torch has them (measured: benchmarks/README.md, "Fused optimiser kernels")."""
         named_params = list(named_params)
         params = [p for _, p in named_params]
         fused = params[0].device.type in ("cpu", "cuda")

@@ -10,7 +10,7 @@ With CutMix, hard losses mix the two labels by area, and ``sl`` mixes the two
 stored target distributions by area; ``sl_kd`` needs no mixing because the
 teacher sees the mixed image itself. Soft losses are KL(teacher/T || student/T)
 scaled by T^2 (Hinton's rule) unless ``t2_scale`` is off: without it SGD
-under-trains every soft-label student (see DESIGN.md).
+under-trains every soft-label student (measured: benchmarks/README.md, "T^2 on soft losses").
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ project module they import, found by reading their ``import`` statements
 by hand. An edit to one selector changes the version of that selector's
 selections and of the trials, not the teacher's, which no teacher module imports.
 
-Each module counts as its syntax tree with docstrings removed (``ast.dump``),
-so a comment, a docstring or a re-wrapped line changes nothing, while any
-change to what runs does. The dump's format belongs to the Python version, so
+Each module counts as its syntax tree with docstrings (every bare string
+statement) removed (``ast.dump``), so a comment, a docstring or a re-wrapped
+line changes nothing, while any change to what runs does. The dump's format belongs to the Python version, so
 the version is part of the digest: a Python upgrade (3.12 to 3.13, not a
 patch release) changes every code version once, and with them every cache key
 and every trial's recorded version (``--stale reuse`` accepts those trials).
@@ -40,13 +40,15 @@ def module_path(name: str, root: Path) -> Path | None:
 
 
 def without_docstrings(tree: ast.AST) -> ast.AST:
-    """``tree`` with the docstring of the module and of every class and function removed."""
+    """``tree`` without its docstrings: every statement that is a bare string (a module's, class's or
+    function's docstring, or an attribute's documenting string after it), which runs as nothing."""
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
+        for name in ("body", "orelse", "finalbody"):
+            statements = getattr(node, name, None)
+            if isinstance(statements, list) and statements and isinstance(statements[0], ast.stmt):
+                kept = [s for s in statements if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                                      and isinstance(s.value.value, str))]
+                setattr(node, name, kept or ([ast.Pass()] if name == "body" else []))
     return tree
 
 

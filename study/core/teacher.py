@@ -26,6 +26,7 @@ from study.core.evaluate import accuracy, eval_chunk, predict_logits
 from study.core.images import FileImages, materialise
 from study.core.models import model_for
 from study.core.passes import PassColumns, run_pass
+from study.core.precision import resolve_precision
 from study.core.protocol import TeacherSpec
 from study.core.seeding import content_hash
 from study.core.train import default_device, train_student
@@ -131,7 +132,9 @@ def get_teacher(data: Dataset, spec: TeacherSpec, cache: Cache | None = None, de
     # The architecture's parameter shapes are part of the key: a change to a model's code (say, its depth on
     # small inputs) must retrain the teacher, not load a checkpoint that no longer fits.
     arch = content_hash([(k, list(v.shape)) for k, v in model.state_dict().items()])
-    key = {"kind": "teacher", "dataset": data.name, "split": data.summary(), "arch": arch, **spec.to_dict()}
+    precision = resolve_precision(spec.protocol(len(data.train_y)).precision, device)
+    key = {"kind": "teacher", "dataset": data.name, "split": data.summary(), "arch": arch, "precision": precision,
+           **spec.to_dict()}
 
     def compute() -> dict:
         teacher = train_teacher(data, spec, device)

@@ -45,6 +45,7 @@ class TrainResult:
     flops: float
     wall_seconds: float
     train_size: int
+    precision: str = "fp32"  # as resolved on the device that trained (Protocol.precision may say "auto")
     loss_curve: list[float] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False, compare=False)
@@ -184,7 +185,7 @@ def fit(students, sets: list[tuple[torch.Tensor, torch.Tensor]], gens: list[torc
     return [TrainResult(test_acc=tests[s], val_acc=val_curves[s][-1][1], steps=run, batch_size=protocol.batch_size,
                         samples_seen=run * protocol.batch_size,
                         epochs_equivalent=run * protocol.batch_size / len(data.train_y), flops=flops * run,
-                        wall_seconds=wall, train_size=len(ys[s]), loss_curve=loss_curves[s],
+                        wall_seconds=wall, train_size=len(ys[s]), precision=precision, loss_curve=loss_curves[s],
                         val_curve=val_curves[s], model=model) for s, model in enumerate(students.models())]
 
 

@@ -61,12 +61,17 @@ class TrialConfig:
 
     def identity(self) -> dict:
         """Everything that determines the outcome (the data root is where data lives, not what it is). Settings
-        added later are left out at their defaults, so trials from before they existed keep their hashes."""
+        added later are left out at their defaults, so trials from before they existed keep their hashes; the
+        side an ImageFolder tree is decoded at (HARDTRUTHS_IMAGEFOLDER_SIZE) is in when it is not the default."""
+        from study.core import data
+
         d = self.to_dict()
         d.pop("data_root")
         for key, default in LATER_DEFAULTS.items():
             if d[key] == default:
                 del d[key]
+        if self.dataset.startswith("imagefolder:") and data.IMAGEFOLDER_SIZE != data.DEFAULT_IMAGEFOLDER_SIZE:
+            d["image_size"] = data.IMAGEFOLDER_SIZE
         return d
 
     @property

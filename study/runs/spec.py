@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
-from search_spaces import PRESETS, SPACES
+from search_spaces import DEFAULT_CELL, DEFAULT_PRESET, PRESETS, SPACES
 from study.runs.config import FULL_DATA_IPC, TrialConfig
 from study.core.errors import StudyError
 from study.core.protocol import AXES as PROTOCOL_AXES, BUDGET_UNITS, Protocol, TeacherSpec, batch_size_for, steps_for
@@ -250,50 +250,137 @@ STUDY_SETTINGS = ("num_samples", "metric", "mode", "full_data_reference", "refer
 def resolve_spec(space: str = "quick", preset: str | None = None, dataset: str | None = None,
                  selectors=None, ipc=None, regimes=None, budgets=None, seeds: int | None = None,
                  overrides: list[str] | None = None, data_root: str | None = None,
-                 all_selectors: list[str] | None = None) -> StudySpec:
+                 all_selectors: list[str] | None = None, base: dict | None = None) -> StudySpec:
     """Merge space, preset and overrides into a StudySpec (no data is touched here, but for the number of classes
-    where the preset counts budgets in epochs)."""
-    s = dict(lookup(SPACES, space, "space"))
-    preset = preset_for(dataset, preset, s["preset"])
-    p = PRESETS[preset]
-    protocol, params, extra = apply_overrides(preset_protocol(preset, dataset, data_root), overrides,
-                                              STUDY_SETTINGS)
-    unit = p.get("budget_unit", "steps")
-    if unit not in BUDGET_UNITS:
-        raise StudyError(f"The preset {preset!r} counts budgets in {unit!r}; a budget is in steps or epochs.")
-    per_regime = without_overridden(p.get("per_regime", {}), overridden(overrides))
-    check_per_regime(per_regime)
+    where the preset counts budgets in epochs). ``base`` is a resolved spec (a study's study_spec.json, or
+    --print-config's output) to start from instead of space and preset."""
+    if base is not None:
+        refuse_preset_with_config(preset, dataset)
+        spec = spec_from_dict(base)
+        s = {"kind": spec.kind, "selectors": spec.selectors, "ipc": spec.ipc, "regimes": spec.regimes,
+             "budgets": spec.budgets, "seeds": spec.seeds}
+        protocol = {**spec.protocol, **({"data_root": data_root} if data_root is not None else {})}
+        space, preset = spec.space, spec.preset
+    else:
+        s = dict(lookup(SPACES, space, "space"))
+        preset = preset_for(dataset, preset, s["preset"])
+        protocol, spec = preset_protocol(preset, dataset, data_root), None
+    protocol, params, extra = apply_overrides(protocol, overrides, STUDY_SETTINGS)
     chosen = selectors if selectors is not None else s["selectors"]
     if chosen == "all" or chosen == ["all"]:
         chosen = every_selector(all_selectors or ["random"], protocol.get("teacher", {}))
-    spec = StudySpec(
+    axes = dict(
         space=space, kind=s["kind"], preset=preset, protocol=protocol,
         selectors=parse_list(chosen), ipc=parse_list(ipc if ipc is not None else s["ipc"], int),
         regimes=parse_list(regimes if regimes is not None else s["regimes"]),
-        budgets=parse_list(budgets if budgets is not None else s.get("budgets", p["budgets"]), int),
-        seeds=int(seeds if seeds is not None else s["seeds"]),
-        full_data_reference=s.get("full_data_reference", True), search=s.get("search", {}),
-        num_samples=s.get("num_samples", 1), metric=s.get("metric", "val_acc_mean"), mode=s.get("mode", "max"),
-        selector_params=params, references=parse_list(s.get("references", [])),
-        selector_grid=s.get("selector_grid", {}), budget_unit=unit, per_regime=per_regime,
-        classes=class_count(protocol["dataset"], data_root) if unit == "epochs" else None,
-    )
+        budgets=parse_list(budgets if budgets is not None else s["budgets"] if "budgets" in s
+                           else PRESETS[preset]["budgets"], int),
+        seeds=int(seeds if seeds is not None else s["seeds"]))
+    if spec is not None:
+        for name, value in params.items():
+            params[name] = {**spec.selector_params.get(name, {}), **value}
+        spec = replace(spec, **axes, selector_params={**spec.selector_params, **params},
+                       per_regime=without_overridden(spec.per_regime, overridden(overrides)))
+    else:
+        p = PRESETS[preset]
+        unit = p.get("budget_unit", "steps")
+        if unit not in BUDGET_UNITS:
+            raise StudyError(f"The preset {preset!r} counts budgets in {unit!r}; a budget is in steps or epochs.")
+        per_regime = without_overridden(p.get("per_regime", {}), overridden(overrides))
+        check_per_regime(per_regime)
+        spec = StudySpec(
+            **axes, full_data_reference=s.get("full_data_reference", True), search=s.get("search", {}),
+            num_samples=s.get("num_samples", 1), metric=s.get("metric", "val_acc_mean"), mode=s.get("mode", "max"),
+            selector_params=params, references=parse_list(s.get("references", [])),
+            selector_grid=s.get("selector_grid", {}), budget_unit=unit, per_regime=per_regime,
+            classes=class_count(protocol["dataset"], data_root) if unit == "epochs" else None)
     for key, value in extra.items():
         setattr(spec, key, parse_list(value) if key == "references" else value)
     return spec
+
+
+def refuse_preset_with_config(preset: str | None, dataset: str | None) -> None:
+    if preset or dataset:
+        raise StudyError("--config already fixes the dataset and its protocol; drop --preset / --dataset "
+                         "(--set dataset=NAME trains the same protocol on another dataset).")
+
+
+def spec_from_dict(d: dict) -> StudySpec:
+    """A StudySpec from its JSON form (``StudySpec.to_dict``, as study_spec.json holds it); settings added since
+    a file was written take their defaults, and a setting the spec does not have is refused."""
+    names = [f.name for f in fields(StudySpec)]
+    unknown = sorted(set(d) - set(names))
+    missing = sorted(f.name for f in fields(StudySpec) if f.name not in d and f.default is MISSING
+                     and f.default_factory is MISSING)
+    if unknown or missing:
+        raise StudyError(f"This study spec has unknown setting(s) {unknown} and lacks {missing}; a study spec has: "
+                         f"{', '.join(names)}.")
+    return StudySpec(**d)
+
+
+def check_selector_params(params: dict, running: list[str]) -> None:
+    """``params`` (selector name -> its parameters) must name selectors that run, with parameters they take."""
+    from study.selection import build_selector
+
+    for name, values in params.items():
+        if name not in running:
+            raise StudyError(f"Parameters were set for the selector {name!r}, which does not run here (selectors "
+                             f"run: {', '.join(dict.fromkeys(running))}).")
+        build_selector(name, **values)  # a selector refuses its own bad parameters in one sentence
+
+
+def resolve_cell(selector: str | None = None, ipc: int | None = None, regime: str | None = None,
+                 steps: int | None = None, seeds: int | None = None, preset: str | None = None,
+                 dataset: str | None = None, data_root: str | None = None, overrides: list[str] | None = None,
+                 base: dict | None = None) -> TrialConfig:
+    """One trial's config from a command line (study.run, study.export): the cell that a study with the same
+    preset and ``overrides`` runs, through the same :func:`resolve_spec` and :meth:`StudySpec.cell`. What the
+    command line leaves out comes from DEFAULT_CELL and the preset (its first budget). ``base`` is a resolved
+    trial config (config.json, a record, --print-config's output): the flags and ``overrides`` then change
+    single settings of it, and nothing of a preset applies again."""
+    if base is not None:
+        refuse_preset_with_config(preset, dataset)
+        return changed_config(base, selector, ipc, regime, steps, seeds, data_root, overrides)
+    chosen = {"selector": selector, "ipc": ipc, "regime": regime, "seeds": seeds}
+    cell = {**DEFAULT_CELL, **{k: v for k, v in chosen.items() if v is not None}}
+    if cell["selector"] == "full":
+        cell["ipc"] = FULL_DATA_IPC
+    preset = preset_for(dataset, preset, DEFAULT_PRESET)
+    budget = steps if steps is not None else PRESETS[preset]["budgets"][0]
+    spec = resolve_spec("quick", preset, dataset, [cell["selector"]], [cell["ipc"]], [cell["regime"]], [budget],
+                        cell["seeds"], overrides, data_root)
+    check_selector_params(spec.selector_params, [cell["selector"]])
+    if steps is not None:
+        spec.budget_unit = "steps"  # --steps counts steps, whatever the preset's unit
+    # under epoch budgets a full-data cell sees what the subset cell at --ipc sees (StudySpec.reference_cells)
+    matched = (ipc or DEFAULT_CELL["ipc"]) if cell["selector"] == "full" and spec.budget_unit == "epochs" else None
+    return spec.cell(cell["selector"], cell["ipc"], cell["regime"], budget, matched_ipc=matched)
+
+
+def changed_config(base: dict, selector, ipc, regime, steps, seeds, data_root, overrides) -> TrialConfig:
+    """A resolved config with single settings changed; the selector's parameters go when the selector does."""
+    cell = dict(base)
+    if selector is not None and selector != cell.get("selector"):
+        cell["selector_params"] = {}
+    chosen = {"selector": selector, "ipc": ipc, "regime": regime, "steps": steps, "seeds": seeds,
+              "data_root": data_root}
+    cell.update({k: v for k, v in chosen.items() if v is not None})
+    protocol, params, _ = apply_overrides({k: cell[k] for k in PROTOCOL_FIELDS if k in cell}, overrides)
+    name = cell.get("selector", DEFAULT_CELL["selector"])
+    selector_params = {**cell.get("selector_params", {}), **params.get(name, {})}
+    check_selector_params({**params, name: selector_params}, [name])
+    if name == "full":
+        cell["ipc"] = FULL_DATA_IPC
+    if "batch_size" in protocol:
+        protocol["batch_size"] = batch_size_for(protocol["batch_size"], cell.get("ipc", DEFAULT_CELL["ipc"]))
+    return TrialConfig.from_dict({**cell, **protocol, "selector_params": selector_params})
 
 
 def validate_spec(spec: StudySpec, smallest_class: int | None = None) -> None:
     """Check every cell before any compute; ``smallest_class`` comes from loading the dataset once."""
     if not (spec.selectors and spec.ipc and spec.regimes and spec.budgets):
         raise StudyError("A study needs at least one selector, IPC, regime and budget.")
-    from study.selection import build_selector
-
-    for name, params in spec.selector_params.items():
-        if name not in spec.selectors + spec.references:
-            raise StudyError(f"Parameters were set for the selector {name!r}, which this study does not run "
-                             f"(its selectors: {', '.join(dict.fromkeys(spec.selectors + spec.references))}).")
-        build_selector(name, **params)  # a selector refuses its own bad parameters in one sentence
+    check_selector_params(spec.selector_params, spec.selectors + spec.references)
     sizes = {spec.protocol["dataset"]: smallest_class} if smallest_class else None
     for cfg in spec.cells():
         validate_trial(cfg, sizes)

@@ -9,7 +9,7 @@ and MLflow gives every SQLite session a 20 s busy timeout, so a local store
 never reports itself locked. A server that is away is retried by MLflow's own
 HTTP client, within the bounded budget :func:`configure_client` sets; a trial
 that still cannot be logged stays in its Tune checkpoint, from which
-study.runs.journal logs it later.
+study.runs.checkpoints logs it later.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Iterable
 
 from study.core.errors import StudyError
 from study.runs.provenance import PROJECT, UNKNOWN, git_dirty
-from study.runs.records import flatten
+from study.runs.record import flatten
 
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -45,7 +45,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # 120 s between tries (about 4 minutes) and waiting up to 120 s for each answer, while the driver's Tune loop
 # waits. This budget gives up on a refused connection or a 5xx after about 12-15 s (3 retries, sleeps of
 # 0, 4 and 8 s, plus up to 1 s of jitter each) and on a silent server after about 75 s (4 tries of 15 s).
-# A trial whose logging gives up is not lost: it is logged from its Tune checkpoint later (study.runs.journal).
+# A trial whose logging gives up is not lost: it is logged from its Tune checkpoint later (study.runs.checkpoints).
 CLIENT_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
@@ -272,7 +272,7 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(step)) for k, v in metrics.items()])
 
     def log_trial(self, parent_id: str, record: dict, artifacts: Path | None = None, run_id: str | None = None) -> str:
-        """A trial's record (see study.runs.outcome) into its live run ``run_id``, or into a new child run that
+        """A trial's record (see study.runs.record) into its live run ``run_id``, or into a new child run that
         spans the trial's own start and end when the record has them (a trial logged from its checkpoint)."""
         from mlflow.entities import Metric, RunTag
 
@@ -304,7 +304,7 @@ class Tracker:
         return run_id
 
     def log_inputs(self, run_id: str, inputs: list[dict]) -> None:
-        """A trial's data (see study.runs.outcome.training_inputs) as MLflow dataset inputs: the UI's Datasets
+        """A trial's data (see study.runs.record.training_inputs) as MLflow dataset inputs: the UI's Datasets
         column, filterable by name and digest."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT

@@ -26,6 +26,7 @@ from study.selection import Selection, SelectionContext, build_selector
 from study.core.teacher import get_teacher
 from study.core.batched import batching_pays, train_students
 from study.core.data_parallel import is_data_parallel
+from study.core.precision import resolve_precision
 from study.core.train import default_device, train_student
 
 
@@ -52,6 +53,15 @@ def dataset_profile(name: str, data_root: str | None) -> tuple[str, dict]:
     return digest, {"train_images": len(data.train_y), "classes": data.num_classes}
 
 
+# What a scoring-run selector's provenance says about its run and its selection (study.selection.cad's
+# compute_cad and difficulty_record): the trial's metrics ``selection.<key>``, so MLflow and results.csv hold the
+# ratio, the checkpoints and windows CAD read, the scoring run's compute (training and EL2N images apart) and the
+# selection's mean percentile on the teacher's AUM axis.
+SELECTION_METRICS = ("ratio", "student_images", "scoring_epochs", "scoring_steps", "K", "J", "W",
+                     "scoring_train_images", "scoring_el2n_images", "mean_difficulty")
+SELECTION_PREFIX = "selection."
+
+
 @dataclass
 class TrialOutcome:
     config: TrialConfig
@@ -60,6 +70,11 @@ class TrialOutcome:
     teacher_test_acc: float | None = None
     wall_seconds: float = 0.0
     family: str = "coreset"
+    image_shape: tuple[int, ...] = ()  # as decoded: an ImageFolder tree's follows HARDTRUTHS_IMAGEFOLDER_SIZE
+
+    def resolved(self) -> dict:
+        """What the config leaves to the machine and the environment, as this trial resolved it."""
+        return {"precision": self.per_seed[0]["precision"], "image_shape": "x".join(map(str, self.image_shape))}
 
     @property
     def accuracies(self) -> list[float]:
@@ -84,17 +99,31 @@ class TrialOutcome:
         out.update({f"val_acc_seed{s['repeat']}": s["val_acc"] for s in self.per_seed})
         if self.teacher_test_acc is not None:
             out["teacher_test_acc"] = self.teacher_test_acc
+        return {**out, **self.selection_metrics()}
+
+    def selection_metrics(self) -> dict:
+        """:data:`SELECTION_METRICS` found in the selections' provenance, as their mean over the repeats. Every
+        repeat reads the same cached scoring run, so its figures are that one run's cost (whether this trial
+        trained it or found it cached); CA2D's mean difficulty varies with each repeat's crops."""
+        out = {}
+        for key in SELECTION_METRICS:
+            values = [s.provenance[key] for s in self.selections if s.provenance.get(key) is not None]
+            if values:
+                out[SELECTION_PREFIX + key] = statistics.fmean(values)
         return out
 
 
-def selection_key(cfg: TrialConfig, selector, repeat: int) -> dict:
+def selection_key(cfg: TrialConfig, selector, repeat: int, device: str | None = None) -> dict:
     """What a selection depends on: the data and the selector's resolved parameters always (an external set's
     include its content hash), the teacher and budget only if it reads them (a budget-aware selector's proxy
-    trains under the regime, and so reads the teacher under soft labels)."""
+    trains under the regime, and so reads the teacher under soft labels), and then also what precision "auto"
+    resolves to on ``device``, where the teacher and the proxies train (None: any device, to compare cells)."""
     key = {"dataset": cfg.dataset, "selector": cfg.selector, "params": selector.params, "ipc": cfg.ipc,
            "seed": cfg.selection_seed(repeat)}
     if selector.needs_teacher or selector.budget_aware:
         key["teacher"] = cfg.teacher.to_dict()
+        if device is not None:
+            key["auto_precision"] = resolve_precision("auto", device)
     if selector.budget_aware:
         key["budget"] = cfg.protocol.to_dict()
     return key
@@ -103,7 +132,7 @@ def selection_key(cfg: TrialConfig, selector, repeat: int) -> dict:
 def get_selection(ctx: SelectionContext, selector, cfg: TrialConfig, repeat: int) -> Selection:
     if cfg.is_full_data:
         return selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat))
-    return ctx.cache.get_or_compute("selections", selection_key(cfg, selector, repeat),
+    return ctx.cache.get_or_compute("selections", selection_key(cfg, selector, repeat, ctx.device),
                                     lambda: selector.select(ctx, cfg.ipc, cfg.selection_seed(repeat)),
                                     code=[type(selector).__module__])
 
@@ -156,7 +185,7 @@ def run_trial(cfg: TrialConfig, cache_dir: str | Path | None = None, device: str
                 for r, res in enumerate(results)]
     teacher_acc = ctx.teacher.test_acc if "teacher" in ctx.__dict__ else None
     return TrialOutcome(cfg, per_seed, selections, teacher_acc, time.perf_counter() - start,
-                        selector.family)
+                        selector.family, tuple(ctx.data.image_shape))
 
 
 def seed_metrics(progress: Callable[[int, dict], None] | None, repeats) -> Callable | None:

@@ -34,10 +34,9 @@ real images per class and a width-128 ConvNet, the students' own
 width=128`` to run it as released. Here ``iterations=500``, ``batch_real=64``
 and ``width=32``, the width of the
 digits and Fashion-MNIST students (the ConvNet's depth follows the image size
-as everywhere in the harness). The width was chosen under the earlier
-translation / scale / flip augmentation: 0.026 s per iteration on one core at
-digits IPC 1, half of width 64's, at the same accuracy (85.7% vs 86.2%,
-random 63%). They are parameters, so part of the selection's cache key.
+as everywhere in the harness): half the time of width 64 at the same accuracy
+(benchmarks/README.md, "DM's width"). They are parameters, so part of the
+selection's cache key.
 """
 from __future__ import annotations
 

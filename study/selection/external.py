@@ -7,7 +7,7 @@ every seed of a trial.
 
 Traceability: the content hash of the set is computed when the selector is
 built. It is part of the selector's resolved parameters and so of the
-selection's cache key, of its provenance (``content_hash``), and :func:`study.runs.outcome.success_record` copies
+selection's cache key, of its provenance (``content_hash``), and :func:`study.runs.record.success_record` copies
 it into the trial's recorded ``selector_params.content_hash`` (an MLflow
 param). Passing ``content_hash=`` pins it: the selector then refuses a file
 whose bytes differ, so a recorded config reruns on the same set or not at all.

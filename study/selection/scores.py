@@ -27,6 +27,7 @@ from torch import nn
 from study.core.errors import StudyError
 from study.core.evaluate import predict_features
 from study.core.registry import Registry
+from study.core.precision import resolve_precision
 from study.core.seeding import derive_seed
 from study.core.teacher import sample_dynamics
 from study.core.train import train_student
@@ -187,7 +188,9 @@ def proxy_scores(ctx, fraction: float, seed: int) -> dict[str, torch.Tensor]:
     different, more converged model.
     """
     spec, data = ctx.teacher.spec, ctx.data
-    key = {"kind": "proxy", "split": data.summary(), "teacher": spec.to_dict(), "fraction": fraction, "seed": seed}
+    precision = resolve_precision(spec.protocol(len(data.train_y)).precision, ctx.device)
+    key = {"kind": "proxy", "split": data.summary(), "teacher": spec.to_dict(), "fraction": fraction, "seed": seed,
+           "precision": precision}
 
     def compute() -> dict[str, torch.Tensor]:
         protocol = spec.protocol(len(data.train_y))

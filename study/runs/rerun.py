@@ -1,4 +1,4 @@
-"""What a study already finished, and under which code: the rerun policy for trials from older code.
+"""What a rerun skips: the trials a study already finished, and the policy for those finished under older code.
 
 A rerun skips finished trials by config hash. When the code that computes
 results has changed since (study.runs.provenance), reusing them is a choice
@@ -9,16 +9,17 @@ how many there are.
 from __future__ import annotations
 
 from study.core.errors import StudyError
-from study.runs.ledger import Ledger
+from study.runs.results_table import ResultsTable
 from study.runs.provenance import code_version
 
 STALE_POLICIES = ("reuse", "rerun")
 
 
-def finished_versions(cells: set[str], ledger: Ledger, tracker=None, parent_id: str | None = None) -> dict[str, str]:
-    """Config hash -> code version of every finished trial of the study, from the ledger and (when the study
+def finished_versions(cells: set[str], results: ResultsTable, tracker=None,
+                      parent_id: str | None = None) -> dict[str, str]:
+    """Config hash -> code version of every finished trial of the study, from results.csv and (when the study
     has a parent run) MLflow; MLflow's tag wins where both know a trial."""
-    versions = ledger.finished_versions(cells)
+    versions = results.finished_versions(cells)
     if tracker is not None and parent_id is not None:
         versions.update(tracker.finished_versions(parent_id))
     return versions

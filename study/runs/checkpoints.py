@@ -1,40 +1,22 @@
-"""No finished trial is lost to a killed driver or an MLflow outage: the Tune checkpoints are the journal.
+"""No finished trial is lost to a killed driver or an MLflow outage: its Tune checkpoint is read back.
 
 Every finished trial's record and artifacts already lie in the folder that Tune
 (or Ray Train) persisted as its checkpoint under the study's storage folder,
 before the driver is told the trial finished. The driver writes the record
-to the ledger, then to MLflow (:func:`record_trial`); if MLflow cannot take it,
+to results.csv, then to MLflow (study.runs.sink); if MLflow cannot take it,
 or the driver dies first, :func:`replay` finds it in its checkpoint on the next
-pass and logs it. A trial that failed has no checkpoint; the ledger keeps its
+pass and logs it. A trial that failed has no checkpoint; results.csv keeps its
 failure and the cell runs again.
 
 MLflow itself is reached only through the tracker (study.runs.tracking).
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Callable, Iterable
 
-from study.runs.ledger import Ledger
-from study.runs.records import RECORD_FILE, read_complete
-
-log = logging.getLogger(__name__)
-
-
-def record_trial(tracker, parent_id: str, ledger: Ledger, record: dict, artifacts: Path | None = None,
-                 run_id: str | None = None) -> bool:
-    """The ledger first, then MLflow (into the trial's live run ``run_id`` when it has one); True if MLflow has
-    the trial. A finished trial that MLflow cannot take is left to :func:`replay`, which finds it in its
-    checkpoint (and deletes the live run the outage left RUNNING)."""
-    ledger.add(record)
-    try:
-        tracker.log_trial(parent_id, record, artifacts, run_id)
-    except Exception as err:  # MLflow raises many types for a server that is away; the record is safe on disk
-        log.warning("MLflow is unreachable (%s); trial %s is logged from its checkpoint once MLflow answers.",
-                    err, record["config_hash"])
-        return False
-    return True
+from study.runs.record import RECORD_FILE, read_complete
+from study.runs.results_table import ResultsTable
 
 
 def checkpointed(storage: Path) -> dict[str, tuple[dict, Path]]:
@@ -51,10 +33,10 @@ def checkpointed(storage: Path) -> dict[str, tuple[dict, Path]]:
     return {h: (record, folder) for h, (record, folder, _) in found.items()}
 
 
-def replay(tracker, parent_id: str, storage: Path, ledger: Ledger, cells: Iterable[str] | None = None,
+def replay(tracker, parent_id: str, storage: Path, results: ResultsTable, cells: Iterable[str] | None = None,
            say: Callable[[str], None] | None = None) -> int:
     """Log to MLflow every finished trial in a checkpoint under ``storage`` that MLflow does not have, first
-    deleting any run a cut-off log left RUNNING for it, and add to ``ledger`` every one it lacks. ``cells``
+    deleting any run a cut-off log left RUNNING for it, and add to ``results`` every one it lacks. ``cells``
     (config hashes) limits this to one study's trials when several studies share the folder: a trial belongs
     if its own hash or its search group's is one of them. A trial logged in full and then deleted from MLflow
     is left alone. Returns how many trials were logged."""
@@ -67,12 +49,12 @@ def replay(tracker, parent_id: str, storage: Path, ledger: Ledger, cells: Iterab
         return 0
     present = tracker.finished_hashes(parent_id)
     deleted = tracker.deleted_hashes(parent_id) - present
-    known, logged = ledger.finished_hashes(), 0
+    known, logged = results.finished_hashes(), 0
     for config_hash, (record, folder) in sorted(records.items()):
         if config_hash in deleted:
             continue
         if config_hash not in known:
-            ledger.add(record)
+            results.add(record)
         if config_hash in present:
             continue
         tracker.drop_unfinished(parent_id, config_hash)

@@ -1,24 +1,73 @@
-"""A finished (or failed) trial as plain data: the record MLflow and the ledger are written from.
+"""What a trial left: its record (the plain data MLflow and results.csv are written from) and its artifacts.
 
-The trainable writes the record and the selection artifacts into one folder
-(a Ray checkpoint), so the driver can log them wherever the trial ran, and a
-later run can replay them from there (study.runs.journal).
+The trainable builds the record from the trial's outcome
+(:class:`study.runs.trial.TrialOutcome`) and writes it, with each repeat's
+selection and a picture grid, into one folder that becomes the trial's Tune
+checkpoint, so the driver can log it wherever the trial ran and a later run can
+replay it from there (study.runs.checkpoints). Ray copies that folder into the
+study's storage file by file, in no set order, so a copy cut off by a kill can
+hold a record without all of its artifacts, or a truncated record. The record
+therefore lists the other files of its folder with their sizes, and
+:func:`read_complete` trusts a folder only when every one of them is there in
+full. The record's config is flat (:func:`flatten`): one MLflow param and one
+results.csv column per setting.
 """
 from __future__ import annotations
 
+import json
 import platform
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.utils import save_image
 
+from study.core.cache import atomic_write_text
 from study.runs.config import TrialConfig
 from study.runs.provenance import code_version
-from study.runs.records import write_record
+from study.runs.trial import SELECTION_PREFIX, TrialOutcome, dataset_profile, tensor_digest
 from study.selection.artifacts import class_grid
-from study.runs.trial import TrialOutcome, dataset_profile, tensor_digest
+
+RECORD_FILE = "record.json"
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'teacher': {'epochs': 5}} -> {'teacher.epochs': 5}: every config field becomes one MLflow param."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def write_record(folder: Path, record: dict) -> Path:
+    """Write ``record`` last into ``folder``, listing the files already there (name: bytes)."""
+    files = {p.name: p.stat().st_size for p in sorted(Path(folder).iterdir())
+             if p.is_file() and p.name != RECORD_FILE}
+    atomic_write_text(Path(folder) / RECORD_FILE, json.dumps({**record, "files": files}, default=str))
+    return Path(folder)
+
+
+def read_record(folder: Path) -> dict:
+    return json.loads((Path(folder) / RECORD_FILE).read_text())
+
+
+def read_complete(folder: Path) -> dict | None:
+    """The record of ``folder``, or None when the record or any file it lists is missing or cut short."""
+    try:
+        record = read_record(folder)
+    except (OSError, ValueError):
+        return None
+    for name, size in record.get("files", {}).items():
+        path = Path(folder) / name
+        if not path.is_file() or path.stat().st_size != size:
+            return None
+    return record
 
 
 def mean_curve(per_seed: list[dict], key: str) -> list[tuple[int, float]]:
@@ -56,6 +105,12 @@ def training_inputs(outcome: TrialOutcome) -> list[dict]:
     return [source, selection]
 
 
+def difficulty_axis(outcome: TrialOutcome) -> dict:
+    """The axis the metric ``selection.mean_difficulty`` is measured on, as a tag, where the selections have one."""
+    axes = {s.provenance.get("difficulty_axis") for s in outcome.selections} - {None}
+    return {SELECTION_PREFIX + "difficulty_axis": ",".join(sorted(axes))} if axes else {}
+
+
 def success_record(outcome: TrialOutcome, tags: dict) -> dict:
     """The recorded config adds :func:`tracked_params` to ``selector_params`` (so they become MLflow params);
     ``config_hash`` stays the hash of the config as asked. Rerun as recorded, the external selector refuses a
@@ -76,7 +131,8 @@ def success_record(outcome: TrialOutcome, tags: dict) -> dict:
         "metrics": outcome.metrics(),
         "curves": {"val_acc": mean_curve(outcome.per_seed, "val_curve"), "train_loss": loss_points(outcome.per_seed)},
         "inputs": training_inputs(outcome),
-        "tags": {"host": platform.node(), "family": outcome.family, "code_version": code_version(), **tags},
+        "tags": {"host": platform.node(), "family": outcome.family, "code_version": code_version(),
+                 **outcome.resolved(), **difficulty_axis(outcome), **tags},
     }
 
 
@@ -87,7 +143,7 @@ def failure_record(cfg: TrialConfig, error: BaseException | str, tags: dict | No
             "tags": {"code_version": code_version(), **(tags or {})}}
 
 
-def write_outcome(outcome: TrialOutcome, record: dict, folder: Path, data=None) -> Path:
+def write_trial_folder(outcome: TrialOutcome, record: dict, folder: Path, data=None) -> Path:
     """The record plus each seed's selected indices (or synthetic images) and a picture grid."""
     folder.mkdir(parents=True, exist_ok=True)
     for s, selection in zip(outcome.per_seed, outcome.selections):

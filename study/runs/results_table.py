@@ -1,8 +1,8 @@
-"""The study's own record on disk: results.csv, one row per trial (summarised by :mod:`study.analysis`).
+"""The study's results table on disk: results.csv, one row per trial (summarised by :mod:`study.analysis`).
 
 Rows are kept in memory and the whole file is rewritten atomically after each
 trial, so a killed driver leaves either the previous or the new file, never a
-truncated one. On a rerun the ledger is read back and merged with MLflow, so
+truncated one. On a rerun the table is read back and merged with MLflow, so
 finished trials are found even if one of the two was lost.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pandas as pd
 
 from study.core.cache import atomic_write_text
 from study.runs.provenance import UNKNOWN
-from study.runs.records import flatten
+from study.runs.record import flatten
 
 
-class Ledger:
+class ResultsTable:
     def __init__(self, out_dir: str | Path):
         self.path = Path(out_dir) / "results.csv"
         self.rows: dict[str, dict] = {}
