@@ -33,7 +33,7 @@ def closure(project: str, extras: set[str]) -> set[str]:
             if active and (dep, frozenset(req.extras)) not in seen:
                 seen.add((dep, frozenset(req.extras)))
                 todo.append((dep, frozenset(req.extras)))
-    return {name for name, _ in seen}
+    return {name for name, _ in seen} - {canonicalize_name(project)}  # an extra naming the project's own extras
 
 
 def installed(name: str) -> str | None:
