@@ -209,7 +209,7 @@ def test_rded_scores_a_trees_candidates_in_one_pass_and_picks_what_it_picks_in_m
 
     rng, g, released = np.random.default_rng(3), generator(3), []  # class by class, as RDED was released
     for c, members in enumerate(in_memory.class_members()):
-        cand = torch.as_tensor(rded.pipeline.candidates(members, m, rng))
+        cand = torch.as_tensor(rded.candidates(members, m, rng))
         stitched, _ = rded_patches(memory.train_x[cand], torch.full((m,), c), teacher.model, ipc, fill=memory.mean,
                                    sources=cand, k=k, g=g)
         released.append(stitched)
