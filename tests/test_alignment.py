@@ -8,8 +8,8 @@ from study.selection import build_selector
 RATIOS = [2.0 ** k for k in range(-4, 5)]
 
 
-def test_alignment_grid_runs_both_methods_at_every_ratio():
-    spec = resolve_spec("alignment_grid")
+def test_alignment_grid_runs_both_methods_at_every_ratio(fashion_mnist_root):
+    spec = resolve_spec("alignment_grid", data_root=fashion_mnist_root)
     validate_spec(spec)
     assert spec.preset == "fashion-mnist-paper" and set(spec.ipc) == {10, 50} and set(spec.regimes) == {"hl", "sl"}
     assert spec.budget_unit == "epochs" and max(spec.budgets) / min(spec.budgets) >= 10 ** 1.5
@@ -23,8 +23,8 @@ def test_alignment_grid_runs_both_methods_at_every_ratio():
     assert spec.trial_count() == len({c.hash for c in spec.cells()})
 
 
-def test_ca2d_alignment_searches_the_ratio_on_validation_accuracy():
-    spec = resolve_spec("ca2d_alignment")
+def test_ca2d_alignment_searches_the_ratio_on_validation_accuracy(fashion_mnist_root):
+    spec = resolve_spec("ca2d_alignment", data_root=fashion_mnist_root)
     validate_spec(spec)
     assert spec.kind == "optuna" and spec.metric == "val_acc_mean" and spec.mode == "max" and spec.num_samples >= 16
     assert spec.search == {"selector_params.ratio": {"type": "categorical", "choices": RATIOS}}
@@ -37,9 +37,9 @@ def test_ca2d_alignment_searches_the_ratio_on_validation_accuracy():
     assert build_selector(chosen.selector, **chosen.selector_params).p.ratio == 0.25
 
 
-def test_dry_run_counts_the_alignment_trials(capsys):
-    assert main(["--space", "ca2d_alignment", "--dry-run"]) == 0
+def test_dry_run_counts_the_alignment_trials(capsys, fashion_mnist_root):
+    assert main(["--space", "ca2d_alignment", "--data-root", fashion_mnist_root, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    spec = resolve_spec("ca2d_alignment")
+    spec = resolve_spec("ca2d_alignment", data_root=fashion_mnist_root)
     assert f"total: {spec.trial_count()} trials" in out
     assert f"each of the {len(spec.searched_cells())} search groups runs 16 Optuna trials" in out

@@ -25,12 +25,14 @@ def test_epoch_budgets_derive_steps_and_a_batch_that_fits_the_subset(ipc, classe
     assert steps_for(300, "steps", ipc, classes, batch) == (300, batch, None)
 
 
-def paper_spec(**kw):
-    return resolve_spec("paper", preset="fashion-mnist-paper", selectors="random", ipc="10,50",
-                        regimes="hl,sl,sl_kd", **kw)
+@pytest.fixture
+def paper_spec(fashion_mnist_root):
+    """The paper grid on the generated Fashion-MNIST: epoch budgets need only its class count."""
+    return lambda **kw: resolve_spec("paper", preset="fashion-mnist-paper", selectors="random", ipc="10,50",
+                                     regimes="hl,sl,sl_kd", data_root=fashion_mnist_root, **kw)
 
 
-def test_one_study_runs_hl_and_sl_under_their_own_recipes_in_epochs():
+def test_one_study_runs_hl_and_sl_under_their_own_recipes_in_epochs(paper_spec):
     spec = paper_spec()
     cells = {(c.selector, c.ipc, c.protocol.regime, c.protocol.steps): c.protocol for c in spec.cells()}
     hl, sl = cells[("random", 10, "hl", 300)], cells[("random", 50, "sl", 600)]
@@ -41,32 +43,33 @@ def test_one_study_runs_hl_and_sl_under_their_own_recipes_in_epochs():
                                                                                   False, 50)
 
 
-def test_the_full_data_reference_matches_each_ipcs_images_seen():
+def test_the_full_data_reference_matches_each_ipcs_images_seen(paper_spec):
     full = [c.protocol for c in paper_spec().reference_cells() if c.selector == "full" and c.protocol.regime == "hl"]
     assert sorted((p.steps, p.batch_size, p.epochs) for p in full) == [(300, 100, 300), (600, 256, 300)]
 
 
-def test_an_explicit_setting_holds_in_every_regime():
+def test_an_explicit_setting_holds_in_every_regime(paper_spec):
     spec = paper_spec(overrides=["recipe=sgd-v1"])
     assert {c.protocol.recipe for c in spec.cells() if c.protocol.regime in ("hl", "sl")} == {"sgd-v1"}
     assert spec.per_regime["sl"] == {}
 
 
-def test_a_single_trial_takes_its_regimes_settings_and_epoch_budget():
-    cfg = config_from_args(parse(["--preset", "fashion-mnist-paper", "--regime", "sl", "--ipc", "50"]))
+def test_a_single_trial_takes_its_regimes_settings_and_epoch_budget(fashion_mnist_root):
+    cfg = config_from_args(parse(["--preset", "fashion-mnist-paper", "--regime", "sl", "--ipc", "50",
+                                  "--data-root", fashion_mnist_root]))
     p = cfg.protocol
     assert (p.recipe, p.steps, p.batch_size, p.epochs, p.augment) == ("adamw-v1", 600, 256, 300, "dsa")
     assert cfg.dataset == "fashion-mnist"  # the preset's own dataset, not study.run's default
     pinned = config_from_args(parse(["--preset", "fashion-mnist-paper", "--regime", "sl", "--recipe", "sgd-v1",
-                                     "--steps", "40"]))
+                                     "--steps", "40", "--data-root", fashion_mnist_root]))
     assert (pinned.protocol.recipe, pinned.protocol.steps, pinned.protocol.epochs) == ("sgd-v1", 40, None)
 
 
-def test_paper_presets_use_convnet_d3_and_d4():
+def test_paper_presets_use_convnet_d3_and_d4(fashion_mnist_root):
     assert PRESETS["cifar100-paper"]["model_kwargs"] == {"width": 128, "depth": 3}
     assert PRESETS["tinyimagenet-paper"]["model_kwargs"] == {"width": 128, "depth": 4}
     spec = resolve_spec("paper", preset="tinyimagenet-paper", dataset="fashion-mnist", selectors="random",
-                        ipc="10", regimes="hl")
+                        ipc="10", regimes="hl", data_root=fashion_mnist_root)
     assert spec.classes == 10 and spec.cells()[0].protocol.model_kwargs["depth"] == 4
 
 
