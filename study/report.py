@@ -17,6 +17,8 @@ The report is written to ``<out>/report/`` and logged as artifacts (folder
 - ``families.csv``: random vs the best coreset vs the best DD method per
   (regime, budget, IPC);
 - ``best.csv``, ``headline.md``;
+- ``gains.md``: every cell's accuracy over its seeds and its seed-paired difference to random with the 95 %
+  t-interval (and the published value where there is one), the table a results note quotes;
 - figures: ``accuracy_vs_ipc.png``, ``accuracy_vs_budget.png``,
   ``gain_vs_ipc.png``, ``examples.png``;
 - for a study that varies CAD's scoring ratio (:mod:`study.analysis.ratio`):
@@ -119,7 +121,7 @@ def analyse(trials: pd.DataFrame, examples: list | None = None, folder: Path = P
     """Every table and the headline from the trial table (no I/O)."""
     per_seed = tidy(trials)
     summary = with_published(S.summarise(per_seed), trials)
-    derived = S.derive(summary)
+    derived = S.derive(summary, per_seed=per_seed)
     protocol = S.protocol_check(summary)
     best = S.best_per_regime(derived)
     families = S.family_table(derived, trials)
@@ -133,6 +135,30 @@ def analyse(trials: pd.DataFrame, examples: list | None = None, folder: Path = P
 def alignment_lines(table: pd.DataFrame) -> list[str]:
     """The compute-alignment verdict per regime, then whether random saturates over the budgets."""
     return verdict_lines(table) + saturation_lines(table)
+
+
+GAINS_HEAD = ["regime", "budget (steps)", "IPC", "selector", "test acc % (seeds)", "paired diff to random [95% t]",
+              "paper"]
+
+
+def gains_markdown(derived: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """``gains.md``: a row per cell, in the report's cell order, in percent to two decimals."""
+    paper = {} if "paper_mean" not in summary else {
+        (r["label"], r["ipc"], r["regime"], r["steps"]): r["paper_mean"] for r in summary.to_dict("records")}
+
+    def p2(value, sign: str = "") -> str:
+        return f"{100 * value:{sign}.2f}"
+
+    lines = ["| " + " | ".join(GAINS_HEAD) + " |", "|" + "---|" * len(GAINS_HEAD)]
+    for r in derived.to_dict("records"):
+        acc = p2(r["acc_mean"]) + ("" if pd.isna(r["acc_std"]) else f" ± {p2(r['acc_std'])}") + f" ({r['n']})"
+        paired = "" if r["selector"] in ("random", "full") or not r["paired_n"] else p2(r["paired_gain"], "+") + (
+            "" if pd.isna(r["paired_lo"]) else f" [{p2(r['paired_lo'], '+')}, {p2(r['paired_hi'], '+')}]")
+        published = paper.get((r["label"], r["ipc"], r["regime"], r["steps"]), math.nan)
+        ipc = "full" if r["selector"] == "full" else str(r["ipc"])
+        lines.append("| " + " | ".join([r["regime"], str(r["steps"]), ipc, r["label"], acc, paired,
+                                        "" if pd.isna(published) else p2(published)]) + " |")
+    return "# Accuracy and gain over random per cell\n\n" + "\n".join(lines) + "\n"
 
 
 def write_table(frame: pd.DataFrame, folder: Path, name: str, parquet: bool = True) -> list[Path]:
@@ -160,6 +186,8 @@ def write(report: Report, figures: bool = True) -> dict[str, Path]:
         files["alignment.md"].write_text("# Compute alignment: the best scoring ratio r per cell\n\n"
                                          + markdown(report.alignment) + "\n"
                                          + "".join(f"- {line}\n" for line in alignment_lines(report.alignment)))
+    files["gains.md"] = folder / "gains.md"
+    files["gains.md"].write_text(gains_markdown(report.derived, report.summary))
     headline = folder / "headline.md"
     headline.write_text("# Study headline\n\n" + "".join(f"- {line}\n" for line in report.headline))
     files["headline.md"] = headline

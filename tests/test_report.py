@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study.analysis.summary import lrs
+from study.analysis.summary import lrs, paired_gains
 from study.runs.config import TrialConfig
 from study.runs.results_table import ResultsTable
 from study.report import FIGURES, build_report, main, print_report
@@ -193,6 +193,31 @@ def test_derived_metrics_equal_hand_computed_values(report):
     assert best.loc["sl_kd", "mean_gain"] == (0.015625 + 0.015625 + 0 + 0.03125) / 4
     assert best.loc["sl_kd", "cells_exceeding_spread"] == 0
 
+    # every seed of the fixture sits at (c - D, c, c + D): the paired differences are all equal, a zero-width interval
+    row = cell(derived, "herding", 10, "hl", 100)
+    assert row["paired_n"] == 3 and row["paired_gain"] == row["paired_lo"] == row["paired_hi"] == 0.0625
+    gains = (report.folder / "gains.md").read_text().splitlines()
+    assert "| hl | 100 | 10 | herding | 56.25 ± 3.12 (3) | +6.25 [+6.25, +6.25] |  |" in gains
+    assert "| hl | 100 | full | full | 87.50 ± 3.12 (3) |  |  |" in gains
+
+
+def test_paired_gain_is_the_t_interval_of_per_seed_differences():
+    """Differences 0.01, 0.02, 0.03 (seeds 0-2): mean 0.02, sd 0.01, half-width t(0.975, 2) 0.01 / sqrt(3); a seed
+    random lacks (3) is not paired, and a cell with one pair has no interval."""
+    rows = [("random", 10, s, a) for s, a in enumerate([0.50, 0.60, 0.70])]
+    rows += [("herding", 10, s, a) for s, a in enumerate([0.51, 0.62, 0.73, 0.99])]
+    rows += [("random", 50, 0, 0.8), ("herding", 50, 0, 0.9)]
+    tidy = pd.DataFrame([{"label": sel, "selector": sel, "ipc": k, "regime": "hl", "steps": 300, "seed": s,
+                          "test_acc": a} for sel, k, s, a in rows])
+    out = paired_gains(tidy).set_index(["label", "ipc"])
+    half = 4.302652729749464 * 0.01 / math.sqrt(3)
+    row = out.loc[("herding", 10)]
+    assert row["paired_n"] == 3
+    assert row["paired_gain"] == pytest.approx(0.02)
+    assert (row["paired_lo"], row["paired_hi"]) == (pytest.approx(0.02 - half), pytest.approx(0.02 + half))
+    one = out.loc[("herding", 50)]
+    assert one["paired_n"] == 1 and one["paired_gain"] == pytest.approx(0.1) and math.isnan(one["paired_lo"])
+    assert out.loc[("random", 10)]["paired_gain"] == 0 and out.loc[("random", 10)]["paired_hi"] == 0
 
 def test_headline_and_terminal_summary(report, capsys, monkeypatch):
     """Printed to a pipe, as into a study's log: each headline sentence whole on its line, no table cell cut."""

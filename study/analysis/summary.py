@@ -15,6 +15,11 @@ Derived metrics (``derive``), per cell (s, k, r, S):
   ``gain = A(s, k, r, S) - A(random, k, r, S)``;
 - seed spread of that gain: ``spread = sqrt(sd(s, k, r, S)^2 + sd(random, k, r, S)^2)``;
   ``gain_exceeds_spread = gain > spread`` (False where the spread is undefined);
+- the same gain paired by seed: repeat i of a cell uses the same training seed as repeat i of random (and its
+  own selection seed), so ``d_i = acc_i(s) - acc_i(random)`` over the seeds both have, ``paired_n`` of them,
+  their mean ``paired_gain`` and its 95 % Student-t interval ``[paired_lo, paired_hi]``
+  (``mean +- t(0.975, n - 1) sd(d) / sqrt(n)``, NaN below two pairs). Pairing removes the training-seed
+  variation the two cells share, so the interval is narrower than ``spread`` where that variation dominates;
 - fraction of full-data accuracy: ``frac_full = A(s, k, r, S) / A(full, r, S)``;
 - label-robustness score, adapted from DD-Ranking's LRS (Li et al.,
   arXiv 2505.13300). DD-Ranking defines hard-label recovery
@@ -62,6 +67,7 @@ import math
 import statistics
 
 import pandas as pd
+from scipy import stats
 
 from study.analysis.trials import CELL, CORESET, DD, FULL, HL, RANDOM, order_cells, ordered_regimes
 
@@ -98,13 +104,43 @@ def lrs(ior: float, hlr: float, w: float = LRS_WEIGHT) -> float:
 
 
 DERIVED_COLUMNS = SUMMARY_COLUMNS + ["random_mean", "random_std", "gain", "spread", "gain_exceeds_spread",
+                                     "paired_n", "paired_gain", "paired_lo", "paired_hi",
                                      "full_mean", "frac_full", "hl_acc", "full_hl_acc", "hlr", "ior", "lrs"]
+PAIRED_COLUMNS = ["label", "ipc", "regime", "steps", "paired_n", "paired_gain", "paired_lo", "paired_hi"]
 
 
-def derive(summary: pd.DataFrame, w: float = LRS_WEIGHT) -> pd.DataFrame:
-    """Gain over random, its seed spread, fraction of full-data accuracy and LRS per cell (see module doc)."""
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the Student-t interval of the mean of ``values``; the bounds are NaN below two values."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def paired_gains(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: the seed-paired difference to random under the same (IPC, regime, budget) and its t-interval."""
+    if per_seed.empty:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    rnd = {(k, r, S, seed): acc for k, r, S, seed, acc in per_seed.loc[per_seed["selector"] == RANDOM,
+           ["ipc", "regime", "steps", "seed", "test_acc"]].itertuples(index=False)}
+    rows = []
+    for (label, ipc, regime, steps), part in per_seed[per_seed["selector"] != FULL].groupby(
+            ["label", "ipc", "regime", "steps"], sort=False):
+        diffs = [acc - rnd[(ipc, regime, steps, seed)] for seed, acc in zip(part["seed"], part["test_acc"])
+                 if seed >= 0 and (ipc, regime, steps, seed) in rnd]
+        mean, lo, hi = t_interval(diffs) if diffs else (math.nan, math.nan, math.nan)
+        rows.append({"label": label, "ipc": ipc, "regime": regime, "steps": steps, "paired_n": len(diffs),
+                     "paired_gain": mean, "paired_lo": lo, "paired_hi": hi})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def derive(summary: pd.DataFrame, w: float = LRS_WEIGHT, per_seed: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Gain over random, its seed spread, its seed-paired interval (from ``per_seed``, the tidy table), fraction of
+    full-data accuracy and LRS per cell (see module doc)."""
     if summary.empty:
         return pd.DataFrame(columns=DERIVED_COLUMNS)
+    paired = paired_gains(per_seed if per_seed is not None else pd.DataFrame())
     rnd = (summary[summary["selector"] == RANDOM].sort_values(["variant"], kind="stable")
            .drop_duplicates(["ipc", "regime", "steps"])
            [["ipc", "regime", "steps", "acc_mean", "acc_std"]]
@@ -117,7 +153,9 @@ def derive(summary: pd.DataFrame, w: float = LRS_WEIGHT) -> pd.DataFrame:
     out = (summary.merge(rnd, on=["ipc", "regime", "steps"], how="left")
            .merge(full, on=["regime", "steps"], how="left")
            .merge(hl, on=["label", "ipc", "steps"], how="left")
-           .merge(full_hl, on=["steps"], how="left"))
+           .merge(full_hl, on=["steps"], how="left")
+           .merge(paired, on=["label", "ipc", "regime", "steps"], how="left"))
+    out["paired_n"] = out["paired_n"].fillna(0).astype(int)
     out["gain"] = out["acc_mean"] - out["random_mean"]
     out["spread"] = [math.sqrt(a ** 2 + b ** 2) if not (pd.isna(a) or pd.isna(b)) else math.nan
                      for a, b in zip(out["acc_std"], out["random_std"])]
