@@ -2,6 +2,7 @@
 
     python -m study.report --out studies/quick-1a2b3c4d            # the latest study in <out>/mlflow.db
     python -m study.report --experiment hardtruths --tracking-uri http://head:5000 --parent-run <id> --out rep
+    python -m study.report --results ipc10/results.csv ipc50/results.csv --out combined   # studies side by side
 
 ``study.scaling`` calls :func:`build_report` at its end (unless --no-report).
 The report is written to ``<out>/report/`` and logged as artifacts (folder
@@ -27,7 +28,10 @@ The report is written to ``<out>/report/`` and logged as artifacts (folder
   ``accuracy_vs_ratio.png``, and a sentence per regime in the headline.
 
 Tables depend only on what MLflow holds, so regenerating the report of a past
-study gives the same tables.
+study gives the same tables. ``--results`` builds the same tables and figures
+(less the picture grid, which lives in MLflow) from results.csv files instead:
+the way to put two studies that ran different columns of one table (IPC 10 in
+one session, IPC 50 in the next) into one report.
 """
 from __future__ import annotations
 
@@ -199,6 +203,20 @@ def write(report: Report, figures: bool = True) -> dict[str, Path]:
     return files
 
 
+def report_from_results(paths: list[str | Path], out_dir: str | Path, *, show: bool = True) -> Report:
+    """The report of the trials in one or more results.csv files, written to ``<out_dir>/report/``."""
+    rows = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise StudyError(f"There is no results table at {path}; --results takes the results.csv a study wrote.")
+        rows += pd.read_csv(path).to_dict("records")
+    report = analyse(trial_table(rows), folder=Path(out_dir) / "report")
+    write(report)
+    if show:
+        print_report(report)
+    return report
+
+
 def build_report(tracker_or_uri: Tracker | str, parent_run_id: str, out_dir: str | Path, *, log: bool = True,
                  show: bool = True, figures: bool = True) -> Report:
     """Read a study's trials from MLflow, write ``<out_dir>/report/`` and log it to the parent run.
@@ -303,6 +321,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="study output folder; the report goes to <out>/report "
                                                "(default: studies/<parent run name>)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    p.add_argument("--results", nargs="+", metavar="CSV", default=None,
+                   help="build the report from these results.csv files instead of MLflow (with --out), for "
+                        "instance two studies that ran different IPCs of one table")
     return p.parse_args(argv)
 
 
@@ -322,6 +343,11 @@ def resolve_uri(a: argparse.Namespace) -> str:
 @friendly_errors
 def main(argv=None) -> int:
     a = parse(argv)
+    if a.results:
+        if not a.out:
+            raise StudyError("Say where the combined report goes: --results needs --out DIR.")
+        report_from_results(a.results, a.out)
+        return 0
     configure_client()
     tracker, parent = find_parent(resolve_uri(a), a.experiment, a.parent_run)
     out = Path(a.out) if a.out else Path("studies") / tracker.run_name(parent)

@@ -369,3 +369,21 @@ def test_a_selector_below_random_is_said_to_be_below_it():
 
     assert versus_random(-0.157) == "15.7 points below random"
     assert versus_random(0.016) == "+1.6 points over random"
+
+
+def test_results_files_of_two_studies_give_one_report_with_the_mlflow_tables(report, tmp_path, capsys):
+    """Two results.csv files that split the cells by IPC (two studies) combine into the report MLflow gives."""
+    for ipcs, name in (({0, 1}, "a"), ({10}, "b")):
+        results = ResultsTable(tmp_path / name)
+        for (sel, ipc, regime, steps), c in CENTRES.items():
+            if ipc in ipcs:
+                results.add(record(sel, ipc, regime, steps, [c - D, c, c + D]))
+    out = tmp_path / "combined"
+    assert main(["--results", str(tmp_path / "a" / "results.csv"), str(tmp_path / "b" / "results.csv"),
+                 "--out", str(out)]) == 0
+    for name in ("summary.csv", "derived.csv", "protocol.csv", "gains.md"):
+        assert (out / "report" / name).read_bytes() == (report.folder / name).read_bytes(), name
+    assert (out / "report" / "accuracy_vs_ipc.png").exists()
+    with pytest.raises(SystemExit) as err:
+        main(["--results", str(tmp_path / "nope.csv"), "--out", str(out)])
+    assert err.value.code == 2 and "There is no results table at" in capsys.readouterr().err
