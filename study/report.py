@@ -29,7 +29,7 @@ The report is written to ``<out>/report/`` and logged as artifacts (folder
 
 Tables depend only on what MLflow holds, so regenerating the report of a past
 study gives the same tables. ``--results`` builds the same tables and figures
-(less the picture grid, which lives in MLflow) from results.csv files instead:
+(less ``examples.png``: the pictures live in MLflow) from results.csv files instead:
 the way to put two studies that ran different columns of one table (IPC 10 in
 one session, IPC 50 in the next) into one report.
 """
@@ -87,8 +87,9 @@ class Report:
 
         figures = {"accuracy_vs_ipc": F.accuracy_vs_ipc(self.summary),
                    "accuracy_vs_budget": F.accuracy_vs_budget(self.summary),
-                   "gain_vs_ipc": F.gain_vs_ipc(self.derived),
-                   "examples": F.example_grid(self.examples)}
+                   "gain_vs_ipc": F.gain_vs_ipc(self.derived)}
+        if self.examples:  # pictures live in MLflow: a report built from results.csv files has none
+            figures["examples"] = F.example_grid(self.examples)
         if not self.alignment_curve.empty:
             figures["accuracy_vs_ratio"] = accuracy_vs_ratio(self.alignment_curve)
         return figures

@@ -383,7 +383,7 @@ def test_results_files_of_two_studies_give_one_report_with_the_mlflow_tables(rep
                  "--out", str(out)]) == 0
     for name in ("summary.csv", "derived.csv", "protocol.csv", "gains.md"):
         assert (out / "report" / name).read_bytes() == (report.folder / name).read_bytes(), name
-    assert (out / "report" / "accuracy_vs_ipc.png").exists()
+    assert (out / "report" / "accuracy_vs_ipc.png").exists() and not (out / "report" / "examples.png").exists()
     with pytest.raises(SystemExit) as err:
         main(["--results", str(tmp_path / "nope.csv"), "--out", str(out)])
     assert err.value.code == 2 and "There is no results table at" in capsys.readouterr().err
