@@ -38,8 +38,10 @@ def parse(argv=None) -> argparse.Namespace:
                                                          f"or --config's)")
     p.add_argument("--regime", default=None, help=f"label regime: hl, sl, sl_kd (default: {DEFAULT_CELL['regime']}, "
                                                   f"or --config's)")
-    p.add_argument("--steps", type=int, default=None, help="student steps (default: the preset's first budget, "
-                                                           "or --config's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="student steps at the preset's batch size; leave it out under a preset that counts budgets "
+                        "in epochs (the *-paper presets) to get the study's cell, whose steps and batch follow the "
+                        "IPC (default: the preset's first budget, or --config's)")
     p.add_argument("--batch-size", type=int, default=None, help="student batch size (default: the preset's)")
     p.add_argument("--model", default=None, help="student model: convnet, resnet18, timm:<name> (default: the "
                                                  "preset's)")
