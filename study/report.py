@@ -324,7 +324,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     p.add_argument("--results", nargs="+", metavar="CSV", default=None,
                    help="build the report from these results.csv files instead of MLflow (with --out), for "
-                        "instance two studies that ran different IPCs of one table")
+                        "instance two studies that ran different IPCs of one table (default: none, read MLflow)")
     return p.parse_args(argv)
 
 
