@@ -1,6 +1,8 @@
 """The compute-alignment spaces: the scoring run's ratio over two decades, on a grid and under TPE."""
 from __future__ import annotations
 
+import dataclasses
+
 from study.runs.spec import resolve_spec, validate_spec
 from study.scaling import main
 from study.selection import build_selector
@@ -26,7 +28,11 @@ def test_alignment_grid_runs_both_methods_at_every_ratio(fashion_mnist_root):
 def test_ca2d_alignment_searches_the_ratio_on_validation_accuracy(fashion_mnist_root):
     spec = resolve_spec("ca2d_alignment", data_root=fashion_mnist_root)
     validate_spec(spec)
-    assert spec.kind == "optuna" and spec.metric == "val_acc_mean" and spec.mode == "max" and spec.num_samples >= 16
+    assert spec.kind == "optuna" and spec.metric == "val_acc_mean" and spec.mode == "max"
+    assert 2 <= spec.samples_per_group() == spec.num_samples < len(RATIOS), "TPE chooses which ratios to train"
+    asked_for_more = dataclasses.replace(spec, num_samples=16)
+    assert asked_for_more.samples_per_group() == len(RATIOS), "a search trains each point at most once"
+    assert asked_for_more.trial_count() == len(spec.searched_cells()) * len(RATIOS) + len(spec.reference_cells())
     assert spec.search == {"selector_params.ratio": {"type": "categorical", "choices": RATIOS}}
     groups, refs = spec.searched_cells(), spec.reference_cells()
     # a search group holds the ratio unset, so it never shares a hash with the ratio-1 reference cell
@@ -42,4 +48,30 @@ def test_dry_run_counts_the_alignment_trials(capsys, fashion_mnist_root):
     out = capsys.readouterr().out
     spec = resolve_spec("ca2d_alignment", data_root=fashion_mnist_root)
     assert f"total: {spec.trial_count()} trials" in out
-    assert f"each of the {len(spec.searched_cells())} search groups runs 16 Optuna trials" in out
+    assert f"each of the {len(spec.searched_cells())} search groups runs {spec.num_samples} Optuna trials" in out
+
+
+def test_the_search_never_repeats_a_point_and_ends_when_the_space_is_spent():
+    """TPE over four ratios: each is trained once, a repeat of a finished point is told its known value, a
+    repeat of a running one is dropped, and the fifth ask ends the search instead of training a repeat."""
+    import optuna
+    from ray.tune.search import Searcher
+
+    from trainables.tune_study import FinalResultSearch
+
+    def accuracy(ratio):
+        return ratio / 10
+
+    searcher = FinalResultSearch(space={"ratio": optuna.distributions.CategoricalDistribution([1, 2, 3, 4])},
+                                 metric="acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    proposed = {}
+    for batch in (["a", "b"], ["c", "d"]):  # two in flight at once, as under the concurrency limiter
+        for trial_id in batch:
+            proposed[trial_id] = searcher.suggest(trial_id)["ratio"]
+        for trial_id in batch:
+            searcher.on_trial_complete(trial_id, {"acc": accuracy(proposed[trial_id])})
+    assert sorted(proposed.values()) == [1, 2, 3, 4]
+    assert searcher.suggest("e") == Searcher.FINISHED
+    told = searcher._ot_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(told) > 4, "TPE repeated points on the way, and each repeat was told, not trained"
+    assert all(t.value == accuracy(t.params["ratio"]) for t in told)

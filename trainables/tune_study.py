@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 import ray
 from ray import tune
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study.runs.config import TrialConfig
@@ -46,6 +46,9 @@ from trainables.executors import keep_train_coordinator_on_driver_node, study_tr
 from trainables.placement import TRIAL_DRIVER, check_placeable, node_types, trial_request, unplaceable_after
 from trainables.progress import TrialLines, WaitingTrials
 
+# The Optuna trials a new point must not repeat: finished ones, and those still training.
+MEASURED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+
 # Tune's classic output (silent at verbose=0) and no per-trial CSV/JSON/TensorBoard files: MLflow is the record.
 # A trial's reports while it trains carry progress, not the searched metric (see trainables.executors), so Tune
 # must not insist on the metric in every report; the searcher hears the final one only (FinalResultSearch).
@@ -55,7 +58,30 @@ TUNE_ENVIRONMENT = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGE
 
 class FinalResultSearch(OptunaSearch):
     """Optuna's search, told only of a trial's final result: the progress reports made while it trains lack the
-    metric, and go to MLflow instead."""
+    metric, and go to MLflow instead.
+
+    It never starts a point it has measured or is measuring. TPE over a categorical space repeats points, and a
+    trial is deterministic in its config (its seeds come from the config), so a repeat would spend a student's
+    training on a number already known. A repeat of a finished point is told that point's value, a repeat of a
+    running one is dropped, and Optuna is asked again; after ``MAX_ASKS`` repeats in a row the space counts as
+    spent and the search ends early."""
+
+    MAX_ASKS = 100
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        for _ in range(self.MAX_ASKS):
+            config = super().suggest(trial_id)
+            asked = self._ot_trials[trial_id]
+            repeat = next((t for t in self._ot_study.get_trials(deepcopy=False, states=MEASURED)
+                           if t.number != asked.number and t.params == asked.params), None)
+            if repeat is None:
+                return config
+            del self._ot_trials[trial_id]
+            if repeat.state == optuna.trial.TrialState.COMPLETE:
+                self._ot_study.tell(asked, repeat.value)
+            else:
+                self._ot_study.tell(asked, state=optuna.trial.TrialState.FAIL)
+        return Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.metric in result:
@@ -321,17 +347,16 @@ def run_searches(spec: StudySpec, pending: list[TrialConfig], sink: TrialSink, e
     groups = spec.searched_cells()
     references = [c for c in spec.reference_cells() if c in pending]
     earlier = [searched_points(sink.results, cell, spec) for cell in groups]
-    done = len(spec.reference_cells()) - len(references) + sum(min(len(e), spec.num_samples) for e in earlier)
+    done = len(spec.reference_cells()) - len(references) + sum(min(len(e), spec.samples_per_group()) for e in earlier)
     space = {k: optuna_distribution(v) for k, v in spec.search.items()}
     with TrialLines(spec.trial_count(), done_before=done) as view:
         for group, (cell, points) in enumerate(zip(groups, earlier)):
-            remaining = spec.num_samples - len(points)
+            remaining = spec.samples_per_group() - len(points)
             if remaining <= 0:
                 continue
             searcher = FinalResultSearch(space={"cell": optuna.distributions.CategoricalDistribution([0]), **space},
                                          metric=spec.metric, mode=spec.mode,
-                                         # a resumed search draws afresh, not the sequence that made its points
-                                         seed=derive_seed("optuna", spec.hash, group, len(points)),
+                                         sampler=tpe_sampler(spec, group, len(points)),
                                          points_to_evaluate=[{"cell": 0, **p} for p, _ in points] or None,
                                          evaluated_rewards=[r for _, r in points] or None)
             run_tuner(trainable_for(executor, options, [cell], storage), f"study-{spec.hash}-group{group}", storage,
@@ -340,6 +365,13 @@ def run_searches(spec: StudySpec, pending: list[TrialConfig], sink: TrialSink, e
         if references:
             run_grid(executor, options, references, f"study-{spec.hash}-references",
                      StudyCallback(references, sink, view), max_concurrent)
+
+
+def tpe_sampler(spec: StudySpec, group: int, resumed_from: int) -> optuna.samplers.TPESampler:
+    """TPE that models the space after a quarter of the group's samples (Optuna's default start-up is 10 random
+    points, most of a 16-trial search); a resumed search draws afresh, not the sequence that made its points."""
+    return optuna.samplers.TPESampler(seed=derive_seed("optuna", spec.hash, group, resumed_from),
+                                      n_startup_trials=max(2, spec.samples_per_group() // 4))
 
 
 def run_grid(executor: str, options: RunOptions, cells: list[TrialConfig], name: str, callback: StudyCallback,

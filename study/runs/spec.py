@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from search_spaces import DEFAULT_CELL, DEFAULT_PRESET, PRESETS, SPACES
@@ -111,8 +112,15 @@ class StudySpec:
     def cells(self) -> list[TrialConfig]:
         return self.searched_cells() + self.reference_cells()
 
+    def samples_per_group(self) -> int:
+        """The Optuna trials a search group runs: ``num_samples``, or the number of points where every searched
+        parameter is categorical and there are fewer (a search never trains a point twice)."""
+        if self.search and all(p["type"] == "categorical" for p in self.search.values()):
+            return min(self.num_samples, math.prod(len(p["choices"]) for p in self.search.values()))
+        return self.num_samples
+
     def trial_count(self) -> int:
-        searched = len(self.searched_cells()) * (self.num_samples if self.kind == "optuna" else 1)
+        searched = len(self.searched_cells()) * (self.samples_per_group() if self.kind == "optuna" else 1)
         return searched + len(self.reference_cells())
 
 
