@@ -116,6 +116,25 @@ def test_a_search_resumes_from_its_finished_trials(local_ray, tmp_path, cache_di
     assert len(tracker.children(parent)) == 3
 
 
+def test_a_search_over_a_selector_parameter_makes_its_selections_in_its_trials(local_ray, tmp_path, cache_dir):
+    """ca2d_alignment's shape: Optuna chooses cad_prune's ratio, so the group's selection cannot be made ahead
+    (its ratio is unset until a trial has one); preparation still trains the teacher, and each trial selects at
+    its own ratio. Asked for more trials than the two ratios, the search trains each once."""
+    import dataclasses
+
+    base = resolve_spec("smoke", selectors="cad_prune", ipc="1", regimes="hl", budgets="20", seeds=1)
+    spec = dataclasses.replace(base, kind="optuna", num_samples=5, selector_params={"cad_prune": {"scoring_batch": 64}},
+                               search={"selector_params.ratio": {"type": "categorical", "choices": [0.5, 2.0]}})
+    assert spec.samples_per_group() == 2 and spec.trial_count() == 2
+    out = tmp_path / "ratio-search"
+    tracker = Tracker(default_tracking_uri(out), "hardtruths")
+    parent = tracker.study_run(spec.hash, "ratio-search", spec.to_dict())
+    frame = run_study(spec, tracker, parent, RunOptions(out_dir=out, cache_dir=str(cache_dir))).results.frame()
+    assert set(frame["status"]) == {"FINISHED"} and sorted(frame["selector_params.ratio"]) == [0.5, 2.0]
+    assert (frame["selection.ratio"] == frame["selector_params.ratio"]).all()
+    assert frame.set_index("selector_params.ratio")["selection.scoring_train_images"].to_dict() == {0.5: 640, 2.0: 2560}
+
+
 def test_trial_runs_are_live_and_a_killed_one_is_closed(local_ray, tmp_path, cache_dir):
     """A trial's run is RUNNING while it trains, with its evaluation points arriving as it goes; it ends
     FINISHED, spanning them. A run a killed study left RUNNING (started, a first point streamed) is closed as

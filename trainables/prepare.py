@@ -28,7 +28,7 @@ from study.runs.config import TrialConfig
 from study.core.regimes import REGIMES
 from study.core.errors import StudyError
 from study.core.seeding import canonical_json
-from study.selection import build_selector
+from study.selection import SELECTORS, build_selector
 from study.core.train import default_device
 from study.runs.trial import context_for, prepare_selection, selection_key
 from trainables.data_passes import prepare_tree_in_driver, teacher_pass_in_driver
@@ -119,17 +119,23 @@ def task_result(ref):
 
 
 def needs_teacher(cells: list[TrialConfig]) -> bool:
-    return any(REGIMES.get(c.protocol.regime).needs_teacher or selector_of(c).needs_teacher for c in cells)
+    return any(REGIMES.get(c.protocol.regime).needs_teacher or selector_class(c).needs_teacher for c in cells)
 
 
 def selector_of(cfg: TrialConfig):
     return build_selector(cfg.selector, **cfg.selector_params)
 
 
+def selector_class(cfg: TrialConfig):
+    """The selector's class: what it needs (a teacher) and what it is (a DD method), also for a search group whose
+    parameters Optuna has not chosen yet, which cannot be built."""
+    return SELECTORS.resolve(cfg.selector)[0]
+
+
 def likely_cost(cfg: TrialConfig) -> tuple[bool, int]:
     """Submission order, longest first, so no core idles at the end behind one long task: synthesising
     images (a DD method) costs far more than picking them, and both grow with IPC."""
-    return selector_of(cfg).family == "dd", cfg.ipc
+    return selector_class(cfg).family == "dd", cfg.ipc
 
 
 def largest_node_cpus(with_gpu: bool) -> float:
@@ -146,11 +152,12 @@ def task_resources(cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0) -> 
 
 
 def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print, cpus_per_trial: float = 1.0,
-                  gpus_per_trial: float = 0.0) -> float | None:
-    """Train (or load) the teacher, then make each distinct selection, one task per repeat."""
+                  gpus_per_trial: float = 0.0, selections: list[TrialConfig] | None = None) -> float | None:
+    """Train (or load) the teacher the cells need, then make each distinct selection of ``selections`` (default:
+    the cells'), one task per repeat."""
     teacher_acc = None
     teacher_options, selection_options = task_resources(cpus_per_trial, gpus_per_trial)
-    reads_outputs = any(selector_of(c).needs_teacher for c in cells)
+    reads_outputs = any(selector_class(c).needs_teacher for c in cells)
     streamed = bool(cells) and prepare_tree_in_driver(cells[0], cache_dir, reads_outputs)
     if cells and needs_teacher(cells):
         say(f"preparing: teacher ({teacher_options['num_cpus']:g} CPU threads, {teacher_options['num_gpus']} GPU) ...")
@@ -166,7 +173,8 @@ def prepare_study(cells: list[TrialConfig], cache_dir: str | None, say=print, cp
         if streamed and reads_outputs and not cells[0].teacher.path:
             say("preparing: teacher outputs over the training split (Ray Data) ...")
             teacher_pass_in_driver(cells[0], cache_dir)
-    distinct = {canonical_json(selection_key(c, selector_of(c), 0)): c for c in cells if not c.is_full_data}
+    distinct = {canonical_json(selection_key(c, selector_of(c), 0)): c
+                for c in (cells if selections is None else selections) if not c.is_full_data}
     if distinct:
         say(f"preparing: {len(distinct)} distinct selection(s) x {cells[0].seeds} seed(s) ...")
         cells_by_cost = sorted(distinct.values(), key=likely_cost, reverse=True)

@@ -329,7 +329,7 @@ def run_on_ray(spec, cells, pending, sink: TrialSink, options: RunOptions, say) 
     phases: dict[str, float] = {}
     with timed(phases, "prepare_s"):
         prepare_study(pending if spec.kind == "grid" else cells, options.cache_dir, say, options.cpus_per_trial,
-                      options.gpus_per_trial)
+                      options.gpus_per_trial, selections=selections_made_ahead(spec, pending, cells))
     with timed(phases, "trials_s"):
         if spec.kind == "grid":
             with TrialLines(len(cells), done_before=len(cells) - len(pending)) as view:
@@ -338,6 +338,17 @@ def run_on_ray(spec, cells, pending, sink: TrialSink, options: RunOptions, say) 
         else:
             run_searches(spec, pending, sink, executor, options, max_concurrent)
     return phases
+
+
+def selections_made_ahead(spec: StudySpec, pending: list[TrialConfig], cells: list[TrialConfig]) -> list[TrialConfig]:
+    """The cells whose selections preparation makes: a search over selector parameters (``ca2d_alignment``'s
+    ratio) leaves its groups' selections to their trials, made (and cached) once Optuna has chosen the point."""
+    if spec.kind == "grid":
+        return pending
+    if not any(key.startswith("selector_params.") for key in spec.search):
+        return cells
+    groups = {c.hash for c in spec.searched_cells()}
+    return [c for c in cells if c.hash not in groups]
 
 
 def run_searches(spec: StudySpec, pending: list[TrialConfig], sink: TrialSink, executor: str, options: RunOptions,
