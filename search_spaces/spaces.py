@@ -76,14 +76,15 @@ SPACES = {
         "references": ["random"],
         "selector_grid": {"ratio": [1 / 16, 1 / 4, 1.0, 4.0, 16.0]},
     },
-    # TPE over the ratio grid, 6 of its 9 points a (method, IPC, regime, budget) on validation accuracy (2 random
-    # start-up points, then 4 that TPE picks; a search never trains a point twice, so 9 would be the grid); the references
+    # TPE over the ratio grid, in order (a ratio's neighbours inform it), 6 of its 9 points a (method, IPC, regime,
+    # budget) on validation accuracy (2 random start-up points, then 4 that TPE picks; a search never trains a
+    # point twice, so 9 would be the grid); the references
     # add random and both methods at ratio 1 to every cell.
     "ca2d_alignment": {
         "kind": "optuna",
         **ALIGNMENT_CELLS,
         "references": ["random", "cad_prune", "ca2d"],
-        "search": {"selector_params.ratio": {"type": "categorical", "choices": RATIOS}},
+        "search": {"selector_params.ratio": {"type": "ordered", "choices": RATIOS}},
         "num_samples": 6,
         "metric": "val_acc_mean",
         "mode": "max",

@@ -158,6 +158,8 @@ def test_facility_location_greedy_finds_the_optimum_of_a_hand_made_class():
 
 @pytest.mark.parametrize("name,params,message", [
     ("cad_prune", {"ratio": 0}, "ratio"),
+    ("cad_prune", {"ratio": None}, "must be positive"),
+    ("ca2d", {"ratio": "1"}, "must be positive"),
     ("cad_prune", {"J": 1}, "J >= 2"),
     ("cad_prune", {"order": "middle"}, "order must be one of"),
     ("cad_prune", {"delta": 0.1}, "has no parameter"),

@@ -38,7 +38,7 @@ from study.runs.provenance import code_version
 from study.runs.rerun import check_stale, describe, finished_versions, stale_hashes
 from study.runs.results_table import ResultsTable
 from study.runs.sink import TrialSink
-from study.runs.spec import StudySpec
+from study.runs.spec import SEARCH_TYPES, StudySpec
 from study.runs.tracking import Tracker
 from trainables.callbacks import StudyCallback
 from trainables.prepare import prepare_study
@@ -68,6 +68,19 @@ class FinalResultSearch(OptunaSearch):
 
     MAX_ASKS = 100
 
+    def __init__(self, search: dict, points: list[tuple[dict, float]], **kwargs):
+        """``search``: the spec's searched parameters (study.runs.spec.SEARCH_TYPES); ``points``: (parameters,
+        value) of the group's finished trials. An ordered parameter is searched over its choices' positions."""
+        self.ordered = {key: dist["choices"] for key, dist in search.items() if dist["type"] == "ordered"}
+        super().__init__(space={"cell": optuna.distributions.CategoricalDistribution([0]),
+                                **{key: optuna_distribution(dist) for key, dist in search.items()}},
+                         points_to_evaluate=[{"cell": 0, **self.positions(p)} for p, _ in points] or None,
+                         evaluated_rewards=[value for _, value in points] or None, **kwargs)
+
+    def positions(self, params: dict) -> dict:
+        return {key: closest(self.ordered[key], value) if key in self.ordered else value
+                for key, value in params.items()}
+
     def suggest(self, trial_id: str) -> dict | str | None:
         for _ in range(self.MAX_ASKS):
             config = super().suggest(trial_id)
@@ -75,7 +88,8 @@ class FinalResultSearch(OptunaSearch):
             repeat = next((t for t in self._ot_study.get_trials(deepcopy=False, states=MEASURED)
                            if t.number != asked.number and t.params == asked.params), None)
             if repeat is None:
-                return config
+                return {key: self.ordered[key][value] if key in self.ordered else value
+                        for key, value in config.items()}
             del self._ot_trials[trial_id]
             if repeat.state == optuna.trial.TrialState.COMPLETE:
                 self._ot_study.tell(asked, repeat.value)
@@ -222,6 +236,11 @@ def trainable_for(executor: str, options: RunOptions, cells: list[TrialConfig], 
     return tune.with_resources(fn, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
 
 
+def closest(choices: list, value) -> int:
+    """The position of ``value`` among ordered numeric choices (a finished trial's value, read back from a CSV)."""
+    return min(range(len(choices)), key=lambda i: abs(choices[i] - value))
+
+
 def optuna_distribution(spec: dict):
     kind = spec["type"]
     if kind == "uniform":
@@ -232,7 +251,9 @@ def optuna_distribution(spec: dict):
         return optuna.distributions.IntDistribution(spec["low"], spec["high"])
     if kind == "categorical":
         return optuna.distributions.CategoricalDistribution(spec["choices"])
-    raise StudyError(f"Unknown search distribution {kind!r}; use uniform, loguniform, int or categorical.")
+    if kind == "ordered":
+        return optuna.distributions.IntDistribution(0, len(spec["choices"]) - 1)
+    raise StudyError(f"Unknown search distribution {kind!r}; use one of {', '.join(SEARCH_TYPES)}.")
 
 
 # Trials of one Optuna search at once when --max-concurrent does not say: TPE proposes from finished trials,
@@ -359,17 +380,13 @@ def run_searches(spec: StudySpec, pending: list[TrialConfig], sink: TrialSink, e
     references = [c for c in spec.reference_cells() if c in pending]
     earlier = [searched_points(sink.results, cell, spec) for cell in groups]
     done = len(spec.reference_cells()) - len(references) + sum(min(len(e), spec.samples_per_group()) for e in earlier)
-    space = {k: optuna_distribution(v) for k, v in spec.search.items()}
     with TrialLines(spec.trial_count(), done_before=done) as view:
         for group, (cell, points) in enumerate(zip(groups, earlier)):
             remaining = spec.samples_per_group() - len(points)
             if remaining <= 0:
                 continue
-            searcher = FinalResultSearch(space={"cell": optuna.distributions.CategoricalDistribution([0]), **space},
-                                         metric=spec.metric, mode=spec.mode,
-                                         sampler=tpe_sampler(spec, group, len(points)),
-                                         points_to_evaluate=[{"cell": 0, **p} for p, _ in points] or None,
-                                         evaluated_rewards=[r for _, r in points] or None)
+            searcher = FinalResultSearch(spec.search, points, metric=spec.metric, mode=spec.mode,
+                                         sampler=tpe_sampler(spec, group, len(points)))
             run_tuner(trainable_for(executor, options, [cell], storage), f"study-{spec.hash}-group{group}", storage,
                       StudyCallback([cell], sink, view), options.max_failures, num_samples=remaining,
                       search_alg=ConcurrencyLimiter(searcher, max_concurrent=optuna_concurrency(max_concurrent)))

@@ -114,8 +114,8 @@ class StudySpec:
 
     def samples_per_group(self) -> int:
         """The Optuna trials a search group runs: ``num_samples``, or the number of points where every searched
-        parameter is categorical and there are fewer (a search never trains a point twice)."""
-        if self.search and all(p["type"] == "categorical" for p in self.search.values()):
+        parameter takes listed values and there are fewer (a search never trains a point twice)."""
+        if self.search and all(p["type"] in LISTED_SEARCH_TYPES for p in self.search.values()):
             return min(self.num_samples, math.prod(len(p["choices"]) for p in self.search.values()))
         return self.num_samples
 
@@ -384,6 +384,24 @@ def changed_config(base: dict, selector, ipc, regime, steps, seeds, data_root, o
     return TrialConfig.from_dict({**cell, **protocol, "selector_params": selector_params})
 
 
+# How a searched parameter is drawn (trainables.tune_study maps each to an Optuna distribution): a range
+# (``low``, ``high``), or listed ``choices``, unordered (categorical) or ordered, so that TPE learns from a
+# choice's neighbours (ordered: the search runs over the list's positions).
+SEARCH_TYPES = {"uniform": ("low", "high"), "loguniform": ("low", "high"), "int": ("low", "high"),
+                "categorical": ("choices",), "ordered": ("choices",)}
+LISTED_SEARCH_TYPES = ("categorical", "ordered")
+
+
+def check_search(search: dict) -> None:
+    for key, dist in search.items():
+        kind = dist.get("type") if isinstance(dist, dict) else None
+        if kind not in SEARCH_TYPES:
+            raise StudyError(f"The search over {key} needs a type: one of {', '.join(SEARCH_TYPES)}, not {kind!r}.")
+        missing = [field for field in SEARCH_TYPES[kind] if field not in dist]
+        if missing or (kind in LISTED_SEARCH_TYPES and not dist["choices"]):
+            raise StudyError(f"The {kind} search over {key} needs {' and '.join(SEARCH_TYPES[kind])}.")
+
+
 def validate_spec(spec: StudySpec, smallest_class: int | None = None) -> None:
     """Check every cell before any compute; ``smallest_class`` comes from loading the dataset once."""
     if not (spec.selectors and spec.ipc and spec.regimes and spec.budgets):
@@ -392,5 +410,6 @@ def validate_spec(spec: StudySpec, smallest_class: int | None = None) -> None:
     sizes = {spec.protocol["dataset"]: smallest_class} if smallest_class else None
     for cfg in spec.cells():
         validate_trial(cfg, sizes)
+    check_search(spec.search)
     if spec.kind == "optuna" and spec.num_samples < 1:
         raise StudyError(f"num_samples must be at least 1, not {spec.num_samples}.")

@@ -77,7 +77,7 @@ class ScoringParams(Selector.Params):
     scoring_batch: int = SCORING_BATCH
 
     def check(self) -> None:
-        if not self.ratio > 0:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not self.ratio > 0:
             raise StudyError(f"ratio (the scoring run's images over the student's) must be positive, not {self.ratio}.")
         if self.W < 1 or (self.J is not None and self.J < MIN_J):
             raise StudyError(f"CAD needs W >= 1 windows of J >= {MIN_J} checkpoints (or J=None for K - W); "
