@@ -146,8 +146,8 @@ def print_dry_run(spec: StudySpec, out: Path, executor: str, finished: str) -> N
     for c in cells:
         print(f"  {c.hash}  {c.label()}")
     if spec.kind == "optuna":
-        print(f"  each of the {len(spec.searched_cells())} search groups runs {spec.samples_per_group()} Optuna trials over "
-              f"{', '.join(spec.search)}; the {len(spec.reference_cells())} reference cells run once")
+        print(f"  each of the {len(spec.searched_cells())} search groups runs {spec.samples_per_group()} Optuna "
+              f"trials over {', '.join(spec.search)}; the {len(spec.reference_cells())} reference cells run once")
     print(f"total: {spec.trial_count()} trials, {finished}")
     print(f"output folder: {out}{'' if out.exists() else ' (not created yet)'}")
     print(f"executor: {executor}")

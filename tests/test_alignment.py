@@ -86,8 +86,9 @@ def test_the_search_never_repeats_a_point_and_ends_when_the_space_is_spent():
 def test_a_resumed_search_is_told_its_finished_points_at_their_positions():
     import optuna
 
-    from trainables.tune_study import FinalResultSearch
+    from trainables.tune_study import FinalResultSearch, position
 
+    assert position(["small", "large"], "large") == 1 and position([0.25, 0.5, 1.0], 0.5000000001) == 1
     searcher = FinalResultSearch({"ratio": {"type": "ordered", "choices": [0.25, 0.5, 1.0]}}, [({"ratio": 0.5}, 0.3)],
                                  metric="acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0))
     [done] = searcher._ot_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

@@ -60,7 +60,7 @@ class FinalResultSearch(OptunaSearch):
     """Optuna's search, told only of a trial's final result: the progress reports made while it trains lack the
     metric, and go to MLflow instead.
 
-    It never starts a point it has measured or is measuring. TPE over a categorical space repeats points, and a
+    It never starts a point it has measured or is measuring. TPE over listed choices repeats points, and a
     trial is deterministic in its config (its seeds come from the config), so a repeat would spend a student's
     training on a number already known. A repeat of a finished point is told that point's value, a repeat of a
     running one is dropped, and Optuna is asked again; after ``MAX_ASKS`` repeats in a row the space counts as
@@ -78,7 +78,7 @@ class FinalResultSearch(OptunaSearch):
                          evaluated_rewards=[value for _, value in points] or None, **kwargs)
 
     def positions(self, params: dict) -> dict:
-        return {key: closest(self.ordered[key], value) if key in self.ordered else value
+        return {key: position(self.ordered[key], value) if key in self.ordered else value
                 for key, value in params.items()}
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -236,8 +236,11 @@ def trainable_for(executor: str, options: RunOptions, cells: list[TrialConfig], 
     return tune.with_resources(fn, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
 
 
-def closest(choices: list, value) -> int:
-    """The position of ``value`` among ordered numeric choices (a finished trial's value, read back from a CSV)."""
+def position(choices: list, value) -> int:
+    """The position of a finished trial's ``value`` among ordered choices; a number read back from a CSV may
+    differ from its choice in the last digits, so it takes the closest."""
+    if value in choices:
+        return choices.index(value)
     return min(range(len(choices)), key=lambda i: abs(choices[i] - value))
 
 
