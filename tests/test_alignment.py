@@ -42,6 +42,7 @@ def test_ca2d_alignment_searches_the_ratio_on_validation_accuracy(fashion_mnist_
     assert all(c.selector_params == {"ratio": None} for c in groups)
     assert not {c.hash for c in groups} & {c.hash for c in refs}
     assert {c.selector for c in refs} == {"random", "cad_prune", "ca2d"}
+    assert spec.selections_known_ahead(spec.cells()) == refs, "a group's ratio is Optuna's, so not made ahead"
     chosen = groups[0].with_choices({"selector_params.ratio": 0.25})
     assert build_selector(chosen.selector, **chosen.selector_params).p.ratio == 0.25
 

@@ -352,8 +352,10 @@ def run_on_ray(spec, cells, pending, sink: TrialSink, options: RunOptions, say) 
         f"{res.get('CPU', 0):.0f} CPU(s) and {res.get('GPU', 0):.0f} GPU(s)")
     phases: dict[str, float] = {}
     with timed(phases, "prepare_s"):
-        prepare_study(pending if spec.kind == "grid" else cells, options.cache_dir, say, options.cpus_per_trial,
-                      options.gpus_per_trial, selections=selections_made_ahead(spec, pending, cells))
+        prepared = pending if spec.kind == "grid" else cells
+        # a searched group's selection is made (and cached) in its trials, once Optuna has chosen the point
+        prepare_study(prepared, options.cache_dir, say, options.cpus_per_trial, options.gpus_per_trial,
+                      selections=spec.selections_known_ahead(prepared))
     with timed(phases, "trials_s"):
         if spec.kind == "grid":
             with TrialLines(len(cells), done_before=len(cells) - len(pending)) as view:
@@ -364,17 +366,6 @@ def run_on_ray(spec, cells, pending, sink: TrialSink, options: RunOptions, say) 
     return phases
 
 
-def selections_made_ahead(spec: StudySpec, pending: list[TrialConfig], cells: list[TrialConfig]) -> list[TrialConfig]:
-    """The cells whose selections preparation makes: a search over selector parameters (``ca2d_alignment``'s
-    ratio) leaves its groups' selections to their trials, made (and cached) once Optuna has chosen the point."""
-    if spec.kind == "grid":
-        return pending
-    if not any(key.startswith("selector_params.") for key in spec.search):
-        return cells
-    groups = {c.hash for c in spec.searched_cells()}
-    return [c for c in cells if c.hash not in groups]
-
-
 def run_searches(spec: StudySpec, pending: list[TrialConfig], sink: TrialSink, executor: str, options: RunOptions,
                  max_concurrent: int | None) -> None:
     """One Optuna search per cell group, told the group's finished trials, then the unfinished reference cells."""
@@ -382,10 +373,11 @@ def run_searches(spec: StudySpec, pending: list[TrialConfig], sink: TrialSink, e
     groups = spec.searched_cells()
     references = [c for c in spec.reference_cells() if c in pending]
     earlier = [searched_points(sink.results, cell, spec) for cell in groups]
-    done = len(spec.reference_cells()) - len(references) + sum(min(len(e), spec.samples_per_group()) for e in earlier)
+    samples = spec.samples_per_group()
+    done = len(spec.reference_cells()) - len(references) + sum(min(len(e), samples) for e in earlier)
     with TrialLines(spec.trial_count(), done_before=done) as view:
         for group, (cell, points) in enumerate(zip(groups, earlier)):
-            remaining = spec.samples_per_group() - len(points)
+            remaining = samples - len(points)
             if remaining <= 0:
                 continue
             searcher = FinalResultSearch(spec.search, points, metric=spec.metric, mode=spec.mode,

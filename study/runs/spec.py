@@ -85,8 +85,19 @@ class StudySpec:
             names = list(self.selector_grid)
             return [dict(zip(names, values)) for values in itertools.product(*self.selector_grid.values())]
         if self.kind == "optuna":
-            return [{k.partition(".")[2]: None for k in self.search if k.startswith("selector_params.")}]
+            return [{name: None for name in self.searched_selector_params()}]
         return [None]
+
+    def searched_selector_params(self) -> list[str]:
+        return [k.partition(".")[2] for k in self.search if k.startswith("selector_params.")]
+
+    def selections_known_ahead(self, cells: list[TrialConfig]) -> list[TrialConfig]:
+        """Of ``cells``, those whose selection is fixed before any trial runs: a search group whose selector
+        parameters Optuna chooses (``ca2d_alignment``'s ratio) has them unset until a trial has its point."""
+        if not self.searched_selector_params():
+            return cells
+        groups = {c.hash for c in self.searched_cells()}
+        return [c for c in cells if c.hash not in groups]
 
     def searched_cells(self) -> list[TrialConfig]:
         """The cells of ``selectors``: one per point of the selector grid, or one search group each in an optuna
